@@ -40,6 +40,14 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     from cluster.data.embedded import describe, prepare_embedded
 
     out = Path(args.out)
+    if args.reuse and (out / "manifest.json").is_file():
+        manifest = json.loads((out / "manifest.json").read_text())
+        gen = manifest.get("generator", {})
+        if (gen.get("seed"), gen.get("utterances"), gen.get("shard_size")) == (args.seed, args.utterances, args.shard_size):
+            print(describe(manifest, out) + "\n  (reused: same seed and size; --overwrite regenerates)")
+            return 0
+        print(f"{out} holds a corpus of another seed or size; regenerating", file=sys.stderr)
+        args.overwrite = True
     print(f"generating {args.utterances} utterances (seed {args.seed}) into {out} ...", file=sys.stderr, flush=True)
     manifest = prepare_embedded(out, args.utterances, args.seed, shard_size=args.shard_size,
                                 keep_wavs=args.keep_wavs, overwrite=args.overwrite, progress=_progress_shards)
@@ -65,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_CORPUS), help="output directory (default: %(default)s)")
     p.add_argument("--utterances", type=int, default=3000, help="utterances over all splits (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same bytes (default: %(default)s)")
-    p.add_argument("--shard-size", type=int, default=250, help="utterances per Ray task (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=500, help="utterances per Ray task (default: %(default)s)")
     p.add_argument("--keep-wavs", choices=["none", "test", "all"], default="test",
                    help="store 16 kHz wavs (for noise analyses) for these splits (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus once the new one is complete")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep an existing corpus of the same seed and size instead of regenerating it")
     p.add_argument("--skip-unaligned", action="store_true",
                    help="for check: use only utterances with both features and alignments")
     p.add_argument("--json", action="store_true", help="for check: print the summary as JSON")

@@ -6,9 +6,10 @@ top, so that ``cluster.data.kaldi.read_corpus`` serves it exactly like a real Ka
 
 Speakers are an eSpeak voice variant with a pitch and pitch range; each utterance also draws a
 speaking rate. Dev and test voices are never heard in training, and every sentence belongs to
-exactly one split. Generation runs in fixed-order shards, each in a fresh Ray worker process
-(``max_calls=1``), because eSpeak's output depends on what its process synthesised before: the
-same seed gives the same bytes.
+exactly one split. Generation runs in fixed-order shards, each a Ray task that synthesises in a fresh
+single-threaded child process, because eSpeak's output depends on what its process synthesised
+before and on libc's process-wide ``rand()`` (which a Ray worker's own threads may draw from):
+the same seed gives the same bytes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -143,7 +146,7 @@ def segments_from_events(audio: np.ndarray, events: list[tuple[str, int]], utt_i
 
 def render(p: Planned, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One utterance: (int16 16 kHz wave, fbank [T, 40], phone ids [T], target ids [T])."""
-    spoken = Synthesizer.get().speak(p.sentence, p.voice)
+    spoken = Synthesizer.get().speak(p.sentence, p.voice, rand_seed=F.dither_seed(seed, p.utt_id)[1] ^ seed)
     segments = segments_from_events(spoken.audio, spoken.events, p.utt_id)
     wave = F.to_int16(F.normalise_level(F.resample_22050_to_16k(spoken.audio)))
     feats = F.fbank(wave, F.dither_seed(seed, p.utt_id))
@@ -190,12 +193,21 @@ def generate_shard(items: list[Planned], seed: int, tmp_root: str, split: str, s
     }
 
 
+def generate_shard_in_fresh_process(*args) -> dict:
+    """``generate_shard`` in a new interpreter with no other threads (see module docstring)."""
+    proc = subprocess.run([sys.executable, "-m", "cluster.data.embedded", "--shard"],
+                          input=pickle.dumps(args), capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise CorpusError(f"shard {args[3]} of split {args[2]} failed:\n{proc.stderr.decode(errors='replace')}")
+    return pickle.loads(proc.stdout)
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def prepare_embedded(out_dir: str | os.PathLike, utterances: int = 3000, seed: int = 0,
-                     shard_size: int = 250, keep_wavs: str = "test", overwrite: bool = False,
+                     shard_size: int = 500, keep_wavs: str = "test", overwrite: bool = False,
                      progress=None) -> dict:
     """Generate the corpus into ``out_dir``; returns the manifest.
 
@@ -219,7 +231,7 @@ def prepare_embedded(out_dir: str | os.PathLike, utterances: int = 3000, seed: i
     t0 = time.time()
     try:
         ensure_ray()
-        task = ray.remote(num_cpus=1, max_calls=1)(generate_shard)
+        task = ray.remote(num_cpus=1)(generate_shard_in_fresh_process)
         shards: list[tuple[str, int, list[Planned]]] = []
         for split in SPLITS:
             items = [p for p in planned if p.split == split]
@@ -235,7 +247,7 @@ def prepare_embedded(out_dir: str | os.PathLike, utterances: int = 3000, seed: i
             if progress:
                 progress(done, len(refs), time.time() - t0)
         results = ray.get(refs)
-        manifest = _write_tables(tmp, planned, shards, results, seed, utterances, keep)
+        manifest = _write_tables(tmp, planned, shards, results, seed, utterances, shard_size, keep)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -252,7 +264,7 @@ def prepare_embedded(out_dir: str | os.PathLike, utterances: int = 3000, seed: i
 
 
 def _write_tables(tmp: Path, planned: list[Planned], shards, results, seed: int, utterances: int,
-                  keep: dict[str, bool]) -> dict:
+                  shard_size: int, keep: dict[str, bool]) -> dict:
     from importlib.metadata import version
 
     (tmp / "phones.txt").write_text(P.phones_txt())
@@ -299,6 +311,7 @@ def _write_tables(tmp: Path, planned: list[Planned], shards, results, seed: int,
             "kaldi_native_fbank": version("kaldi-native-fbank"),
             "seed": seed,
             "utterances": utterances,
+            "shard_size": shard_size,  # part of the identity: Klatt voices carry state within a shard
             "sentences_sha256": _sha256(sentences),
             "phone_frames": {P.PHONES[i - 1]: int(n) for i, n in enumerate(phone_frames) if i > 0},
         },
@@ -325,6 +338,7 @@ def describe(manifest: dict, out: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover - convenience
-    m = prepare_embedded(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300)
-    print(describe(m, sys.argv[1]))
+if __name__ == "__main__" and sys.argv[1:] == ["--shard"]:
+    # the child of generate_shard_in_fresh_process: pickled arguments in, pickled result out
+    result = generate_shard(*pickle.loads(sys.stdin.buffer.read()))
+    sys.stdout.buffer.write(pickle.dumps(result))

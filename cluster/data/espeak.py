@@ -4,8 +4,9 @@ Hand-written ctypes because no maintained Python binding exposes phoneme *events
 exact sample index (py-espeak-ng shells out to the CLI; phonemizer returns text only). The
 struct layout is the x86_64 ``espeak_EVENT`` measured in ``shared/notes.md``.
 
-eSpeak keeps state between utterances inside one process, so the waveform depends on what the
-process synthesised before. Callers that need bit-identical output synthesise a fixed list in a
+eSpeak keeps state between utterances inside one process (Klatt voices' filters), so the waveform
+depends on what the process synthesised before; and its noise generator is clock-seeded unless set
+(``espeak_ng_SetRandSeed``, done per utterance here). Callers that need bit-identical output synthesise a fixed list in a
 fresh process (see ``cluster.data.embedded``).
 """
 
@@ -24,6 +25,9 @@ _PHONEME_EVENTS, _DONT_EXIT = 0x0001, 0x8000
 _EV_END_OF_LIST, _EV_PHONEME = 0, 7
 _CHARS_UTF8, _POS_CHARACTER = 1, 1
 PARAM = {"rate": 1, "pitch": 3, "range": 4}
+
+
+_libc = ctypes.CDLL(None)
 
 
 class _Event(ctypes.Structure):
@@ -98,8 +102,16 @@ class Synthesizer:
             i += 1
         return 0
 
-    def speak(self, text: str, voice: Voice) -> Spoken:
+    def speak(self, text: str, voice: Voice, rand_seed: int = 0) -> Spoken:
+        """Synthesise ``text``. eSpeak's breath noise draws from its own PRNG, which it seeds from
+        the clock, and Klatt voices' frication from libc ``rand()``: both are seeded per utterance.
+        libc's generator is process-wide, so no other thread of the process may draw from it
+        meanwhile, and Klatt voices carry filter state across utterances: bit-identical corpora
+        therefore synthesise in a fresh single-threaded process (``cluster.data.embedded``).
+        """
         lib = self._lib
+        lib.espeak_ng_SetRandSeed(ctypes.c_long(rand_seed))
+        _libc.srand(ctypes.c_uint(rand_seed & 0xFFFFFFFF))  # Klatt's noise source calls libc rand()
         if lib.espeak_SetVoiceByName(f"en-us+{voice.variant}".encode()) != 0:
             raise SynthesisError(f"eSpeak has no voice en-us+{voice.variant}")
         for name in ("rate", "pitch", "range"):

@@ -7,11 +7,12 @@ the model input (``cluster.models``), so the stored features stay plain Kaldi fb
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
 from dataclasses import dataclass
 
 import kaldi_native_fbank as knf
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 SAMPLE_RATE = 16000
 FRAME_SHIFT = 160  # 10 ms
@@ -27,9 +28,15 @@ class Segment:
     end: float
 
 
+@lru_cache(maxsize=1)
+def _resampling_filter() -> np.ndarray:
+    # resample_poly's own default design, built once instead of per utterance (a third of its time)
+    return firwin(2 * 10 * 441 + 1, 1.0 / 441, window=("kaiser", 5.0))
+
+
 def resample_22050_to_16k(x: np.ndarray) -> np.ndarray:
     """Exactly 22050 -> 16000 Hz (320/441)."""
-    return resample_poly(np.asarray(x, dtype=np.float64), 320, 441)
+    return resample_poly(np.asarray(x, dtype=np.float64), 320, 441, window=_resampling_filter())
 
 
 def normalise_level(x: np.ndarray, dbfs: float = TARGET_RMS_DBFS) -> np.ndarray:

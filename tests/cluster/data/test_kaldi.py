@@ -1,0 +1,216 @@
+"""Real Kaldi data directories, written by kaldiio in the test (not by our writer), and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+
+from cluster.data.kaldi import CorpusError, check_corpus, read_corpus
+from service.cli import main as cli
+
+PHONES_TXT = "<eps> 0\nSIL 1\nAA_B 2\nAA_E 3\nB_S 4\n#0 5\n"
+NUM_TARGETS = 50
+
+
+def make_kaldi_setup(root: Path, n: int = 6, seed: int = 0, text_ali: bool = False) -> Path:
+    """A WSJ-like layout: data/<split>/feats.scp, exp/ali_<split>/{pdf,phones}.ark, data/lang/phones.txt."""
+    rng = np.random.default_rng(seed)
+    (root / "data" / "lang").mkdir(parents=True)
+    (root / "data" / "lang" / "phones.txt").write_text(PHONES_TXT)
+    expect = {}
+    for split in ("train", "dev"):
+        (root / "data" / split).mkdir(parents=True)
+        (root / "exp" / f"ali_{split}").mkdir(parents=True)
+        feats, pdf, ph = {}, {}, {}
+        for i in range(n):
+            utt = f"spk{i % 2}-{split}-{i:03d}"
+            t = int(rng.integers(20, 60))
+            feats[utt] = rng.standard_normal((t, 40)).astype(np.float32)
+            pdf[utt] = rng.integers(0, NUM_TARGETS, t).astype(np.int32)
+            ph[utt] = rng.integers(1, 5, t).astype(np.int32)
+        kaldiio.save_ark(str(root / "data" / split / "feats.ark"), feats, scp=str(root / "data" / split / "feats.scp"))
+        kaldiio.save_ark(str(root / "exp" / f"ali_{split}" / "pdf.ark"), pdf, text=text_ali)
+        kaldiio.save_ark(str(root / "exp" / f"ali_{split}" / "phones.ark"), ph, text=text_ali)
+        (root / "data" / split / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in sorted(feats)))
+        expect[split] = (feats, pdf, ph)
+    manifest = root / "corpus.toml"
+    manifest.write_text(
+        'name = "toy-wsj"\n'
+        f'phones = "data/lang/phones.txt"\nnum_targets = {NUM_TARGETS}\n'
+        + "".join(
+            f'[splits.{s}]\nfeats = "data/{s}/feats.scp"\ntargets = "exp/ali_{s}/pdf.ark"\n'
+            f'phones = "exp/ali_{s}/phones.ark"\nutt2spk = "data/{s}/utt2spk"\n'
+            for s in ("train", "dev")
+        )
+    )
+    return manifest, expect
+
+
+@pytest.mark.parametrize("text_ali", [False, True])
+def test_kaldiio_written_directory_reads_back_identically(tmp_path, text_ali):
+    manifest, expect = make_kaldi_setup(tmp_path, text_ali=text_ali)
+    corpus = read_corpus(manifest)
+    assert corpus.name == "toy-wsj" and corpus.phones[2] == "AA_B" and corpus.num_targets == NUM_TARGETS
+    for split in ("train", "dev"):
+        feats, pdf, ph = expect[split]
+        got = {u.utt_id: u for u in corpus.split(split)}
+        assert sorted(got) == sorted(feats)
+        for utt, f in feats.items():
+            assert np.array_equal(got[utt].feats, f)
+            assert np.array_equal(got[utt].targets, pdf[utt]) and np.array_equal(got[utt].phones, ph[utt])
+            assert got[utt].speaker == utt.split("-")[0]
+    # no CMVN file named: global stats come from the training features
+    stacked = np.concatenate(list(expect["train"][0].values())).astype(np.float64)
+    np.testing.assert_allclose(corpus.cmvn_mean, stacked.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_relative_scp_paths_resolve_against_the_manifest_root(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path / "a")
+    scp = tmp_path / "a" / "data" / "train" / "feats.scp"
+    scp.write_text(scp.read_text().replace(str(tmp_path / "a") + "/", ""))
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    utts = list(read_corpus(tmp_path / "moved" / "corpus.toml").split("train"))
+    assert np.array_equal(utts[0].feats, expect["train"][0][utts[0].utt_id])
+
+
+def test_check_summary_and_cli(tmp_path, capsys):
+    manifest, _ = make_kaldi_setup(tmp_path)
+    summary = check_corpus(manifest)
+    assert summary["splits"]["train"]["utterances"] == 6 and summary["feat_dim"] == 40
+    assert cli(["corpus", "check", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "toy-wsj" in out and "train" in out and "OK" in out
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+
+def _expect_error(manifest: Path, *patterns: str, split: str = "train", **kw) -> str:
+    with pytest.raises(CorpusError) as err:
+        check_corpus(manifest, **kw)
+    msg = str(err.value)
+    for p in patterns:
+        assert p in msg, f"{p!r} not in error: {msg}"
+    return msg
+
+
+def test_missing_file_is_named(tmp_path):
+    manifest, _ = make_kaldi_setup(tmp_path)
+    (tmp_path / "exp" / "ali_dev" / "phones.ark").unlink()
+    _expect_error(manifest, "ali_dev/phones.ark", "not found")
+    (tmp_path / "data" / "lang" / "phones.txt").unlink()
+    with pytest.raises(CorpusError, match="phones.txt: phone table not found"):
+        read_corpus(manifest)
+
+
+def test_missing_archive_behind_an_scp_is_named_with_the_utterance(tmp_path):
+    manifest, _ = make_kaldi_setup(tmp_path)
+    (tmp_path / "data" / "dev" / "feats.ark").unlink()
+    _expect_error(manifest, "data/dev/feats.scp", "utterance spk0-dev-000", "not found")
+
+
+def test_feature_dimension_must_not_change(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    feats = dict(expect["dev"][0])
+    odd = sorted(feats)[3]
+    feats[odd] = np.zeros((len(expect["dev"][1][odd]), 13), dtype=np.float32)
+    kaldiio.save_ark(str(tmp_path / "data" / "dev" / "feats.ark"), feats, scp=str(tmp_path / "data" / "dev" / "feats.scp"))
+    _expect_error(manifest, "data/dev/feats.scp", f"utterance {odd}", "dimension 13")
+
+
+def test_unaligned_utterances_are_counted_and_refused_unless_skipped(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    pdf = dict(expect["train"][1])
+    gone = sorted(pdf)[0]
+    del pdf[gone]
+    kaldiio.save_ark(str(tmp_path / "exp" / "ali_train" / "pdf.ark"), pdf)
+    _expect_error(manifest, "1 of 6 utterances have features but no target alignment", gone, "--skip-unaligned")
+    summary = check_corpus(manifest, skip_unaligned=True)
+    assert summary["splits"]["train"]["utterances"] == 5 and summary["splits"]["train"]["skipped"] == 1
+
+
+def test_alignment_without_features_is_reported(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    ph = dict(expect["train"][2])
+    ph["stray-utt"] = np.ones(30, dtype=np.int32)
+    kaldiio.save_ark(str(tmp_path / "exp" / "ali_train" / "phones.ark"), ph)
+    _expect_error(manifest, "a phone alignment but no features", "stray-utt")
+
+
+def test_frame_count_mismatch_beyond_tolerance(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    pdf = dict(expect["dev"][1])
+    utt = sorted(pdf)[2]
+    pdf[utt] = pdf[utt][:-1]  # within the default tolerance of 2: accepted, padded
+    kaldiio.save_ark(str(tmp_path / "exp" / "ali_dev" / "pdf.ark"), pdf)
+    assert len(read_corpus(manifest).split("dev").load(utt).targets) == len(expect["dev"][0][utt])
+    pdf[utt] = pdf[utt][:-5]
+    kaldiio.save_ark(str(tmp_path / "exp" / "ali_dev" / "pdf.ark"), pdf)
+    _expect_error(manifest, "ali_dev/pdf.ark", f"utterance {utt}", "target frames vs", "tolerance is 2")
+
+
+def test_target_id_outside_declared_range(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    pdf = dict(expect["train"][1])
+    utt = sorted(pdf)[4]
+    pdf[utt] = pdf[utt].copy()
+    pdf[utt][7] = NUM_TARGETS
+    kaldiio.save_ark(str(tmp_path / "exp" / "ali_train" / "pdf.ark"), pdf)
+    _expect_error(manifest, "ali_train/pdf.ark", f"utterance {utt}", f"target id {NUM_TARGETS}", f"[0, {NUM_TARGETS})")
+
+
+def test_phone_id_missing_from_phone_table(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    ph = dict(expect["dev"][2])
+    utt = sorted(ph)[1]
+    ph[utt] = ph[utt].copy()
+    ph[utt][0] = 9
+    kaldiio.save_ark(str(tmp_path / "exp" / "ali_dev" / "phones.ark"), ph)
+    _expect_error(manifest, "ali_dev/phones.ark", f"utterance {utt}", "phone id 9", "phones.txt")
+
+
+def test_empty_archive(tmp_path):
+    manifest, _ = make_kaldi_setup(tmp_path)
+    (tmp_path / "exp" / "ali_train" / "pdf.ark").write_bytes(b"")
+    _expect_error(manifest, "ali_train/pdf.ark", "empty archive")
+
+
+def test_truncated_alignment_archive(tmp_path):
+    manifest, _ = make_kaldi_setup(tmp_path)
+    ark = tmp_path / "exp" / "ali_train" / "phones.ark"
+    data = ark.read_bytes()
+    ark.write_bytes(data[: len(data) - 37])
+    _expect_error(manifest, "ali_train/phones.ark", "truncated or corrupt")
+
+
+def test_truncated_feature_archive_names_the_utterance(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    ark = tmp_path / "data" / "dev" / "feats.ark"
+    data = ark.read_bytes()
+    ark.write_bytes(data[: len(data) - 100])
+    last = sorted(expect["dev"][0])[-1]
+    _expect_error(manifest, "data/dev/feats.scp", f"utterance {last}", "truncated or corrupt")
+
+
+def test_manifest_errors(tmp_path):
+    bad = tmp_path / "m.json"
+    bad.write_text("{not json")
+    with pytest.raises(CorpusError, match="m.json: not a valid JSON manifest"):
+        read_corpus(bad)
+    bad.write_text(json.dumps({"phones": "p.txt", "splits": {}}))
+    with pytest.raises(CorpusError, match="lacks the field 'num_targets'"):
+        read_corpus(bad)
+    with pytest.raises(CorpusError, match="corpus manifest not found"):
+        read_corpus(tmp_path / "nowhere")
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
+    manifest, _ = make_kaldi_setup(tmp_path)
+    (tmp_path / "exp" / "ali_train" / "pdf.ark").write_bytes(b"")
+    assert cli(["corpus", "check", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "pdf.ark" in err and "Traceback" not in err
