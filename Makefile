@@ -19,6 +19,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/gatelens corpus --out $(CORPUS) --utterances $(UTTERANCES) --reuse
+	$(BIN)/gatelens grid --study table1 --profile demo --corpus $(CORPUS) --storage data/runs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

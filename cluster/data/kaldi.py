@@ -238,7 +238,8 @@ class Split:
         """One utterance, checked: feature dim, frame counts within tolerance, label ranges."""
         c = self.corpus
         feats_file = self._paths("feats")[0]
-        feats = np.asarray(_load_entry(feats_file, utt_id, self.feats_scp[utt_id]), dtype=np.float32)
+        # a writable copy: torch.from_numpy refuses to share read-only buffers
+        feats = np.array(_load_entry(feats_file, utt_id, self.feats_scp[utt_id]), dtype=np.float32)
         if feats.ndim != 2 or feats.shape[0] == 0:
             raise CorpusError(f"{feats_file}: utterance {utt_id}: expected a non-empty [frames, dim] "
                               f"matrix, got shape {feats.shape}")

@@ -1,0 +1,368 @@
+"""Training one acoustic model on Ray Train: the per-worker loop and the trainer around it.
+
+Frame-level cross-entropy on aligned targets (paper Sec. 3.2), DDP across workers (gloo on CPU,
+nccl on GPU), length-bucketed batches, Adam or SGD with a schedule, gradient clipping, early
+stopping on dev frame accuracy. Every epoch reports dev metrics with a checkpoint; a restarted
+worker resumes from the last one. At the end the best-on-dev weights are scored on test.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cluster.batching import bucket_batches, pad_batch
+
+IGNORE = -100
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+EPOCHS_FILE = "epochs.parquet"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TrainConfig:
+    corpus: str = "data/corpus"
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 128
+    residual: bool = False
+    lazy_layers: str = "last"
+    precision: str = "fp32"
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    schedule: str = "plateau"  # plateau (halve lr when dev accuracy stalls) | cosine | none
+    epochs: int = 10
+    batch_size: int = 16
+    clip: float = 5.0
+    patience: int = 3  # epochs without dev improvement before stopping
+    seed: int = 0
+    lm_weight: float = 1.0
+    prior_scale: float = 1.0
+    max_train_utterances: int | None = None  # a subset, for quick runs
+    max_eval_utterances: int | None = None
+    threads_per_worker: int = 1
+    run_dir: str = ""  # where run.json and epochs.parquet go (set by the launcher)
+    pid_dir: str = ""  # each worker writes its pid here (used by the fault tests and `gatelens status`)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def model_config(self, num_targets: int):
+        from cluster.models import ModelConfig
+
+        return ModelConfig(cell=self.cell, layers=self.layers, hidden=self.hidden, num_targets=num_targets,
+                           residual=self.residual, lazy_layers=self.lazy_layers, precision=self.precision)
+
+
+def stamps(config: TrainConfig, corpus_identity: dict) -> dict:
+    """What a run must remember to be reproduced: config, seed, corpus, package versions, git revision."""
+    pkgs = {}
+    for name in ("gatelens", "torch", "ray", "numpy", "kaldi-native-fbank", "espeakng-loader", "duckdb"):
+        try:
+            pkgs[name] = version(name)
+        except PackageNotFoundError:
+            pkgs[name] = None
+    return {
+        "config": asdict(config),
+        "seed": config.seed,
+        "corpus": {k: corpus_identity[k] for k in ("name", "manifest_sha256", "num_targets")},
+        "packages": pkgs,
+        "git_revision": git_revision(),
+        "python": sys.version.split()[0],
+    }
+
+
+def git_revision() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+# ----------------------------------------------------------------------------------- data
+
+@dataclass
+class SplitData:
+    utt_ids: list[str]
+    feats: list[np.ndarray]
+    targets: list[np.ndarray]
+    phones: list[np.ndarray]
+    lengths: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.lengths = np.array([len(f) for f in self.feats])
+
+    @property
+    def frames(self) -> int:
+        return int(self.lengths.sum())
+
+
+def load_split(corpus, name: str, limit: int | None = None) -> SplitData:
+    split = corpus.split(name)
+    ids = split.utt_ids[:limit] if limit else split.utt_ids
+    utts = [split.load(u) for u in ids]
+    return SplitData(ids, [u.feats for u in utts], [u.targets for u in utts], [u.phones for u in utts])
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(model, data: SplitData, graph, config: TrainConfig, device, rank: int = 0, world: int = 1) -> dict:
+    """Frame cross-entropy, frame accuracy and phone error rate (Viterbi decoding) on this rank's
+    share of ``data``, summed across ranks."""
+    from cluster.decode import phone_error_rate, reference_phones, viterbi
+
+    model.eval()
+    ce = correct = frames = 0.0
+    refs, hyps = [], []
+    idx = np.arange(rank, len(data.feats), world)
+    order = idx[np.argsort(data.lengths[idx])]
+    for k in range(0, len(order), config.batch_size):
+        b = order[k:k + config.batch_size]
+        x, lengths, y = pad_batch([data.feats[i] for i in b], [data.targets[i] for i in b], IGNORE)
+        logits = model(x.to(device), lengths.to(device)).float()
+        y = y.to(device)
+        ce += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
+                              reduction="sum").item()
+        mask = y != IGNORE
+        correct += ((logits.argmax(-1) == y) & mask).sum().item()
+        frames += mask.sum().item()
+        logp = torch.log_softmax(logits, -1).cpu().numpy()
+        for j, i in enumerate(b):
+            hyps.append(viterbi(logp[j, : lengths[j]], graph, lm_weight=config.lm_weight,
+                                prior_scale=config.prior_scale))
+            refs.append(reference_phones(data.phones[i], data.targets[i], graph))
+    per = phone_error_rate(refs, hyps, ignore=graph.silence)
+    sums = torch.tensor([ce, correct, frames, per["errors"], per["ref_len"]], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        # gloo reduces on CPU tensors; nccl needs them on the device
+        t = sums.to(device) if dist.get_backend() == "nccl" else sums
+        dist.all_reduce(t)
+        sums = t.cpu()
+    ce, correct, frames, errors, ref_len = sums.tolist()
+    model.train()
+    return {"frame_ce": ce / max(frames, 1), "frame_acc": correct / max(frames, 1),
+            "per": errors / max(ref_len, 1), "frames": int(frames)}
+
+
+# ----------------------------------------------------------------------------------- the loop
+
+def _optimizer(model, config: TrainConfig):
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    raise ValueError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
+
+
+def _scheduler(opt, config: TrainConfig):
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1))
+    if config.schedule == "none":
+        return None
+    raise ValueError(f"schedule must be plateau, cosine or none, not {config.schedule!r}")
+
+
+def train_loop_per_worker(config_dict: dict) -> None:
+    """Ray Train's per-worker function (one process per worker; DDP set up by Ray)."""
+    import ray.train
+    import ray.train.torch
+
+    from cluster.data.kaldi import read_corpus
+    from cluster.decode import estimate_graph
+    from cluster.models import build_model, load_checkpoint, save_checkpoint
+
+    config = TrainConfig.from_dict(config_dict)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config.threads_per_worker)
+    if config.pid_dir:
+        Path(config.pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(config.pid_dir) / f"rank{rank}.pid").write_text(str(os.getpid()))
+
+    corpus = read_corpus(config.corpus)
+    train = load_split(corpus, "train", config.max_train_utterances)
+    dev = load_split(corpus, "dev", config.max_eval_utterances)
+    graph = estimate_graph(zip(train.phones, train.targets), corpus.num_targets, phone_symbols=corpus.phones)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model_config(corpus.num_targets), corpus.cmvn_mean, corpus.cmvn_std)
+    start_epoch, best_acc, best_state, stale, history = 1, -1.0, None, 0, []
+    resumed_from = 0
+    opt = _optimizer(model, config)
+    sched = _scheduler(opt, config)
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:  # a restarted worker (or a resumed run): continue after the last reported epoch
+        with ckpt.as_directory() as d:
+            loaded, _ = load_checkpoint(Path(d) / MODEL_FILE)
+            model.load_state_dict(loaded.state_dict())
+            state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        start_epoch, best_acc, stale, history = state["epoch"] + 1, state["best_acc"], state["stale"], state["history"]
+        best_state = state["best_state"]
+        resumed_from = state["epoch"]
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    core = model.module if hasattr(model, "module") else model
+    run_stamps = stamps(config, corpus.identity)
+    if rank == 0 and config.run_dir:
+        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(config.run_dir) / RUN_FILE).write_text(json.dumps(run_stamps, indent=2))
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        if stale >= config.patience:
+            break
+        t0 = time.time()
+        model.train()
+        total, n_frames = 0.0, 0
+        for b in bucket_batches(train.lengths, config.batch_size, config.seed, epoch, rank, world):
+            x, lengths, y = pad_batch([train.feats[i] for i in b], [train.targets[i] for i in b], IGNORE)
+            x, lengths, y = x.to(device), lengths.to(device), y.to(device)
+            logits = model(x, lengths)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            opt.step()
+            f = int((y != IGNORE).sum())
+            total, n_frames = total + loss.item() * f, n_frames + f
+        train_seconds = time.time() - t0
+        metrics = {f"dev_{k}": v for k, v in evaluate(core, dev, graph, config, device, rank, world).items()}
+        metrics.update(epoch=epoch, train_frame_ce=total / max(n_frames, 1), lr=opt.param_groups[0]["lr"],
+                       train_frames_per_s=n_frames * world / max(train_seconds, 1e-9),
+                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from)
+        if metrics["dev_frame_acc"] > best_acc:
+            best_acc, stale = metrics["dev_frame_acc"], 0
+            best_state = copy.deepcopy(core.state_dict())
+        else:
+            stale += 1
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(metrics["dev_frame_acc"])
+        elif sched is not None:
+            sched.step()
+        history.append(metrics)
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
+                 "epoch": epoch, "best_acc": best_acc, "stale": stale, "history": history, "best_state": best_state}
+        _report(metrics, core, corpus.identity, run_stamps, state, rank, graph)
+
+    # best-on-dev weights, scored on test: the numbers the paper's tables report
+    test = load_split(corpus, "test", config.max_eval_utterances)
+    if best_state is not None:
+        core.load_state_dict(best_state)
+    final = {f"test_{k}": v for k, v in evaluate(core, test, graph, config, device, rank, world).items()}
+    best = max(history, key=lambda h: h["dev_frame_acc"]) if history else {}
+    final.update({"epoch": epoch, "final": True, "best_epoch": best.get("epoch"),
+                  **{f"best_{k}": v for k, v in best.items() if k.startswith("dev_")}})
+    if rank == 0 and config.run_dir:
+        _write_epochs(Path(config.run_dir), history, final)
+    _report(final, core, corpus.identity, run_stamps, None, rank, graph)
+
+
+def _report(metrics: dict, model, corpus_identity: dict, run_stamps: dict, state: dict | None, rank: int,
+            graph) -> None:
+    """Report metrics; rank 0 attaches a checkpoint: the model file (with its run stamps, metrics and
+    the decoding graph, whose state priors turn posteriors into likelihoods) plus, mid-run, the
+    resume state."""
+    import ray.train
+
+    from cluster.models import save_checkpoint
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(Path(d) / MODEL_FILE, model, corpus_identity, extra={"stamps": run_stamps, "metrics": metrics,
+                                                                          "decode_graph": graph.to_dict()})
+        if state is not None:
+            torch.save(state, Path(d) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def epoch_rows(history: list[dict], final: dict) -> list[dict]:
+    """One row per epoch on dev, plus the final row on test (best-on-dev weights)."""
+    def row(split: str, prefix: str, m: dict) -> dict:
+        return {"epoch": m["epoch"], "split": split, "frame_ce": m[f"{prefix}frame_ce"],
+                "frame_acc": m[f"{prefix}frame_acc"], "per": m[f"{prefix}per"], "frames": m[f"{prefix}frames"],
+                "train_frame_ce": m.get("train_frame_ce"), "lr": m.get("lr"),
+                "train_frames_per_s": m.get("train_frames_per_s"), "epoch_seconds": m.get("epoch_seconds")}
+
+    return [row("dev", "dev_", h) for h in history] + [row("test", "test_", final)]
+
+
+def _write_epochs(run_dir: Path, history: list[dict], final: dict) -> None:
+    """The Parquet file per run that the store ingests (written whole, then renamed)."""
+    import polars as pl
+
+    tmp = run_dir / (EPOCHS_FILE + ".tmp")
+    pl.DataFrame(epoch_rows(history, final)).write_parquet(tmp)
+    os.replace(tmp, run_dir / EPOCHS_FILE)
+
+
+# ----------------------------------------------------------------------------------- launching
+
+def make_trainer(config: TrainConfig, name: str, storage_path: str, workers: int = 1, gpus_per_worker: float = 0,
+                 max_failures: int = 2, callbacks: list | None = None):
+    """A ``TorchTrainer`` for one run; ``storage_path`` must be absolute (Ray 2.60)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    storage = Path(storage_path).resolve()
+    cfg = asdict(config)
+    cfg["corpus"] = str(Path(config.corpus).resolve())
+    cfg["run_dir"] = cfg["run_dir"] or str(storage / name)
+    use_gpu = gpus_per_worker > 0
+    resources = {"CPU": config.threads_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=str(storage), callbacks=callbacks or [],
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=None)),
+    )
+
+
+def run_name(config: TrainConfig) -> str:
+    parts = [config.cell, f"L{config.layers}", f"H{config.hidden}"]
+    if config.residual:
+        parts.append("res")
+    if config.cell == "lstm_lazy":
+        parts.append(f"lazy-{config.lazy_layers}")
+    if config.precision != "fp32":
+        parts.append(config.precision)
+    parts.append(f"s{config.seed}")
+    return "_".join(parts)

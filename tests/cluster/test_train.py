@@ -1,0 +1,88 @@
+"""Training on a real local Ray cluster: a tiny grid end to end, and a worker killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cluster.grid import run_study, trial_configs, PROFILES
+from cluster.train import EPOCHS_FILE, RUN_FILE, TrainConfig, make_trainer
+from service.results import collect, format_table
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_grid_end_to_end_and_results_equal_what_trials_reported(small_corpus, tmp_path):
+    custom = [{"cell": "lstm", "layers": 1}, {"cell": "gru", "layers": 1}]
+    configs, grid = run_study("mini", "tiny", tmp_path, corpus=str(small_corpus), custom=custom)
+    assert grid is not None and not grid.errors, grid.errors
+    reported = {r.config["point"]["name"]: r.metrics for r in grid}
+    assert len(grid.get_dataframe()) == 2  # the ResultGrid view users read has both trials
+    table = collect(tmp_path, "mini")
+    assert table.height == 2 and set(table["cell"]) == {"lstm", "gru"}
+    for row in table.iter_rows(named=True):
+        m = reported[row["run"]]
+        assert m["final"]
+        assert row["test_per"] == pytest.approx(m["test_per"])
+        assert row["test_frame_acc"] == pytest.approx(m["test_frame_acc"])
+        assert row["best_epoch"] == m["best_epoch"]
+        assert 0.0 <= row["test_frame_acc"] <= 1.0 and row["test_per"] >= 0.0
+    run = tmp_path / "mini" / "runs" / table["run"][0]
+    stamp = (run / RUN_FILE).read_text()
+    for key in ('"seed"', '"manifest_sha256"', '"torch"', '"git_revision"', '"config"'):
+        assert key in stamp
+    text = format_table(table, "mini")
+    assert "LSTM" in text and "GRU" in text
+    # a second call finds both runs finished and trains nothing
+    _, again = run_study("mini", "tiny", tmp_path, corpus=str(small_corpus), custom=custom)
+    assert again is None
+
+
+def test_study_grids_mirror_the_paper():
+    t1 = trial_configs("table1", PROFILES["paper"])
+    assert {(c.cell, c.layers) for c in t1} == {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4, 6)}
+    assert all(c.hidden == 512 for c in t1)
+    t2 = trial_configs("table2", PROFILES["demo"])
+    assert {(c.cell, c.layers) for c in t2} == {(c, n) for c in ("lstm", "lstm_lazy") for n in (1, 2, 4)}
+    t3 = trial_configs("table3", PROFILES["paper"])
+    assert len(t3) == 8 and {c.residual for c in t3} == {False, True}
+    assert {(c.cell, c.layers) for c in trial_configs("table1", PROFILES["demo"])} == \
+        {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4)}
+    with pytest.raises(ValueError, match="unknown training option"):
+        TrainConfig.from_dict({"layrs": 3})
+
+
+def test_killed_worker_resumes_from_its_last_checkpoint(small_corpus, tmp_path):
+    config = TrainConfig(corpus=str(small_corpus), cell="gru", layers=1, hidden=16, epochs=3, batch_size=8,
+                         max_train_utterances=48, max_eval_utterances=12, patience=10,
+                         pid_dir=str(tmp_path / "pids"))
+    trainer = make_trainer(config, "killed", str(tmp_path / "runs"))
+    run = tmp_path / "runs" / "killed"
+    killed = {}
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if list(run.glob("checkpoint_*/model.pt")) and (tmp_path / "pids" / "rank0.pid").exists():
+                pid = int((tmp_path / "pids" / "rank0.pid").read_text())
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    result = trainer.fit()
+    killer.join(timeout=1)
+    assert killed, "the worker was never killed"
+    assert int((tmp_path / "pids" / "rank0.pid").read_text()) != killed["pid"]  # a new worker took over
+    epochs = pl.read_parquet(run / EPOCHS_FILE)
+    assert epochs.filter(pl.col("split") == "dev")["epoch"].to_list() == [1, 2, 3]
+    assert result.metrics["final"] and 0 <= result.metrics["test_frame_acc"] <= 1
+    assert result.error is None
