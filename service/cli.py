@@ -137,8 +137,13 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     import subprocess
 
+    import socket
+
+    with socket.socket() as sock:  # the agent's default 52365 may be held by another Ray on this machine
+        sock.bind(("", 0))
+        agent_port = sock.getsockname()[1]
     cmd = ["ray", "start", "--head", "--include-dashboard=true", f"--dashboard-port={args.dashboard_port}",
-           f"--port={args.port}", "--disable-usage-stats"]
+           f"--port={args.port}", f"--dashboard-agent-listen-port={agent_port}", "--disable-usage-stats"]
     if args.num_cpus is not None:
         cmd.append(f"--num-cpus={args.num_cpus}")
     print("$ " + " ".join(cmd), file=sys.stderr)
