@@ -260,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-scale", type=float, default=1.0)
     p.add_argument("--utterances", type=int, default=None)
     p.set_defaults(func=cmd_export_posteriors)
+
+    from analyses.cli import add_parsers as add_analysis_parsers
+    from cluster.capture import add_capture_parser
+    from service.scheduler import add_watch_parser
+    from service.sql import add_sql_parser
+
+    add_capture_parser(sub)
+    add_sql_parser(sub)
+    add_analysis_parsers(sub)  # analyse, claims, report
+    add_watch_parser(sub)
     return parser
 
 

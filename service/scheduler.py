@@ -1,0 +1,339 @@
+"""Scheduled reanalysis: every checkpoint in the training storage gets its analyses, without asking.
+
+    gatelens watch --every 10m     # a detached, named actor on the running Ray cluster (0 CPU)
+    gatelens watch --once          # one pass, here
+    gatelens watch --status        # last pass, pending and failed checkpoints
+    gatelens watch --stop
+
+A pass finds every ``checkpoint_*/model.pt`` under the storage, skips files still being written
+(modified less than ``settle`` seconds ago: Ray copies a checkpoint into storage file by file),
+and for each checkpoint that lacks a finished capture or analysis at the *current* version runs
+capture (sharded Ray tasks), the analyses (Ray tasks) and the ingest (this process: the one
+writer). A checkpoint that fails (truncated, unloadable, another corpus) is logged ``failed`` with
+its error in the store's analyses log and is not retried until its file changes; the pass goes
+on. Ray has no cron, so the loop is an actor method; an exception in a pass is logged and the
+loop continues (an uncaught one would end the actor silently).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ACTOR_NAME = "gatelens-watcher"
+NAMESPACE = "gatelens"
+log = logging.getLogger("gatelens.watch")
+
+
+@dataclass
+class WatchConfig:
+    storage: str = "data/runs"  # training storage (where Ray Train writes checkpoints)
+    store: str = "data/gatelens.duckdb"
+    figures: str = "data/figures"
+    every: float = 600.0  # seconds between passes
+    settle: float = 10.0  # a file younger than this may still be being copied
+    utterances: int = 500  # utterances captured per checkpoint (the paper's 500)
+    sample: int = 3  # utterances kept frame by frame (temporal trace)
+    analyses: list[str] | None = None  # default: all per-checkpoint analyses
+    corpus: str | None = None  # default: each checkpoint's training corpus
+
+    def resolved(self) -> "WatchConfig":
+        return WatchConfig(**{**asdict(self), "storage": str(Path(self.storage).resolve()),
+                              "store": str(Path(self.store).resolve()), "figures": str(Path(self.figures).resolve())})
+
+
+@dataclass
+class PassReport:
+    started: str
+    seconds: float = 0.0
+    found: int = 0
+    settling: int = 0
+    done: list[str] = field(default_factory=list)  # checkpoint ids analysed in this pass
+    up_to_date: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # path -> error
+    error: str | None = None  # an exception that ended the pass early
+
+    def line(self) -> str:
+        return (f"pass at {self.started}: {self.found} checkpoints, {len(self.done)} analysed, {self.up_to_date} "
+                f"up to date, {self.settling} still being written, {len(self.failed)} failed"
+                + (f"; pass error: {self.error}" if self.error else "") + f" ({self.seconds:.1f} s)")
+
+
+def discover(storage: str | Path) -> list[Path]:
+    """Every checkpoint file Ray Train wrote under ``storage``, oldest first."""
+    root = Path(storage)
+    if not root.is_dir():
+        return []
+    files = [p for p in root.rglob("checkpoint_*/model.pt") if p.is_file()]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+def _sha10(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:10]
+
+
+def _known_ids(store) -> dict[str, str]:
+    """path -> checkpoint_id of checkpoints the store has registered (saves re-hashing them)."""
+    if not Path(store.path).is_file():
+        return {}
+    df = store.query("SELECT path, checkpoint_id FROM checkpoints WHERE path IS NOT NULL")
+    return dict(zip(df["path"].to_list(), df["checkpoint_id"].to_list()))
+
+
+def _status(store, checkpoint_id: str, analysis: str, version: int) -> str | None:
+    if not Path(store.path).is_file():
+        return None
+    df = store.query("SELECT status FROM analyses WHERE checkpoint_id = ? AND analysis = ? AND analysis_version = ?",
+                     [checkpoint_id, analysis, version])
+    return df["status"][0] if df.height else None
+
+
+def _study_checkpoint(path: Path, checkpoint_id: str, facts: dict):
+    from analyses.study import StudyCheckpoint
+
+    run_dir = path.parent.parent
+    study = run_dir.parent.parent.name if run_dir.parent.name == "runs" else run_dir.parent.name
+    return StudyCheckpoint(study, run_dir.name, run_dir, path, checkpoint_id, facts["arch"], facts["layers"],
+                           facts["hidden"], facts["residual"])
+
+
+def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
+    """One pass over the storage; never raises for one checkpoint's failure."""
+    from analyses.study import MODULES, analyse, ensure_captured
+    from cluster.capture import checkpoint_id_for, load, model_facts
+    from cluster.summaries import SUMMARY_VERSION
+    from service.store import Store
+
+    report = PassReport(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    t0 = time.time()
+    store = Store(config.store)
+    names = config.analyses or list(MODULES)
+    try:
+        known = _known_ids(store)
+        files = discover(config.storage)
+        report.found = len(files)
+        for path in files:
+            if time.time() - path.stat().st_mtime < config.settle:
+                report.settling += 1
+                continue
+            cid = known.get(str(path.resolve()))
+            try:
+                if cid is None:
+                    model, _ = load(path)
+                    cid = checkpoint_id_for(path, model_facts(model))
+                    facts = model_facts(model)
+                    del model
+                else:
+                    facts = None
+                states = [_status(store, cid, "capture", SUMMARY_VERSION)] + \
+                         [_status(store, cid, n, MODULES[n].VERSION) for n in names]
+                if all(s == "finished" for s in states):
+                    report.up_to_date += 1
+                    continue
+                if "failed" in states and all(s in ("finished", "failed") for s in states):
+                    report.failed[str(path)] = "failed earlier at this version (file unchanged)"
+                    continue
+                if facts is None:
+                    model, _ = load(path)
+                    facts = model_facts(model)
+                    del model
+                ck = _study_checkpoint(path, cid, facts)
+                ensure_captured(store, ck, utterances=config.utterances, sample=config.sample, corpus=config.corpus,
+                                progress=progress)
+                jobs = analyse(store, [cid], config.figures, names, progress=progress)
+                bad = [j.error for j in jobs if j.status == "failed"]
+                if bad:
+                    report.failed[str(path)] = "; ".join(bad)
+                else:
+                    report.done.append(cid)
+            except Exception as e:  # one checkpoint's failure must not stop the pass
+                error = f"{path}: {type(e).__name__}: {e}"
+                report.failed[str(path)] = error
+                fail_id = cid or f"unloadable-{_sha10(path)}"
+                if _status(store, fail_id, "capture", SUMMARY_VERSION) != "failed":
+                    store.log_failed(fail_id, "capture", SUMMARY_VERSION, error)
+                progress(f"  failed: {error}")
+    except Exception as e:
+        report.error = f"{type(e).__name__}: {e}"
+        progress(traceback.format_exc())
+    report.seconds = time.time() - t0
+    progress(report.line())
+    return report
+
+
+class Watcher:
+    """The detached actor: a loop of passes, and its status."""
+
+    def __init__(self, config: dict):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        self.config = WatchConfig(**config)
+        self.reports: list[PassReport] = []
+        self.stopping = threading.Event()
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.reports = (self.reports + [run_pass(self.config)])[-20:]
+            except BaseException:  # run_pass catches everything; this is the belt to its braces
+                log.error("pass crashed:\n%s", traceback.format_exc())
+            self.stopping.wait(self.config.every)
+
+    def status(self) -> dict:
+        last = self.reports[-1] if self.reports else None
+        return {"started": self.started, "config": asdict(self.config), "passes": len(self.reports),
+                "last": asdict(last) if last else None}
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def deploy(config: WatchConfig):
+    """Start the watcher as a detached named actor, replacing a running one (whose code may be old)."""
+    import ray
+
+    old = _existing()
+    if old is not None:
+        ray.kill(old, no_restart=True)
+        for _ in range(50):  # the name is released asynchronously
+            if _existing() is None:
+                break
+            time.sleep(0.1)
+    actor_cls = ray.remote(num_cpus=0, max_concurrency=4)(Watcher)
+    actor = actor_cls.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
+                              max_restarts=-1, max_task_retries=0).remote(asdict(config.resolved()))
+    actor.loop.remote()
+    return actor
+
+
+def _existing():
+    import ray
+
+    try:
+        return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def pending_and_failed(config: WatchConfig) -> tuple[list[str], dict[str, str]]:
+    """Checkpoints not yet analysed at the current versions, and the store's failed ones."""
+    from analyses.study import MODULES
+    from cluster.summaries import SUMMARY_VERSION
+    from service.store import Store
+
+    store = Store(config.store)
+    known = _known_ids(store)
+    names = config.analyses or list(MODULES)
+    pending = []
+    for path in discover(config.storage):
+        cid = known.get(str(path.resolve()))
+        if cid is None or not all(_status(store, cid, n, v) == "finished" for n, v in
+                                  [("capture", SUMMARY_VERSION)] + [(n, MODULES[n].VERSION) for n in names]):
+            pending.append(str(path))
+    failed = {}
+    if Path(store.path).is_file():
+        df = store.query("SELECT checkpoint_id, analysis, error FROM analyses WHERE status = 'failed' ORDER BY finished_at")
+        failed = {f"{r['checkpoint_id']} ({r['analysis']})": r["error"] for r in df.iter_rows(named=True)}
+    return pending, failed
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def parse_every(text: str) -> float:
+    """'10m', '90s', '1h' or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t[-1] in units else float(t)
+    except (ValueError, IndexError):
+        raise ValueError(f"--every {text!r}: expected e.g. 90s, 10m, 1h") from None
+
+
+def add_watch_parser(sub) -> None:
+    p = sub.add_parser("watch", help="analyse every new checkpoint: a scheduler on the Ray cluster",
+                       description="Run capture, analyses and ingest for every checkpoint in the training storage "
+                                   "that lacks a current-version analysis; --every deploys a detached actor on the "
+                                   "running cluster (or loops here when none is running).")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--every", help="interval between passes, e.g. 10m")
+    mode.add_argument("--once", action="store_true", help="one pass in this process")
+    mode.add_argument("--status", action="store_true", help="last pass, pending and failed checkpoints")
+    mode.add_argument("--stop", action="store_true", help="stop the running watcher")
+    p.add_argument("--storage", default="data/runs", help="training storage to watch (default: %(default)s)")
+    p.add_argument("--store", default="data/gatelens.duckdb", help="the DuckDB store (default: %(default)s)")
+    p.add_argument("--figures", default="data/figures", help="where figures go (default: %(default)s)")
+    p.add_argument("--utterances", type=int, default=500, help="utterances captured per checkpoint")
+    p.add_argument("--settle", type=float, default=10.0, help="seconds a file must be unchanged before it is read")
+    p.add_argument("--analyses", help="comma-separated subset of the analyses")
+    p.add_argument("--corpus", help="capture on this corpus instead of each checkpoint's own")
+    p.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(args) -> int:
+    import ray
+
+    from cluster.runtime import ensure_ray
+
+    config = WatchConfig(storage=args.storage, store=args.store, figures=args.figures, utterances=args.utterances,
+                         settle=args.settle, analyses=args.analyses.split(",") if args.analyses else None,
+                         corpus=args.corpus)
+    if args.every:
+        config.every = parse_every(args.every)
+    if args.once:
+        ensure_ray()
+        report = run_pass(config.resolved(), progress=print)
+        for path, error in report.failed.items():
+            print(f"  failed: {path}: {error}")
+        return 0 if report.error is None else 1
+    if args.status:
+        pending, failed = pending_and_failed(config)
+        started_here = ensure_ray(connect_only=True)
+        actor = _existing() if not started_here else None
+        if actor is None:
+            print("watcher: not running")
+        else:
+            st = ray.get(actor.status.remote())
+            print(f"watcher: running since {st['started']}, every {st['config']['every']:.0f} s, "
+                  f"{st['passes']} passes")
+            if st["last"]:
+                print("  last " + PassReport(**st["last"]).line())
+        print(f"pending: {len(pending)}" + "".join(f"\n  {p}" for p in pending[:20]))
+        print(f"failed: {len(failed)}" + "".join(f"\n  {k}: {v}" for k, v in list(failed.items())[:20]))
+        return 0
+    if args.stop:
+        if ensure_ray(connect_only=True):
+            print("watcher: no Ray cluster is running")
+            return 0
+        actor = _existing()
+        if actor is None:
+            print("watcher: not running")
+            return 0
+        ray.kill(actor, no_restart=True)
+        print("watcher: stopped")
+        return 0
+    started_here = ensure_ray()
+    if started_here:
+        # a detached actor would die with this process's private cluster: loop here instead
+        print(f"no running Ray cluster (start one with `gatelens up`); watching in the foreground every "
+              f"{config.every:.0f} s, Ctrl-C to stop")
+        w = Watcher(asdict(config.resolved()))
+        try:
+            w.loop()
+        except KeyboardInterrupt:
+            w.stop()
+        return 0
+    deploy(config)
+    print(f"watcher deployed as detached actor {NAMESPACE}/{ACTOR_NAME}: a pass every {config.every:.0f} s over "
+          f"{Path(config.storage).resolve()}; `gatelens watch --status` to follow it")
+    return 0
