@@ -1,0 +1,129 @@
+"""Tables 1-3: test phone error rate and frame accuracy by cell, depth, lazy update and residual
+shortcuts (Sec. 3.2, 5.1, 5.2), from a study's trial results.
+
+The trial results are each run's ``run.json`` and ``epochs.parquet`` (``service.results.collect``:
+the test row scores the best-on-dev weights). The paper reports WER from Kaldi decoding; we
+report PER from our phone-loop decoder and frame accuracy on the frame targets.
+
+- Table 1 (LSTM vs GRU by depth): the plain runs (no residual, no lazy update).
+- Table 2 (LSTM without / with lazy cell update): per depth, ``lstm`` against ``lstm_lazy``.
+- Table 3 (without / with residual shortcuts): per cell and depth.
+A table appears when the study holds at least one run for its comparison.
+
+Summary rows (checkpoint_id ``study:<name>``, label = run name, layer 0): layers, residual, lazy,
+test_per, test_frame_acc, dev_frame_acc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from analyses.common import Output, Params, figure_path, grid, save, summary_frame
+
+NAME = "comparisons"
+VERSION = 1
+FIGURE = "Tables 1-3"
+FILE = "tables01-03_comparisons.png"
+SYSTEM = {"lstm": "LSTM", "gru": "GRU", "lstm_lazy": "LSTM lazy", "lstm_fused": "LSTM (nn.LSTM)"}
+
+
+@dataclass
+class ComparisonParams(Params):
+    storage: str | None = None  # where the study's runs are (recorded with the analysis)
+
+
+@dataclass
+class Table:
+    """A table in the paper's layout: a title, header rows (cells may span columns: (text, span)),
+    and body rows of strings."""
+
+    name: str  # "Table 1"
+    title: str
+    header: list[list[tuple[str, int]]]
+    rows: list[list[str]] = field(default_factory=list)
+
+
+def study_id(study: str) -> str:
+    return f"study:{study}"
+
+
+def load_study(storage, study: str) -> dict:
+    from service.results import collect
+
+    return {"study": study, "results": collect(storage, study)}
+
+
+def _pct(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}"
+
+
+def _find(df: pl.DataFrame, **kw) -> dict | None:
+    for k, v in kw.items():
+        df = df.filter(pl.col(k) == v)
+    return df.row(0, named=True) if df.height else None
+
+
+def paper_tables(df: pl.DataFrame) -> list[Table]:
+    """Tables 1-3 from collected results (the ones the runs allow)."""
+    if df.is_empty():
+        return []
+    tables = []
+    plain = df.filter(~pl.col("residual") & (pl.col("cell") != "lstm_lazy"))
+    if plain.height:
+        t = Table("Table 1", "Performance of LSTM and GRU systems (test set)",
+                  [[("System", 1), ("Recurrent layers", 1), ("PER %", 1), ("Frame acc. %", 1)]])
+        for cell in [c for c in SYSTEM if c in set(plain["cell"])]:
+            for n in sorted(set(plain.filter(pl.col("cell") == cell)["layers"])):
+                r = _find(plain, cell=cell, layers=n)
+                t.rows.append([SYSTEM[cell], str(n), _pct(r["test_per"]), _pct(r["test_frame_acc"])])
+        tables.append(t)
+    lazy = df.filter(~pl.col("residual") & pl.col("cell").is_in(["lstm", "lstm_lazy"]))
+    if "lstm_lazy" in set(lazy["cell"]):
+        t = Table("Table 2", "Performance of LSTM without / with lazy cell update (test set)",
+                  [[("Recurrent layers", 1), ("Baseline", 2), ("Lazy update", 2)],
+                   [("", 1), ("PER %", 1), ("Acc. %", 1), ("PER %", 1), ("Acc. %", 1)]])
+        for n in sorted(set(lazy["layers"])):
+            b, z = _find(lazy, cell="lstm", layers=n), _find(lazy, cell="lstm_lazy", layers=n)
+            t.rows.append([str(n)] + [_pct(r[k]) if r else "-" for r in (b, z) for k in ("test_per", "test_frame_acc")])
+        tables.append(t)
+    if df["residual"].any():
+        t = Table("Table 3", "Performance of LSTM / GRU without / with residual shortcuts (test set)",
+                  [[("System", 1), ("Recurrent layers", 1), ("Baseline", 2), ("Residual learning", 2)],
+                   [("", 1), ("", 1), ("PER %", 1), ("Acc. %", 1), ("PER %", 1), ("Acc. %", 1)]])
+        res = df.filter(pl.col("cell") != "lstm_lazy")
+        for cell in [c for c in SYSTEM if c in set(res.filter(pl.col("residual"))["cell"])]:
+            for n in sorted(set(res.filter((pl.col("cell") == cell) & pl.col("residual"))["layers"])):
+                b, r_ = _find(res, cell=cell, layers=n, residual=False), _find(res, cell=cell, layers=n, residual=True)
+                t.rows.append([SYSTEM[cell], str(n)] + [_pct(r[k]) if r else "-" for r in (b, r_)
+                                                        for k in ("test_per", "test_frame_acc")])
+        tables.append(t)
+    return tables
+
+
+def run(inputs: dict, params: ComparisonParams, fig_dir) -> Output:
+    study, df = inputs["study"], inputs["results"]
+    sid = study_id(study)
+    rows = []
+    for r in df.iter_rows(named=True):
+        rows += [{"label": r["run"], "metric": m, "value": v} for m, v in (
+            ("layers", r["layers"]), ("residual", float(bool(r["residual"]))), ("lazy", float(r["cell"] == "lstm_lazy")),
+            ("test_per", r["test_per"]), ("test_frame_acc", r["test_frame_acc"]), ("dev_frame_acc", r["dev_frame_acc"]))]
+    fig, axes = grid(2, cols=2, size=(5.0, 3.4))
+    for ax, (key, what) in zip(axes, (("test_per", "test PER %"), ("test_frame_acc", "test frame accuracy %"))):
+        if df.height:
+            for (cell, residual), sub in df.sort("layers").group_by("cell", "residual", maintain_order=True):
+                ax.plot(sub["layers"].to_numpy(), 100 * sub[key].to_numpy(), "o-",
+                        label=SYSTEM.get(cell, cell) + (" + residual" if residual else ""))
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("recurrent layers")
+        ax.set_ylabel(what)
+        ax.set_title(what + " by depth", fontsize=9)
+    fig.suptitle(f"{FIGURE}: study {study} ({df.height} runs)", fontsize=9)
+    fig.tight_layout()
+    figure = save(fig, figure_path(fig_dir, "study", f"{study}-{FILE}"), FIGURE)
+    return Output(NAME, VERSION, sid, summary_frame(rows, sid, NAME, VERSION), [figure], params.to_dict())

@@ -1,0 +1,258 @@
+"""Fig. 8: memory robustness, the change of the cell values caused by an inserted noise segment
+(Sec. 4.4).
+
+One test utterance is read from its 16 kHz wav (the embedded corpus keeps them), a noise
+segment (white, pink, brown or babble; length and SNR as parameters; ``cluster.data.noise``)
+is inserted at a frame boundary, and the model is run on the clean and on the noisy stream.
+
+Frame alignment. The segment is a whole number N of 10 ms frames and starts on a frame
+boundary, so after it the noisy stream is the clean one shifted by N frames: noisy frame k
+compares with clean frame k - N. Before the segment, frame k compares with clean frame k.
+Frames whose 25 ms window overlaps the segment have no clean counterpart (NaN). The seeded
+~1 LSB dither is laid out the same way (the clean stream's dither, with fresh dither for the
+inserted samples), so aligned frames get identical features: differences after the segment
+come from the model's memory alone.
+
+Impact duration. The noise ends, for the model, at the first frame whose spliced input (+-
+``context`` frames) holds no noise: end = (first frame after the segment) + context. Per
+layer, mean_u |c_noisy - c_clean| is computed per frame; its peak is the largest value over all
+aligned frames; the impact duration is the number of frames from ``end`` until the mean
+difference first falls below max(fraction x peak, floor). ``floor`` is an absolute tolerance
+for float rounding (a model without memory leaves ~1e-7). If it never falls below before the
+utterance ends, the duration is censored: the frames observed, flagged ``censored``.
+
+Rows: the store's ``noise_impact`` table (per layer and noisy frame: mean, max and RMS of
+|difference| over units) and summary rows per layer: impact_frames, censored, peak, threshold,
+frames_after, pre_noise_max (difference before the noise could reach the model: should be 0);
+layer 0: impact_frames averaged over layers. ``label`` = "<utt>:<noise>:<snr>dB".
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from analyses.common import (AnalysisError, Output, Params, checkpoint_info, corpus_for, figure_path, grid, save,
+                             summary_frame)
+
+NAME = "memory_robustness"
+VERSION = 1
+STORE_ANALYSIS = "noise"
+FIGURE = "Fig. 8"
+FILE = "fig08_memory_robustness.png"
+
+
+@dataclass
+class RobustnessParams(Params):
+    utt_id: str | None = None  # default: the longest utterance of the split that has a wav
+    split: str = "test"
+    noise: str = "white"  # white | pink | brown | babble
+    snr_db: float = 0.0  # relative to the utterance's speech power
+    noise_s: float = 0.3  # segment length, seconds (rounded to whole 10 ms frames)
+    at_s: float | None = None  # insertion point, seconds (default: a third into the utterance)
+    fraction: float = 0.1  # impact lasts until the mean difference falls below fraction x peak ...
+    floor: float = 1e-3  # ... or below this absolute value, whichever is larger
+    seed: int = 0  # noise seed (with the utterance id)
+    babble_sources: int = 8  # other utterances of the split mixed into babble
+    corpus: str | None = None  # default: the corpus the capture used
+
+
+def load(store, checkpoint_id: str, params: RobustnessParams) -> dict:
+    ck = checkpoint_info(store, checkpoint_id)
+    if not ck.get("path"):
+        raise AnalysisError(f"{store.path}: checkpoint {checkpoint_id} has no file path in the store")
+    return {"checkpoint": ck, "corpus": corpus_for(store, checkpoint_id, params.corpus)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The two streams
+
+
+def wav_paths(corpus, split_name: str) -> dict[str, Path]:
+    """{utt_id: wav file} of a split (its ``wav`` scp); pipes are refused (16 kHz files only)."""
+    from cluster.data.kaldi import read_scp
+
+    spec = corpus.split(split_name).spec
+    if not spec.get("wav"):
+        raise AnalysisError(f"{corpus.manifest_path}: split {split_name} keeps no wavs (the embedded corpus keeps "
+                            f"the test split's; gatelens corpus --keep-wavs)")
+    scp = corpus.path(spec["wav"])
+    out = {}
+    for utt, entry in read_scp(scp, corpus.root).items():
+        if entry.rstrip().endswith("|"):
+            raise AnalysisError(f"{scp}: utterance {utt} is a pipe; memory robustness reads 16 kHz wav files")
+        out[utt] = Path(entry)
+    return out
+
+
+def read_wav(path: Path) -> np.ndarray:
+    from scipy.io import wavfile
+
+    from cluster.data.features import SAMPLE_RATE
+
+    if not path.is_file():
+        raise AnalysisError(f"{path}: wav file not found")
+    rate, x = wavfile.read(path)
+    if rate != SAMPLE_RATE or x.ndim != 1:
+        raise AnalysisError(f"{path}: expected 16 kHz mono, got {rate} Hz with shape {x.shape}")
+    return x.astype(np.float64)
+
+
+def streams(wave: np.ndarray, at: int, length: int, kind: str, snr_db: float, noise_seed, dither_seed,
+            sources: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(clean fbank [T, 40], noisy fbank [T + N, 40]) with the dither laid out alike (see above).
+
+    ``features.fbank`` adds its own seeded dither d_f to whatever it is given; handing it
+    noisy - d_f + d (in float64) makes it compute on noisy + d, with d the clean stream's dither
+    around fresh dither for the inserted samples.
+    """
+    from cluster.data.features import fbank
+    from cluster.data.noise import insert_noise
+
+    noisy = insert_noise(wave, at, length, kind, snr_db, noise_seed, sources)
+    d_clean = np.random.default_rng(dither_seed).standard_normal(len(wave)).astype(np.float32)
+    d_new = np.random.default_rng([*np.atleast_1d(noise_seed).tolist(), 1]).standard_normal(length).astype(np.float32)
+    d = np.concatenate([d_clean[:at], d_new, d_clean[at:]]).astype(np.float64)
+    d_f = np.random.default_rng(dither_seed).standard_normal(len(noisy)).astype(np.float32).astype(np.float64)
+    return fbank(wave, dither_seed), fbank(noisy - d_f + d, dither_seed)
+
+
+def alignment(t_clean: int, at: int, frames_inserted: int, shift: int = 160, window: int = 400):
+    """(ref [T + N], s, e): ref[k] = the clean frame noisy frame k compares with, -1 inside the
+    segment; s = first noisy frame whose window overlaps it, e = first frame after it."""
+    s = max(0, (at - window) // shift + 1)
+    e = at // shift + frames_inserted
+    k = np.arange(t_clean + frames_inserted)
+    ref = np.where(k < s, k, np.where(k >= e, k - frames_inserted, -1))
+    return ref, s, e
+
+
+def impact_duration(mean_diff: np.ndarray, end: int, fraction: float, floor: float) -> dict:
+    """Frames from ``end`` until mean_diff first falls below max(fraction x peak, floor); the peak
+    over all aligned (non-NaN) frames. Censored when it never does."""
+    peak = float(np.nanmax(mean_diff)) if np.isfinite(mean_diff).any() else 0.0
+    threshold = max(fraction * peak, floor)
+    after = mean_diff[end:]
+    below = np.flatnonzero(after < threshold)
+    censored = below.size == 0
+    return {"impact_frames": float(len(after) if censored else below[0]), "censored": float(censored),
+            "peak": peak, "threshold": threshold, "frames_after": float(len(after))}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
+    import torch
+
+    from cluster.capture import CaptureConfig, load as load_model, open_corpus
+    from cluster.data.features import FRAME_SHIFT, SAMPLE_RATE, dither_seed
+    from cluster.data.noise import KINDS
+
+    ck = inputs["checkpoint"]
+    cid = ck["checkpoint_id"]
+    if params.noise not in KINDS:
+        raise AnalysisError(f"noise {params.noise!r}: choose one of {', '.join(KINDS)}")
+    torch.set_num_threads(1)
+    model, meta = load_model(ck["path"])
+    corpus = open_corpus(CaptureConfig(checkpoint=ck["path"], corpus=inputs["corpus"]), meta)
+    split = corpus.split(params.split)
+    wavs = wav_paths(corpus, params.split)
+    utt_id = params.utt_id or max((u for u in split.utt_ids if u in wavs),
+                                  key=lambda u: (len(split.alignments[u].phones), u), default=None)
+    if utt_id is None or utt_id not in wavs:
+        raise AnalysisError(f"{corpus.manifest_path}: no wav for utterance {utt_id} in split {params.split}")
+    wave = read_wav(wavs[utt_id])
+    seed = (corpus.manifest.get("generator") or {}).get("seed", 0)
+    frames_inserted = max(1, int(round(params.noise_s * SAMPLE_RATE / FRAME_SHIFT)))
+    at_s = params.at_s if params.at_s is not None else len(wave) / SAMPLE_RATE / 3
+    at = int(at_s * SAMPLE_RATE) // FRAME_SHIFT * FRAME_SHIFT
+    if not 0 <= at <= len(wave):
+        raise AnalysisError(f"{wavs[utt_id]}: insertion point {at_s} s outside the utterance ({len(wave) / SAMPLE_RATE:.2f} s)")
+    others = [u for u in sorted(wavs) if u != utt_id][:params.babble_sources]
+    sources = [read_wav(wavs[u]) for u in others] if params.noise == "babble" else None
+    clean_f, noisy_f = streams(wave, at, frames_inserted * FRAME_SHIFT, params.noise, params.snr_db,
+                               [params.seed, zlib.crc32(utt_id.encode())], dither_seed(seed, utt_id), sources)
+    stored = split.load(utt_id).feats
+    feat_diff = float(np.abs(stored - clean_f).max()) if stored.shape == clean_f.shape else float("inf")
+    if corpus.manifest.get("generator") and feat_diff > 1e-3:
+        raise AnalysisError(f"{wavs[utt_id]}: features recomputed from the wav differ from the corpus features "
+                            f"of {utt_id} by {feat_diff:g} (shapes {clean_f.shape} vs {stored.shape})")
+    with torch.inference_mode():
+        c_clean = model.capture(torch.from_numpy(clean_f), dtype=torch.float32, values=("c",))
+        c_noisy = model.capture(torch.from_numpy(noisy_f), dtype=torch.float32, values=("c",))
+    ref, s, e = alignment(len(clean_f), at, frames_inserted)
+    if len(noisy_f) != len(ref):
+        raise AnalysisError(f"{wavs[utt_id]}: {len(noisy_f)} noisy frames, expected {len(ref)}")
+    end = e + model.config.context
+    label = f"{utt_id}:{params.noise}:{params.snr_db:g}dB"
+    rows, impact_rows, diffs, durations = [], [], {}, []
+    for name in sorted(c_clean, key=lambda n: int(n[1:].split(".")[0])):
+        layer = int(name[1:].split(".")[0])
+        clean, noisy = c_clean[name].numpy().astype(np.float64), c_noisy[name].numpy().astype(np.float64)
+        d = np.full(noisy.shape, np.nan)
+        ok = ref >= 0
+        d[ok] = np.abs(noisy[ok] - clean[ref[ok]])
+        diffs[layer] = d
+        mean, mx, rms = _rowstat(d, np.mean), _rowstat(d, np.max), np.sqrt(_rowstat(d ** 2, np.mean))
+        stats = impact_duration(mean, end, params.fraction, params.floor)
+        stats["pre_noise_max"] = float(np.max(mean[:max(s - model.config.context, 0)], initial=0.0))
+        durations.append(stats["impact_frames"])
+        rows += [{"label": label, "layer": layer, "metric": m, "value": v} for m, v in stats.items()]
+        impact_rows.append(pl.DataFrame({
+            "utt_id": utt_id, "noise": params.noise, "snr_db": float(params.snr_db), "noise_start": int(s),
+            "noise_frames": frames_inserted, "layer": np.full(len(mean), layer, np.int32),
+            "frame": np.arange(len(mean), dtype=np.int32), "mean_abs_diff": mean, "max_abs_diff": mx,
+            "rms_diff": rms}))
+        if stats["pre_noise_max"] > 1e-2:
+            raise AnalysisError(f"checkpoint {cid}: cells differ by {stats['pre_noise_max']:g} before the noise "
+                                f"({wavs[utt_id]}): the clean and noisy streams are misaligned")
+    rows.append({"label": label, "metric": "impact_frames", "value": float(np.mean(durations))})
+    table = pl.concat(impact_rows).with_columns(pl.col("noise_start", "noise_frames").cast(pl.Int32)).select(
+        pl.lit(cid).alias("checkpoint_id"), pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"), pl.all())
+    figure = _draw(diffs, rows, s, end, cid, label, fig_dir)
+    p = params.to_dict() | {"utt_id": utt_id, "at_samples": at, "noise_frames": frames_inserted, "noise_start": s,
+                            "noise_end": end, "feature_check_max_abs_diff": feat_diff}
+    return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure], p,
+                  tables={"noise_impact": table}, store_analysis=STORE_ANALYSIS)
+
+
+def _rowstat(d: np.ndarray, fn) -> np.ndarray:
+    """fn over units per frame; NaN for frames without a clean counterpart."""
+    out = np.full(d.shape[0], np.nan)
+    ok = ~np.isnan(d).any(1)
+    out[ok] = fn(d[ok], axis=1)
+    return out
+
+
+def _draw(diffs: dict, rows: list[dict], s: int, end: int, cid: str, label: str, fig_dir):
+    import matplotlib.pyplot as plt
+
+    stat = {(r["layer"], r["metric"]): r["value"] for r in rows if r.get("layer")}
+    fig, axes = grid(len(diffs) + 1, cols=1, size=(9.0, 2.3))
+    cmap = plt.get_cmap("magma").with_extremes(bad="0.85")  # grey: the segment, no clean frame to compare
+    for ax, (layer, d) in zip(axes, sorted(diffs.items())):
+        vmax = np.nanpercentile(d, 99) if np.isfinite(d).any() else 1.0
+        ax.imshow(d.T, aspect="auto", origin="lower", cmap=cmap, vmin=0, vmax=max(vmax, 1e-9), interpolation="nearest")
+        for x in (s, end):
+            ax.axvline(x, color="c", lw=0.8)
+        dur = stat[(layer, "impact_frames")]
+        ax.set_title(f"layer {layer}: impact {dur:.0f} frames{'+' if stat[(layer, 'censored')] else ''}", fontsize=9)
+        ax.set_ylabel("unit")
+    ax = axes[-1]
+    for layer, d in sorted(diffs.items()):
+        mean = _rowstat(d, np.mean)
+        ax.plot(mean, lw=0.9, label=f"layer {layer}")
+    ax.axvspan(s, end, color="0.85")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("frame of the noisy utterance")
+    ax.set_ylabel("mean |c diff|")
+    ax.set_title("mean |difference| over units", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"{FIGURE}: |c noisy - c clean|, {label}, {cid}", fontsize=9)
+    fig.tight_layout()
+    return save(fig, figure_path(fig_dir, cid, FILE), FIGURE)
