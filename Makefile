@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORPUS ?= data/corpus
 UTTERANCES ?= 3000
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gatelens corpus --out $(CORPUS) --utterances $(UTTERANCES) --reuse
 	$(BIN)/gatelens grid --study table1 --profile demo --corpus $(CORPUS) --storage data/runs
+	$(BIN)/gatelens report --study table1 --storage data/runs
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
+# the report test opens the page in Debian's headless Chromium
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq chromium >/dev/null; }
+
 bench: $(STAMP)
-	$(BIN)/python bench/corpus.py
+	for b in corpus cells train decode capture store figures service; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) data build .pytest_cache

@@ -10,7 +10,7 @@ on a copy of its store (the copy is written to; the original is not touched):
 
 and prints parallel's wall time against the serial sum (the baseline, same run, same machine).
 
-    .venv/bin/python bench/analyses.py [--study table1] [--storage data/runs] [--store data/gatelens.duckdb]
+    .venv/bin/python bench/figures.py [--study table1] [--storage data/runs] [--store data/gatelens.duckdb]
 """
 
 from __future__ import annotations
