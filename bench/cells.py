@@ -1,0 +1,109 @@
+"""Speed of the recurrent cells, against torch.nn.LSTM (fp32) measured in the same run.
+
+For each cell (lstm, gru, lstm_lazy, and the nn.LSTM reference lstm_fused) and precision (fp32,
+bf16), with H=512, B=32, T=100 and L in {1, 4} layers, it times the whole acoustic model (splice,
+L layers, output layer, frame cross-entropy), and prints:
+
+  train fr/s   forward + backward frames per second, and its ratio to lstm_fused fp32
+  fwd fr/s     inference forward (no_grad), no capture
+  capture fr/s forward with capture of every value (c, m, i, f, o, g) to float16, and its ratio
+               to the forward without capture
+
+These machines are shared and noisy: configurations are interleaved round by round, each
+one's fastest round is reported (timeit's rule: noise only ever adds time), and the load
+average is printed before and after; compare ratios, which come from the same rounds.
+
+    .venv/bin/python bench/cells.py [--quick] [--layers 1 4] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cluster.models import ModelConfig, build_model
+
+CELLS = ("lstm_fused", "lstm", "gru", "lstm_lazy")
+PRECISIONS = ("fp32", "bf16")
+
+
+def make_case(cell, precision, layers, hidden, batch, frames, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(cell=cell, layers=layers, hidden=hidden, num_targets=120, precision=precision,
+                      lazy_layers="all")
+    model = build_model(cfg, torch.zeros(40), torch.ones(40))
+    x = torch.randn(batch, frames, 40)
+    y = torch.randint(0, 120, (batch, frames))
+    lengths = torch.full((batch,), frames)
+
+    def train():
+        logits = model(x, lengths)
+        loss = F.cross_entropy(logits.reshape(-1, 120), y.reshape(-1))
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def forward():
+        with torch.no_grad():
+            model(x, lengths)
+
+    def capture():
+        model.capture(x, lengths, dtype=torch.float16)
+
+    return {"train": train, "fwd": forward, "capture": None if cell == "lstm_fused" else capture}
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench(layers, args):
+    cases = {(c, p): make_case(c, p, layers, args.hidden, args.batch, args.frames) for c in CELLS for p in PRECISIONS}
+    times = {(key, kind): [] for key in cases for kind in ("train", "fwd", "capture")}
+    for rnd in range(args.warmup + args.reps):
+        for key, fns in cases.items():
+            for kind, fn in fns.items():
+                if fn is not None:
+                    t = timed(fn)
+                    if rnd >= args.warmup:
+                        times[key, kind].append(t)
+    n = args.batch * args.frames
+    rate = {k: n / min(v) for k, v in times.items() if v}
+    ref = rate[("lstm_fused", "fp32"), "train"]
+    print(f"\nL={layers}  H={args.hidden}  B={args.batch}  T={args.frames}  (ratios against lstm_fused fp32 "
+          f"training: {ref:,.0f} frames/s)")
+    print(f"{'cell':11s} {'prec':5s} {'train fr/s':>11s} {'x nn.LSTM':>9s} {'fwd fr/s':>10s} "
+          f"{'capture fr/s':>12s} {'capt/fwd':>8s}")
+    for (cell, prec) in cases:
+        tr, fw = rate[(cell, prec), "train"], rate[(cell, prec), "fwd"]
+        cap = rate.get(((cell, prec), "capture"))
+        cap_s = f"{cap:12,.0f} {cap / fw:8.2f}" if cap else f"{'-':>12s} {'-':>8s}"
+        print(f"{cell:11s} {prec:5s} {tr:11,.0f} {tr / ref:9.2f} {fw:10,.0f} {cap_s}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed rounds instead of 2 and 7")
+    ap.add_argument("--layers", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+    args.warmup, args.reps = (1, 2) if args.quick else (2, 7)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.2f}")
+    for layers in args.layers:
+        bench(layers, args)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Checkpoints that rebuild the model on their own: weights + config + corpus identity + code version.
+
+One torch.save file holding only plain data (dicts, lists, strings, numbers, tensors), so it
+loads with torch.load(weights_only=True) and needs none of the trainer's arguments:
+
+    {"format": "gatelens-checkpoint", "format_version": 1,
+     "config": ModelConfig as a dict, "state_dict": weights and the CMVN buffers (on CPU),
+     "corpus": the corpus manifest's identity (targets, phone table, CMVN, ...),
+     "code_version": {"package": "0.1.0", "git": "<sha>" or None}, "extra": {...} or None}
+
+Writes are atomic (temp file in the same directory, fsync, os.replace): a reader sees the
+old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .acoustic import AcousticModel, ModelConfig, build_model
+
+FORMAT = "gatelens-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that exists but cannot be used (truncated, corrupt, or not ours)."""
+
+
+def code_version() -> dict:
+    """{"package": installed gatelens version or "unknown", "git": HEAD of this package's repo or None}."""
+    try:
+        package = importlib.metadata.version("gatelens")
+    except importlib.metadata.PackageNotFoundError:
+        package = "unknown"
+    git = None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            git = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"package": package, "git": git}
+
+
+def _plain(obj, where: str = "corpus_identity"):
+    """obj as dicts/lists/str/numbers (numpy and tensors become lists), so weights_only loads it."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return _plain(obj.tolist(), where)
+    raise TypeError(f"{where}: cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def save_checkpoint(path, model: AcousticModel, corpus_identity: dict, extra: dict | None = None) -> Path:
+    """Write model + config + corpus identity + code version to `path`, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "corpus": _plain(corpus_identity),
+        "code_version": code_version(),
+        "extra": _plain(extra, "extra"),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not possible on every filesystem
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[AcousticModel, dict]:
+    """(model, meta) from a checkpoint; meta has config (ModelConfig), corpus, code_version, extra.
+
+    Raises FileNotFoundError for a missing file and CheckpointError, naming the file, for
+    one that is truncated, corrupt or not a gatelens checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, EOF...: all mean "this file is unusable"
+        raise CheckpointError(f"cannot load checkpoint {path} ({path.stat().st_size} bytes): truncated "
+                              f"or not a checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a gatelens checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format_version {payload.get('format_version')!r}, "
+                              f"this code reads {FORMAT_VERSION}")
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+        state = payload["state_dict"]
+        model = build_model(config, state["cmvn_mean"], state["cmvn_std"])
+        model.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: checkpoint does not rebuild a model: {e}") from e
+    model.to(state["cmvn_mean"].device)
+    meta = {"config": config, "corpus": payload["corpus"], "code_version": payload["code_version"],
+            "extra": payload["extra"], "path": str(path)}
+    return model, meta

@@ -1,0 +1,168 @@
+"""Plumbing shared by the hand-written recurrent layers (lstm, gru, lstm_lazy).
+
+Each layer file holds one cell: its parameters under the paper's symbols, and a
+`torch.autograd.Function` whose forward is the only implementation of the cell's
+equations (training, inference and capture all run it) and whose backward is
+backpropagation through time written out by hand. This module holds what the
+three have in common: precision, initialisation, the matmul helpers that let
+the recurrent GEMM run in bf16 while the cell state stays fp32, and the layer
+interface.
+
+Layer interface (all cells, `fused` included):
+
+    y, state, values = layer(x, state=None, lengths=None, capture=False)
+
+x is time-major [T, B, D]; y is [T, B, H]; state is a tuple of [B, H] tensors (the cell's
+recurrent state after the last valid frame of each sequence, so a later call can continue
+where this one stopped; zeros when None); values is None, or with capture=True a dict from
+value name ("c", "m", "i", "f", "o", "g") to the [T, B, H] tensor of that value at every
+frame. values are the Function's own buffers (the tensors its backward needs), so capturing
+costs a dtype conversion and nothing else: there is no second implementation of any cell.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def matmul_dtype(precision: str, state_dtype: torch.dtype) -> torch.dtype:
+    """dtype of the GEMM operands. bf16 only replaces fp32; float64 (tests) stays float64."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and state_dtype == torch.float32:
+        return torch.bfloat16
+    return state_dtype
+
+
+_HAVE_PACKED_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def _can_pack(w: torch.Tensor) -> bool:
+    return _HAVE_PACKED_LINEAR and w.device.type == "cpu" and w.dtype == torch.bfloat16
+
+
+class FrameMatmul:
+    """a -> a @ w.T for the per-frame recurrent GEMM, with w prepared once per sequence.
+
+    Why: for the bf16 [B x H] @ [H x 4H] frame GEMM, torch.mm has oneDNN re-lay-out w on
+    every call, 20-30% of the call at B=32, H=512 on this CPU. Packing w once per sequence
+    (torch.ops.mkldnn._reorder_linear_weight + _linear_pointwise, the pair Inductor uses for
+    frozen linears) removes that; results are bit-identical to torch.mm. Other dtypes and
+    devices (fp32, float64, CUDA) use torch.mm / addmm.
+    """
+
+    def __init__(self, w: torch.Tensor, batch: int):
+        self.w_t = w.t()
+        self.packed = None
+        if _can_pack(w):
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch)
+            except RuntimeError:  # an oneDNN build without the op: plain mm is correct, only slower
+                self.packed = None
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(a, self.packed, None, "none", [], "")
+        return torch.mm(a, self.w_t)
+
+    def acc_(self, out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """out += a @ w.T in place; the product in a's dtype, the sum in out's.
+
+        CPU addmm cannot mix dtypes (no out_dtype on CPU in torch 2.13), so in bf16 mode the
+        product comes back in bf16 and is added to the fp32 pre-activation: the gate
+        nonlinearities and the cell state never see bf16 rounding beyond the product's.
+        """
+        if a.dtype == out.dtype:
+            return out.addmm_(a, self.w_t)
+        return out.add_(self(a))
+
+    def plus(self, base: torch.Tensor | None, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """base + a @ w.T as a new tensor of `dtype` (base None means zero)."""
+        if base is None:
+            return self(a).to(dtype)
+        if a.dtype == base.dtype:
+            return torch.addmm(base, a, self.w_t)
+        return torch.add(base, self(a))
+
+
+def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, state_dtype: torch.dtype) -> torch.Tensor:
+    """W x_t + b for every frame in one GEMM: [T, B, D] -> [T, B, G] in state_dtype.
+
+    Taking the input terms out of the time loop leaves the loop with the recurrent GEMM
+    only. x and w already carry the matmul dtype; the bias is added in state_dtype (a
+    bf16 result is first widened by copy_: a mixed-dtype add is 3x slower here).
+    """
+    T, B, D = x.shape
+    xw = torch.mm(x.reshape(T * B, D), w.t())
+    if xw.dtype != state_dtype:
+        xw = torch.empty(xw.shape, dtype=state_dtype, device=xw.device).copy_(xw)
+    return xw.add_(b).view(T, B, -1)
+
+
+def sigmoid_tanh_(x: torch.Tensor, one: torch.Tensor) -> torch.Tensor:
+    """Finish tanh(a) = 2 sigmoid(2a) - 1 on x = sigmoid(2a), in place.
+
+    Why not torch.tanh: on this CPU (torch 2.13, AVX-512) tanh costs ~1.7 ns per element,
+    3-5x sigmoid, and at one frame's size it is split across both cores, so in the time loop
+    it stalls whenever the other core is busy. Doubling the candidate's pre-activation lets
+    one sigmoid serve i, f and g. The identity is exact; its rounding is absolute (~1 ulp of
+    1), which is what the cell equations consume. Tensor operands (x + x, - one) rather than
+    Python scalars: a scalar is wrapped into a tensor on every call, doubling the op's cost.
+    """
+    return x.add_(x).sub_(one)
+
+
+def tanh_into(out: torch.Tensor, x: torch.Tensor, one: torch.Tensor) -> torch.Tensor:
+    """out = tanh(x), computed as in sigmoid_tanh_."""
+    return sigmoid_tanh_(torch.add(x, x, out=out).sigmoid_(), one)
+
+
+def uniform_init_(module: nn.Module, hidden: int) -> None:
+    """Every parameter (W, V and b) ~ U(-1/sqrt(H), 1/sqrt(H)).
+
+    The same rule torch.nn.LSTM and nn.GRU use, so the paper's cells and the fused
+    reference start from the same distribution; peepholes V get it too.
+    """
+    bound = 1.0 / math.sqrt(hidden)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(-bound, bound)
+
+
+def last_valid(seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """seq[len_b - 1, b] for every b: the state after each sequence's last valid frame."""
+    if lengths is None:
+        return seq[-1]
+    idx = (torch.as_tensor(lengths, device=seq.device).long() - 1).clamp_min(0)
+    return seq[idx, torch.arange(seq.shape[1], device=seq.device)]
+
+
+def zeros_state(x: torch.Tensor, hidden: int, n: int) -> tuple[torch.Tensor, ...]:
+    return tuple(x.new_zeros(x.shape[1], hidden) for _ in range(n))
+
+
+class GatedLayer(nn.Module):
+    """Base of the three hand-written cells: holds precision and the state convention."""
+
+    state_names: tuple[str, ...] = ()
+    value_names: tuple[str, ...] = ()
+
+    def __init__(self, input_size: int, hidden_size: int, precision: str = "fp32"):
+        super().__init__()
+        matmul_dtype(precision, torch.float32)  # validates
+        self.input_size, self.hidden_size, self.precision = input_size, hidden_size, precision
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, precision={self.precision!r}"
+
+    def _start(self, x: torch.Tensor, state):
+        if x.dim() != 3 or x.shape[2] != self.input_size:
+            raise ValueError(f"{type(self).__name__} expects [T, B, {self.input_size}], got {tuple(x.shape)}")
+        if state is None:
+            state = zeros_state(x, self.hidden_size, len(self.state_names))
+        return matmul_dtype(self.precision, x.dtype), state

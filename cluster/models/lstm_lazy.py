@@ -1,0 +1,189 @@
+"""Lazy cell update (Sec. 5.1): the peephole LSTM computed in GRU order, the cell updated last.
+
+The paper gives the reordering only as a figure (Fig. 9a). Our reading (notes.md, "The
+paper, and how we read it"): every gate sees the old cell c_{t-1}, the output is formed
+from c_{t-1}, and, as in the GRU, the candidate reads the *new* output m_t:
+
+    i_t = sigma(W_ix x_t + W_im m_{t-1} + V_ic * c_{t-1} + b_i)
+    f_t = sigma(W_fx x_t + W_fm m_{t-1} + V_fc * c_{t-1} + b_f)
+    o_t = sigma(W_ox x_t + W_om m_{t-1} + V_oc * c_{t-1} + b_o)      (peeks at c_{t-1}, not c_t)
+    m_t = o_t * tanh(c_{t-1})                                        (the layer's output)
+    g_t = tanh (W_cx x_t + W_cm m_t + b_c)                           (GRU-like: reads m_t)
+    c_t = f_t * c_{t-1} + i_t * g_t                                  (updated last)
+
+The alternative reading, `candidate_input="m_prev"`, keeps the LSTM's candidate input m_{t-1}
+(g_t = tanh(W_cx x_t + W_cm m_{t-1} + b_c)): only the output moves before the cell update.
+Both readings share parameters (same names and shapes as PeepholeLSTM), so one checkpoint
+can be evaluated under either. Values exposed per frame: c, m, i, f, o, g.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, tanh_into, uniform_init_
+
+CANDIDATE_INPUTS = ("m_t", "m_prev")
+
+
+class LazyLSTMFunction(torch.autograd.Function):
+    """One lazy-LSTM layer over a sequence: forward loop, hand-written BPTT backward.
+
+    Why hand-written: see PeepholeLSTMFunction. Reading "m_t" needs two GEMMs per frame
+    (m_t sits between them), reading "m_prev" one.
+
+    Gate buffer A[t] = [i | f | o | g]: the three sigmoid gates side by side (one peephole
+    op, one sigmoid). Inputs: x [T,B,D], W_x [4H,D] (rows i, f, o, c), b [4H], W_r [3H,H]
+    = (W_im; W_fm; W_om), W_cm [H,H], V [3,H] = (V_ic, V_fc, V_oc), m0, c0 [B,H], mm_dtype,
+    new_m (True: reading "m_t"). Returns m [T,B,H], c [T,B,H], A [T,B,4H] (not differentiable).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W_x, b, W_r, W_cm, V, m0, c0, mm_dtype, new_m):
+        T, B, _ = x.shape
+        H = W_cm.shape[0]
+        sd = c0.dtype
+        xm, Wxm = x.to(mm_dtype), W_x.to(mm_dtype)
+        Wrm, Wcm = W_r.to(mm_dtype), W_cm.to(mm_dtype)
+        A = project(xm, Wxm, b, sd)                       # W_*x x_t + b_*, all t
+        C = A.new_empty(T + 1, B, H)                      # C[t+1] = c_t, C[0] = c0
+        M = A.new_empty(T + 1, B, H)                      # M[t+1] = m_t, M[0] = m0
+        Mm = M if mm_dtype == sd else torch.empty_like(M, dtype=mm_dtype)
+        TC = A.new_empty(T, B, H)                         # tanh(c_{t-1}), kept for backward
+        C[0], M[0], Mm[0] = c0, m0, m0
+        one, V3 = A.new_ones(B, H), V.unsqueeze(0)
+        if new_m:
+            gates, cand = FrameMatmul(Wrm, B), FrameMatmul(Wcm, B)
+            rec_part = A[..., : 3 * H].unbind(0)
+        else:
+            gates, cand = FrameMatmul(torch.cat((Wrm, Wcm)), B), None
+            rec_part = A.unbind(0)
+        A_ifo, A_ifo3 = A[..., : 3 * H].unbind(0), A[..., : 3 * H].unflatten(2, (3, H)).unbind(0)
+        i_, f_, o_, g_ = (u.unbind(0) for u in A.split(H, 2))
+        C_, Cu_, M_, Mm_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), M.unbind(0), Mm.unbind(0), TC.unbind(0)
+        for t in range(T):
+            gates.acc_(rec_part[t], Mm_[t])                           # + W_*m m_{t-1}
+            A_ifo3[t].addcmul_(Cu_[t], V3)                            # + V_*c c_{t-1}, all three gates
+            A_ifo[t].sigmoid_()
+            torch.mul(o_[t], tanh_into(TC_[t], C_[t], one), out=M_[t + 1])      # m_t = o_t tanh(c_{t-1})
+            if Mm is not M:
+                Mm_[t + 1].copy_(M_[t + 1])
+            if new_m:
+                cand.acc_(g_[t], Mm_[t + 1])                          # + W_cm m_t
+            sigmoid_tanh_(g_[t].add_(g_[t]).sigmoid_(), one)          # g_t = tanh(.)
+            torch.mul(f_[t], C_[t], out=C_[t + 1]).addcmul_(i_[t], g_[t])      # c_t, last
+        ctx.save_for_backward(xm, Wxm, Wrm, Wcm, V, A, C, Mm, TC)
+        ctx.mark_non_differentiable(A)
+        ctx.set_materialize_grads(False)
+        ctx.x_dtype, ctx.w_dtype, ctx.new_m = x.dtype, W_x.dtype, new_m
+        return M[1:], C[1:], A
+
+    @staticmethod
+    def backward(ctx, dM, dC, _dA):
+        """BPTT. With dm = dL/dm_t (output plus recurrence), dc = dL/dc_t from frame t+1, and
+        tc = tanh(c_{t-1}):
+
+            da_g = dc i (1-g^2)
+            dm  += da_g @ W_cm                      (reading "m_t" only: g_t reads m_t)
+            da_i = dc g i(1-i);   da_f = dc c_{t-1} f(1-f);   da_o = dm tc o(1-o)
+            dc_{t-1} = dc f + dm o (1-tc^2) + V_ic da_i + V_fc da_f + V_oc da_o
+            dm_{t-1} = [da_i, da_f, da_o] @ W_r     ("m_prev": [da_i, da_f, da_o, da_g] @ [W_r; W_cm])
+        """
+        xm, Wxm, Wrm, Wcm, V, A, C, Mm, TC = ctx.saved_tensors
+        new_m = ctx.new_m
+        T, B, H = TC.shape
+        sd, md = C.dtype, Wrm.dtype
+        dM = dM.contiguous() if dM is not None else None
+        dA = torch.empty(T, B, 4 * H, dtype=md, device=A.device)
+        da = A.new_empty(B, 4 * H) if md != sd else None
+        one = A.new_ones(B, H)
+        db, dV = A.new_zeros(B, 4 * H), A.new_zeros(B, 3, H)
+        V_ic, V_fc, V_oc = V.unbind(0)
+        if new_m:
+            gates, cand, n_rec = FrameMatmul(Wrm.t(), B), FrameMatmul(Wcm.t(), B), 3 * H
+        else:
+            gates, cand, n_rec = FrameMatmul(torch.cat((Wrm, Wcm)).t(), B), None, 4 * H
+        A_if, i_, f_, o_, g_ = A[..., : 2 * H].unbind(0), *(u.unbind(0) for u in A.split(H, 2))
+        C_, Cu_, TC_, dA_ = C.unbind(0), C.unsqueeze(2).unbind(0), TC.unbind(0), dA.unbind(0)
+        dM_ = dM.unbind(0) if dM is not None else None
+        dC_ = dC.unbind(0) if dC is not None else None
+        dm = dM_[T - 1] if dM is not None else A.new_zeros(B, H)
+        dc = A.new_zeros(B, H)
+        for t in range(T - 1, -1, -1):
+            i, f, o, g, tc, c_prev = i_[t], f_[t], o_[t], g_[t], TC_[t], C_[t]
+            if dC_ is not None:
+                dc = dc + dC_[t]
+            da_t = dA_[t] if da is None else da
+            da_i, da_f, da_o, da_g = da_t.split(H, 1)
+            da_if = da_t[:, : 2 * H]
+            torch.addcmul(one, g, g, value=-1, out=da_g).mul_(i).mul_(dc)     # da_g
+            if new_m:
+                dm = cand.plus(dm, da_g if da is None else dA_[t][:, 3 * H :].copy_(da_g), sd)
+            torch.addcmul(A_if[t], A_if[t], A_if[t], value=-1, out=da_if)     # i(1-i), f(1-f)
+            da_i.mul_(g)
+            da_f.mul_(c_prev)
+            da_if.unflatten(1, (2, H)).mul_(dc.unsqueeze(1))
+            torch.mul(dm, tc, out=da_o).mul_(torch.addcmul(o, o, o, value=-1))
+            dc = torch.mul(dc, f).addcmul_(dm, torch.addcmul(one, tc, tc, value=-1).mul_(o))
+            dc.addcmul_(da_i, V_ic).addcmul_(da_f, V_fc).addcmul_(da_o, V_oc)   # dc_{t-1}
+            dV.addcmul_(da_t[:, : 3 * H].unflatten(1, (3, H)), Cu_[t])        # all peek at c_{t-1}
+            db.add_(da_t)
+            if da is not None:
+                dA_[t][:, : n_rec].copy_(da_t[:, : n_rec])
+            dm = gates.plus(dM_[t - 1] if (dM_ is not None and t > 0) else None, dA_[t][:, :n_rec], sd)
+        TB = T * B
+        dA2 = dA.view(TB, 4 * H)
+        need, wd = ctx.needs_input_grad, ctx.w_dtype
+        dx = (dA2 @ Wxm).view(T, B, -1).to(ctx.x_dtype) if need[0] else None
+        dW_x = (dA2.t() @ xm.reshape(TB, -1)).to(wd) if need[1] else None
+        db = db.sum(0).to(wd) if need[2] else None
+        m_prev = Mm[:-1].reshape(TB, H)
+        dW_r = (dA2[:, : 3 * H].t() @ m_prev).to(wd) if need[3] else None
+        m_cand = Mm[1:].reshape(TB, H) if new_m else m_prev        # what g_t read
+        dW_cm = (dA2[:, 3 * H :].t() @ m_cand).to(wd) if need[4] else None
+        dV = dV.sum(0).to(V.dtype) if need[5] else None
+        return dx, dW_x, db, dW_r, dW_cm, dV, dm, dc, None, None
+
+
+class LazyLSTM(GatedLayer):
+    """Layer of lazily updated peephole LSTM units (Sec. 5.1); same parameters as PeepholeLSTM.
+
+    candidate_input: "m_t" (our reading, default) or "m_prev" (the alternative); see the
+    module docstring. Initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)).
+    """
+
+    state_names = ("m", "c")
+    value_names = ("c", "m", "i", "f", "o", "g")
+
+    def __init__(self, input_size: int, hidden_size: int, precision: str = "fp32",
+                 candidate_input: str = "m_t"):
+        super().__init__(input_size, hidden_size, precision)
+        if candidate_input not in CANDIDATE_INPUTS:
+            raise ValueError(f"candidate_input must be one of {CANDIDATE_INPUTS}, got {candidate_input!r}")
+        self.candidate_input = candidate_input
+        D, H = input_size, hidden_size
+        for gate in "ifco":
+            setattr(self, f"W_{gate}x", nn.Parameter(torch.empty(H, D)))
+            setattr(self, f"W_{gate}m", nn.Parameter(torch.empty(H, H)))
+            setattr(self, f"b_{gate}", nn.Parameter(torch.empty(H)))
+        for gate in "ifo":
+            setattr(self, f"V_{gate}c", nn.Parameter(torch.empty(H)))
+        uniform_init_(self, H)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", candidate_input={self.candidate_input!r}"
+
+    def forward(self, x, state=None, lengths=None, capture=False):
+        mm_dtype, (m0, c0) = self._start(x, state)
+        W_x = torch.cat((self.W_ix, self.W_fx, self.W_ox, self.W_cx))
+        b = torch.cat((self.b_i, self.b_f, self.b_o, self.b_c))
+        W_r = torch.cat((self.W_im, self.W_fm, self.W_om))
+        V = torch.stack((self.V_ic, self.V_fc, self.V_oc))
+        m, c, A = LazyLSTMFunction.apply(x, W_x, b, W_r, self.W_cm, V, m0, c0, mm_dtype,
+                                         self.candidate_input == "m_t")
+        state = (last_valid(m, lengths), last_valid(c, lengths))
+        if not capture:
+            return m, state, None
+        i, f, o, g = A.split(self.hidden_size, 2)
+        return m, state, {"c": c, "m": m, "i": i, "f": f, "o": o, "g": g}

@@ -1,0 +1,349 @@
+"""Each hand-written cell against a plain reference step written here from the paper's equations.
+
+The references are deliberately naive (one frame at a time, float64, autograd for gradients,
+torch.tanh, no buffers), so that agreement to 1e-10 means the fast path computes the paper's
+equations, and not merely something self-consistent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster.models import GRU, FusedLSTM, LazyLSTM, PeepholeLSTM
+from cluster.models.common import FrameMatmul
+
+sig, tanh = torch.sigmoid, torch.tanh
+F64 = torch.float64
+TOL = 1e-10
+
+
+def lin(p, gate, x, src, h):
+    """W_{gate}x x + W_{gate}{src} h + b_gate, in the paper's names."""
+    return x @ p[f"W_{gate}x"].T + h @ p[f"W_{gate}{src}"].T + p[f"b_{gate}"]
+
+
+# --- reference steps: the equations of Sec. 3.1, Eq. (1) and Sec. 5.1, verbatim ---------------
+def ref_lstm(p, x, m, c):
+    i = sig(lin(p, "i", x, "m", m) + p["V_ic"] * c)
+    f = sig(lin(p, "f", x, "m", m) + p["V_fc"] * c)
+    g = tanh(lin(p, "c", x, "m", m))
+    c_new = f * c + i * g
+    o = sig(lin(p, "o", x, "m", m) + p["V_oc"] * c_new)
+    m_new = o * tanh(c_new)
+    return dict(c=c_new, m=m_new, i=i, f=f, o=o, g=g), (m_new, c_new)
+
+
+def ref_gru(p, x, c):
+    i = sig(lin(p, "i", x, "c", c))
+    f = 1 - i
+    o = sig(lin(p, "o", x, "c", c))
+    m = o * c
+    g = tanh(lin(p, "c", x, "m", m))
+    c_new = f * c + i * g
+    return dict(c=c_new, m=m, i=i, f=f, o=o, g=g), (c_new,)
+
+
+def ref_lazy(p, x, m, c, candidate="m_t"):
+    i = sig(lin(p, "i", x, "m", m) + p["V_ic"] * c)
+    f = sig(lin(p, "f", x, "m", m) + p["V_fc"] * c)
+    o = sig(lin(p, "o", x, "m", m) + p["V_oc"] * c)
+    m_new = o * tanh(c)
+    g = tanh(lin(p, "c", x, "m", m_new if candidate == "m_t" else m))
+    c_new = f * c + i * g
+    return dict(c=c_new, m=m_new, i=i, f=f, o=o, g=g), (m_new, c_new)
+
+
+def run_ref(layer, x, state):
+    """Reference over a whole [T, B, D] sequence: (output, final state, values stacked over t)."""
+    p = dict(layer.named_parameters())
+    if isinstance(layer, PeepholeLSTM):
+        step = ref_lstm
+    elif isinstance(layer, GRU):
+        step = ref_gru
+    else:
+        step = lambda p, x, m, c: ref_lazy(p, x, m, c, layer.candidate_input)  # noqa: E731
+    frames = []
+    for t in range(x.shape[0]):
+        vals, state = step(p, x[t], *state)
+        frames.append(vals)
+    values = {k: torch.stack([v[k] for v in frames]) for k in frames[0]}
+    out = values["c"] if isinstance(layer, GRU) else values["m"]
+    return out, state, values
+
+
+CELLS = {
+    "lstm": lambda d, h, prec="fp32": PeepholeLSTM(d, h, prec),
+    "gru": lambda d, h, prec="fp32": GRU(d, h, prec),
+    "lstm_lazy": lambda d, h, prec="fp32": LazyLSTM(d, h, prec, "m_t"),
+    "lstm_lazy_m_prev": lambda d, h, prec="fp32": LazyLSTM(d, h, prec, "m_prev"),
+}
+
+
+def make(cell, D=5, H=4, seed=0, dtype=F64, prec="fp32"):
+    """A layer with random weights, larger than the default init so every gate does something."""
+    torch.manual_seed(seed)
+    layer = CELLS[cell](D, H, prec).to(dtype)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 0.7)
+    return layer
+
+
+def rand_state(layer, B, scale=1.0, dtype=F64):
+    n = len(layer.state_names)
+    if isinstance(layer, GRU):  # a GRU state is a previous output: inside (-1, 1)
+        return tuple(torch.rand(B, layer.hidden_size, dtype=dtype) * 1.8 - 0.9 for _ in range(n))
+    return tuple(torch.randn(B, layer.hidden_size, dtype=dtype) * scale for _ in range(n))
+
+
+# --- forward values -------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", CELLS)
+def test_outputs_and_every_captured_value_match_reference(cell):
+    layer = make(cell)
+    x = torch.randn(7, 3, 5, dtype=F64) * 2
+    state = rand_state(layer, 3)
+    y, final, values = layer(x, state, capture=True)
+    ry, rfinal, rvalues = run_ref(layer, x, state)
+    assert set(values) == set(rvalues) == {"c", "m", "i", "f", "o", "g"}
+    torch.testing.assert_close(y, ry, rtol=0, atol=TOL)
+    for name in rvalues:
+        torch.testing.assert_close(values[name], rvalues[name], rtol=0, atol=TOL, msg=name)
+    for a, b in zip(final, rfinal):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_zero_state_is_the_default(cell):
+    layer = make(cell)
+    x = torch.randn(4, 2, 5, dtype=F64)
+    zeros = tuple(torch.zeros(2, 4, dtype=F64) for _ in layer.state_names)
+    torch.testing.assert_close(layer(x)[0], layer(x, zeros)[0], rtol=0, atol=0)
+
+
+# --- gradients ------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_fast_path(cell):
+    """Numerical vs hand-written Jacobian, for x, every parameter and the initial state."""
+    layer = make(cell, D=3, H=3, seed=1)
+    x = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in rand_state(layer, 2))
+    names = [n for n, _ in layer.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+
+    def f(x, *flat):
+        ps, st_ = flat[: len(names)], flat[len(names):]
+        out = torch.func.functional_call(layer, dict(zip(names, ps)), (x, st_))
+        return (out[0],) + tuple(out[1])   # outputs for every frame and the final state
+
+    assert torch.autograd.gradcheck(f, (x, *params, *state), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_equal_autograd_of_reference(cell):
+    layer = make(cell, seed=2)
+    x = torch.randn(6, 3, 5, dtype=F64, requires_grad=True)
+    state = tuple(s.requires_grad_() for s in rand_state(layer, 3))
+    w = torch.randn(6, 3, 4, dtype=F64)
+    wf = [torch.randn(3, 4, dtype=F64) for _ in state]
+    inputs = [x, *state, *layer.parameters()]
+
+    def loss(out, final):
+        return (out * w).sum() + sum((s * v).sum() for s, v in zip(final, wf))
+
+    y, final, _ = layer(x, state)
+    fast = torch.autograd.grad(loss(y, final), inputs)
+    ry, rfinal, _ = run_ref(layer, x, state)
+    ref = torch.autograd.grad(loss(ry, rfinal), inputs)
+    labels = ["x"] + [f"state{k}" for k in range(len(state))] + [n for n, _ in layer.named_parameters()]
+    for name, a, b in zip(labels, fast, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL, msg=name)
+
+
+# --- sequence structure ---------------------------------------------------------------------
+@pytest.mark.parametrize("cell", [*CELLS, "fused"])
+def test_frame_by_frame_stepping_equals_sequence_pass(cell):
+    layer = FusedLSTM(5, 4).double() if cell == "fused" else make(cell)
+    x = torch.randn(6, 2, 5, dtype=F64)
+    y, final, _ = layer(x)
+    state, ys = None, []
+    for t in range(6):
+        yt, state, _ = layer(x[t : t + 1], state)
+        ys.append(yt)
+    torch.testing.assert_close(torch.cat(ys), y, rtol=0, atol=1e-12)
+    for a, b in zip(state, final):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", [*CELLS, "fused"])
+def test_padded_batch_equals_per_utterance_runs(cell):
+    """Valid frames, final states and gradients of a padded batch equal per-utterance runs,
+    with garbage (large, finite) in the padding."""
+    layer = FusedLSTM(5, 4).double() if cell == "fused" else make(cell, seed=3)
+    lengths = [6, 2, 4]
+    T, B = max(lengths), len(lengths)
+    utts = [torch.randn(n, 1, 5, dtype=F64) for n in lengths]
+    x = torch.randn(T, B, 5, dtype=F64) * 1e3
+    for b, u in enumerate(utts):
+        x[: lengths[b], b] = u[:, 0]
+    ws = [torch.randn(n, 1, 4, dtype=F64) for n in lengths]
+
+    y, final, _ = layer(x, lengths=torch.tensor(lengths))
+    loss = sum((y[: n, b : b + 1] * ws[b]).sum() for b, n in enumerate(lengths))
+    grads = torch.autograd.grad(loss, list(layer.parameters()))
+
+    sep_grads = [torch.zeros_like(p) for p in layer.parameters()]
+    for b, u in enumerate(utts):
+        yb, fb, _ = layer(u)
+        torch.testing.assert_close(y[: lengths[b], b : b + 1], yb, rtol=0, atol=1e-12)
+        for a, s in zip(final, fb):
+            torch.testing.assert_close(a[b : b + 1], s, rtol=0, atol=1e-12)
+        for acc, g in zip(sep_grads, torch.autograd.grad((yb * ws[b]).sum(), list(layer.parameters()))):
+            acc += g
+    for g, s in zip(grads, sep_grads):
+        torch.testing.assert_close(g, s, rtol=0, atol=1e-10)
+
+
+# --- the GRU keeps its state bounded ---------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    x_scale=st.floats(1e-3, 1e4),
+    w_scale=st.floats(1e-2, 1e2),
+    dtype=st.sampled_from([torch.float32, F64]),
+    prec=st.sampled_from(["fp32", "bf16"]),
+)
+def test_gru_cell_stays_in_unit_interval(seed, x_scale, w_scale, dtype, prec):
+    """c_t is a convex combination of c_{t-1} and tanh(.): any input keeps it in [-1, 1].
+    (Open (-1, 1) in exact arithmetic; a saturated tanh or sigmoid in floating point reaches +-1.)"""
+    g = torch.Generator().manual_seed(seed)
+    layer = GRU(3, 5, prec).to(dtype)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * w_scale)
+    x = torch.randn(8, 2, 3, generator=g, dtype=dtype) * x_scale
+    c0 = torch.rand(2, 5, generator=g, dtype=dtype) * 2 - 1
+    c, _, values = layer(x, (c0,), capture=True)
+    assert torch.isfinite(c).all()
+    assert (c.abs() <= 1).all(), c.abs().max()
+    assert (values["m"].abs() <= 1).all()
+
+
+def test_gru_cell_strictly_inside_for_moderate_inputs():
+    layer = make("gru", seed=4)
+    c, _, _ = layer(torch.randn(50, 4, 5, dtype=F64))
+    assert (c.abs() < 1).all()
+    assert c.abs().max() > 0.5      # and it does move
+
+
+# --- lazy update: differs from the LSTM exactly where the order differs --------------------------
+def _lazy_and_lstm(candidate, seed=5):
+    lstm = make("lstm", seed=seed)
+    lazy = LazyLSTM(5, 4, candidate_input=candidate).double()
+    lazy.load_state_dict(lstm.state_dict())        # same names, same shapes
+    return lstm, lazy
+
+
+@pytest.mark.parametrize("candidate", ["m_t", "m_prev"])
+def test_lazy_equals_lstm_with_output_read_before_the_update(candidate):
+    """Without recurrence through m and without o's peephole, the order of the cell update is
+    the only difference: c and every gate agree, and lazy m_t = o_t tanh(c_{t-1})."""
+    lstm, lazy = _lazy_and_lstm(candidate)
+    with torch.no_grad():
+        for layer in (lstm, lazy):
+            for name in ("W_im", "W_fm", "W_cm", "W_om", "V_oc"):
+                getattr(layer, name).zero_()
+    x = torch.randn(6, 2, 5, dtype=F64)
+    _, _, a = lstm(x, capture=True)
+    _, _, b = lazy(x, capture=True)
+    for name in ("c", "i", "f", "o", "g"):
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=TOL, msg=name)
+    c_prev = torch.cat([torch.zeros_like(a["c"][:1]), a["c"][:-1]])
+    torch.testing.assert_close(b["m"], a["o"] * torch.tanh(c_prev), rtol=0, atol=TOL)
+    assert (b["m"] - a["m"]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("candidate", ["m_t", "m_prev"])
+def test_lazy_first_frame_differs_only_in_output_side(candidate):
+    """From a zero state, frame 0's i, f, g and c coincide (m_{-1} = 0 and, in the lazy cell,
+    m_0 = o_0 tanh(0) = 0); o (peeks at c_0 vs c_{-1}) and m differ; later frames all differ."""
+    lstm, lazy = _lazy_and_lstm(candidate)
+    x = torch.randn(5, 3, 5, dtype=F64)
+    _, _, a = lstm(x, capture=True)
+    _, _, b = lazy(x, capture=True)
+    for name in ("c", "i", "f", "g"):
+        torch.testing.assert_close(b[name][0], a[name][0], rtol=0, atol=TOL, msg=name)
+    assert torch.equal(b["m"][0], torch.zeros_like(b["m"][0]))
+    for name in ("o", "m"):
+        assert (b[name][0] - a[name][0]).abs().max() > 1e-3, name
+    for name in ("c", "i", "f", "o", "g", "m"):
+        assert (b[name][1:] - a[name][1:]).abs().min() > 0, name
+
+
+def test_lazy_readings_differ_only_through_W_cm():
+    x = torch.randn(5, 2, 5, dtype=F64)
+    lazy_t, lazy_prev = make("lstm_lazy", seed=6), make("lstm_lazy_m_prev", seed=6)
+    assert (lazy_t(x)[0] - lazy_prev(x)[0]).abs().max() > 1e-3
+    with torch.no_grad():
+        lazy_t.W_cm.zero_()
+        lazy_prev.W_cm.zero_()
+    torch.testing.assert_close(lazy_t(x)[0], lazy_prev(x)[0], rtol=0, atol=TOL)
+
+
+# --- parameters, precision ------------------------------------------------------------------
+def test_parameter_names_follow_the_paper():
+    def names(layer):
+        return {n for n, _ in layer.named_parameters()}
+    lstm = {f"W_{g}x" for g in "ifco"} | {f"W_{g}m" for g in "ifco"} | {f"b_{g}" for g in "ifco"} | {"V_ic", "V_fc", "V_oc"}
+    assert names(PeepholeLSTM(3, 2)) == lstm
+    assert names(LazyLSTM(3, 2)) == lstm
+    assert names(GRU(3, 2)) == {"W_ix", "W_ox", "W_cx", "W_ic", "W_oc", "W_cm", "b_i", "b_o", "b_c"}
+    layer = PeepholeLSTM(3, 2)
+    assert layer.W_ix.shape == (2, 3) and layer.W_im.shape == (2, 2) and layer.V_ic.shape == (2,)
+
+
+def test_initialisation_is_uniform_in_one_over_sqrt_h():
+    torch.manual_seed(0)
+    layer = PeepholeLSTM(300, 400)
+    bound = 1 / math.sqrt(400)
+    for name, p in layer.named_parameters():
+        assert p.abs().max() <= bound, name
+        assert p.abs().max() > 0.9 * bound, name
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bf16_matmuls_stay_close_to_fp32(cell):
+    layer32 = make(cell, D=16, H=32, seed=7, dtype=torch.float32)
+    with torch.no_grad():
+        for p in layer32.parameters():
+            p.mul_(0.3)
+    layer16 = CELLS[cell](16, 32, "bf16")
+    layer16.load_state_dict(layer32.state_dict())
+    x = torch.randn(20, 4, 16, requires_grad=True)
+    y32, _, v32 = layer32(x, capture=True)
+    y16, _, v16 = layer16(x, capture=True)
+    assert v16["c"].dtype == torch.float32            # the cell state stays fp32
+    err = (y16 - y32).abs().max().item()
+    assert 0 < err < 3e-2                             # bf16 was really used, and it is close
+    g32 = torch.autograd.grad(y32.sum(), [x, *layer32.parameters()])
+    g16 = torch.autograd.grad(y16.sum(), [x, *layer16.parameters()])
+    for a, b in zip(g32, g16):
+        assert (a - b).norm() <= 0.05 * a.norm() + 1e-6
+
+
+def test_packed_frame_matmul_is_bit_identical_to_mm():
+    a = torch.randn(8, 64).bfloat16()
+    w = torch.randn(96, 64).bfloat16()
+    fm = FrameMatmul(w, 8)
+    assert torch.equal(fm(a), a @ w.t())
+    out = torch.randn(8, 96)
+    torch.testing.assert_close(fm.acc_(out.clone(), a), out + (a @ w.t()).float(), rtol=0, atol=0)
+
+
+def test_bad_input_shape_is_rejected():
+    with pytest.raises(ValueError, match=r"\[T, B, 5\]"):
+        make("lstm")(torch.randn(3, 5, dtype=F64))
