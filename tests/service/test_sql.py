@@ -1,0 +1,255 @@
+"""`gatelens sql`: read-only by construction, clear refusals, output formats, busy handling."""
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.capture import sample_table
+from cluster.summaries import QUANTITIES, IrregularityRule, UnitSummary
+from service.sql import EXIT_BUSY, EXIT_REFUSED, check_statement, main
+from service.store import TABLES, Store
+
+PHONES = ["<eps>", "SIL", "AA", "B"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def capture_frames(checkpoint_id, seed=0, hidden=4, n=40):
+    rng = np.random.default_rng(seed)
+    s = UnitSummary("lstm", len(PHONES), rules=(IrregularityRule.parse("abs>2"),))
+    values = {f"L{l}.{q}": (rng.standard_normal((n, hidden)) * 3).astype(np.float32) for l in (1, 2) for q in QUANTITIES}
+    phones = rng.integers(1, len(PHONES), n)
+    s.update(values, phones)
+    return s.frames_for_store(checkpoint_id, PHONES), values, phones
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    st = Store(tmp_path_factory.mktemp("sql") / "gatelens.duckdb")
+    frames, values, phones = capture_frames("ck")
+    sample = sample_table("ck", 1, [("utt1", {k: v[:5] for k, v in values.items()}, phones[:5])], PHONES)
+    st.ingest_analysis("ck", "capture", 1, frames, sample=sample, checkpoint={"arch": "lstm"})
+    st.ingest_run({"run_id": "r1", "arch": "lstm"}, pl.DataFrame({"epoch": [1], "split": ["dev"], "frame_acc": [0.5]}))
+    return st
+
+
+def sql(store, *args, stdin=None, capsys=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    rc = main(["--store", str(store.path), "--wait", "0.5", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def snapshot(store):
+    with store.reader() as con:
+        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in TABLES}
+    files = sorted(str(p) for p in store.path.parent.rglob("*"))
+    return counts, files
+
+
+ATTACKS = {
+    "insert": "INSERT INTO runs (run_id) VALUES ('x')",
+    "update": "UPDATE runs SET status = 'x'",
+    "delete": "DELETE FROM unit_stats",
+    "drop": "DROP TABLE unit_stats",
+    "create": "CREATE TABLE t AS SELECT 1",
+    "create temp": "CREATE TEMP TABLE t (a INT)",
+    "create view": "CREATE VIEW v AS SELECT 1",
+    "create macro": "CREATE MACRO m(a) AS a",
+    "create secret": "CREATE SECRET s (TYPE s3, KEY_ID 'k', SECRET 's')",
+    "alter": "ALTER TABLE runs ADD COLUMN x INT",
+    "merge": "MERGE INTO runs USING (SELECT 'x' AS run_id) s ON runs.run_id = s.run_id WHEN MATCHED THEN DELETE",
+    "attach": "ATTACH '/tmp/gatelens-attack.duckdb' AS evil",
+    "attach memory": "ATTACH ':memory:' AS m",
+    "detach": "DETACH ck",
+    "copy to": "COPY unit_stats TO '/tmp/gatelens-attack.csv'",
+    "copy query to": "COPY (SELECT * FROM runs) TO '/tmp/gatelens-attack.parquet' (FORMAT parquet)",
+    "copy from": "COPY runs FROM '/etc/hostname'",
+    "export": "EXPORT DATABASE '/tmp/gatelens-attack-export'",
+    "import": "IMPORT DATABASE '/tmp/gatelens-attack-export'",
+    "install": "INSTALL httpfs",
+    "force install": "FORCE INSTALL httpfs",
+    "load": "LOAD httpfs",
+    "pragma profiling": "PRAGMA enable_profiling",
+    "pragma checkpoint": "PRAGMA force_checkpoint",
+    "pragma memory": "PRAGMA memory_limit = '1GB'",
+    "pragma import": "PRAGMA import_database('/tmp/x')",
+    "set": "SET enable_external_access = true",
+    "reset": "RESET lock_configuration",
+    "set variable": "SET VARIABLE x = 1",
+    "use": "USE memory",
+    "checkpoint": "CHECKPOINT",
+    "vacuum": "VACUUM",
+    "analyze": "ANALYZE",
+    "begin": "BEGIN TRANSACTION",
+    "call": "CALL pragma_version()",
+    "prepare": "PREPARE p AS SELECT 1",
+    "explain analyze": "EXPLAIN ANALYZE DELETE FROM runs",
+    "explain insert": "EXPLAIN INSERT INTO runs (run_id) VALUES ('x')",
+    "two statements": "SELECT 1; DROP TABLE runs",
+    "two selects": "SELECT 1; SELECT 2",
+    "hidden second": "SELECT 1 /* ; */ ; -- comment\n DELETE FROM runs",
+    "comment then pragma": "/* x */ -- y\n PRAGMA enable_profiling",
+}
+ESCAPES = {
+    "read file": "SELECT * FROM read_csv('/etc/passwd')",
+    "read text": "SELECT * FROM read_text('/etc/hostname')",
+    "glob": "SELECT * FROM glob('/etc/*')",
+    "parquet elsewhere": "SELECT * FROM read_parquet('/tmp/*.parquet')",
+    "url": "SELECT * FROM read_csv('https://example.com/x.csv')",
+    "query()": "SELECT * FROM query('DELETE FROM runs')",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_writes_are_refused_before_the_store_is_opened(name, store, capsys):
+    before = snapshot(store)
+    rc, out, err = sql(store, ATTACKS[name], capsys=capsys)
+    assert rc == EXIT_REFUSED, (out, err)
+    assert err.startswith("gatelens sql: refused:") and out == ""
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("name", sorted(ESCAPES))
+def test_escapes_are_refused_by_the_sandbox(name, store, capsys):
+    before = snapshot(store)
+    rc, out, err = sql(store, ESCAPES[name], capsys=capsys)
+    assert rc in (EXIT_REFUSED, 1) and out == ""
+    assert "refused" in err or "Parser Error" in err, err
+    assert "Traceback" not in err
+    assert snapshot(store) == before
+
+
+def test_every_attack_is_refused_by_duckdb_too(store):
+    """Second line of defence: were the statement check bypassed, the read-only, sandboxed and
+    locked connection would still refuse every write and escape."""
+    import duckdb
+
+    with store.reader() as con:
+        for name, q in {**ATTACKS, **ESCAPES}.items():
+            if name in ("two selects", "explain analyze", "create temp", "call", "prepare", "checkpoint",
+                        "begin", "analyze", "vacuum", "use", "set variable"):
+                continue  # harmless on a read-only connection (temp objects live in memory)
+            with pytest.raises(duckdb.Error):
+                con.execute(q)
+    assert not Path("/tmp/gatelens-attack.csv").exists() and not Path("/tmp/gatelens-attack.duckdb").exists()
+
+
+@pytest.mark.parametrize("q", [
+    "SELECT count(*) AS n FROM unit_stats",
+    "  with x AS (SELECT 1 AS a) SELECT a FROM x;",
+    "FROM runs",
+    "SHOW TABLES",
+    "DESCRIBE unit_stats",
+    "SUMMARIZE SELECT mean FROM unit_stats",
+    "PRAGMA table_info('unit_stats')",
+    "-- a comment\nPRAGMA show_tables",
+    "EXPLAIN SELECT * FROM runs",
+    "SELECT layer, count(*) AS n FROM raw_sample GROUP BY layer ORDER BY layer",
+])
+def test_reading_statements_are_allowed(q, store):
+    assert check_statement(q)
+
+
+def test_table_csv_json_parquet_output(store, capsys, tmp_path):
+    q = "SELECT layer, unit, quantity, mean, count FROM unit_stats WHERE quantity = 'c' ORDER BY layer, unit"
+    want = store.query(q)
+    rc, out, _ = sql(store, q, capsys=capsys)
+    assert rc == 0 and "quantity" in out and "(8 rows)" in out
+    rc, out, _ = sql(store, q, "--format", "csv", capsys=capsys)
+    assert rc == 0 and pl.read_csv(io.StringIO(out)).equals(want.with_columns(pl.col("layer", "unit").cast(pl.Int64)))
+    rc, out, _ = sql(store, q, "--format", "json", capsys=capsys)
+    rows = json.loads(out)
+    assert len(rows) == 8 and rows[0]["quantity"] == "c" and rows[0]["mean"] == pytest.approx(want["mean"][0])
+    rc, out, _ = sql(store, q, "--format", "parquet", "--out", str(tmp_path / "r.parquet"), capsys=capsys)
+    assert rc == 0 and pl.from_arrow(pq.read_table(tmp_path / "r.parquet")).equals(want)
+    # lists (histogram counts, raw sample values) survive csv and json
+    rc, out, _ = sql(store, "SELECT counts FROM unit_histograms LIMIT 1", "--format", "csv", capsys=capsys)
+    assert rc == 0 and len(json.loads(pl.read_csv(io.StringIO(out))["counts"][0])) == 160
+    rc, out, _ = sql(store, "SELECT c FROM raw_sample WHERE layer = 1 AND frame = 0", "--format", "json", capsys=capsys)
+    assert rc == 0 and len(json.loads(out)[0]["c"]) == 4
+
+
+def test_query_from_a_file_and_from_stdin(store, capsys, monkeypatch, tmp_path):
+    f = tmp_path / "q.sql"
+    f.write_text("-- how many runs\nSELECT count(*) AS n FROM runs;\n")
+    rc, out, _ = sql(store, "-f", str(f), "--format", "csv", capsys=capsys)
+    assert (rc, out) == (0, "n\n1\n")
+    rc, out, _ = sql(store, "--format", "csv", stdin="SELECT 41 + 1 AS answer", capsys=capsys, monkeypatch=monkeypatch)
+    assert (rc, out) == (0, "answer\n42\n")
+    rc, out, err = sql(store, "-f", str(tmp_path / "missing.sql"), capsys=capsys)
+    assert rc == EXIT_REFUSED and "missing.sql: query file not found" in err
+
+
+def test_sql_errors_are_reported_without_a_traceback(store, capsys):
+    rc, out, err = sql(store, "SELECT nope FROM runs", capsys=capsys)
+    assert rc == 1 and "gatelens.duckdb" in err and "nope" in err and "Traceback" not in err
+    rc, out, err = sql(store, "SELEC 1", capsys=capsys)
+    assert rc == EXIT_REFUSED and "not valid SQL" in err
+
+
+def test_a_query_while_the_writer_holds_the_store_says_busy(store, capsys):
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from service.store import Store
+        with Store({str(store.path)!r}).transaction() as con:
+            con.execute("DELETE FROM runs")
+            print("writing", flush=True)
+            time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "writing"
+        rc, out, err = sql(store, "SELECT count(*) FROM runs", capsys=capsys)
+        assert rc == EXIT_BUSY and out == ""
+        assert f"store {store.path} is busy: PID {p.pid} holds it for writing; waited 0.5 s" in err
+        assert "IO Error" not in err and "Conflicting lock" not in err
+    finally:
+        p.kill()
+        p.wait()
+    rc, out, _ = sql(store, "SELECT count(*) AS n FROM runs", "--format", "csv", capsys=capsys)
+    assert (rc, out) == (0, "n\n1\n")  # the killed transaction left the run in place
+
+
+@pytest.mark.slow
+def test_queries_during_repeated_ingests_are_answered_or_busy(store, capsys):
+    """A writer ingesting again and again (holding the file only while it writes) and queries in
+    between: each query gets the right answer or the busy message, never a lock error."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_sql import capture_frames
+        from service.store import Store
+        st = Store({str(store.path)!r}, busy_timeout=30)
+        frames = capture_frames("ck")[0]
+        print("start", flush=True)
+        t0 = time.time()
+        while time.time() - t0 < 4:
+            st.ingest_analysis("ck", "capture", 1, frames)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    answered = busy = 0
+    try:
+        assert p.stdout.readline().strip() == "start"
+        while p.poll() is None:
+            rc, out, err = sql(store, "SELECT count(*) AS n FROM unit_stats WHERE checkpoint_id = 'ck'",
+                               "--format", "csv", "--wait", "0.05", capsys=capsys)
+            if rc == 0:
+                assert out == "n\n48\n"  # never a half-replaced capture
+                answered += 1
+            else:
+                assert rc == EXIT_BUSY and "is busy" in err and "IO Error" not in err, err
+                busy += 1
+    finally:
+        p.kill()
+        p.wait()
+    assert answered + busy > 0
