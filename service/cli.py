@@ -97,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run {name}: test PER {100 * m.get('test_per', float('nan')):.2f}%  "
           f"frame accuracy {100 * m.get('test_frame_acc', float('nan')):.2f}%  (best epoch {m.get('best_epoch')})")
     print(f"  checkpoints and epochs.parquet under {storage / name}")
+    _ingest(args.store, args.storage, "train")
     return 0
 
 
@@ -118,13 +119,29 @@ def cmd_grid(args: argparse.Namespace) -> int:
         for e in grid.errors:
             print(f"trial failed: {e}", file=sys.stderr)
     print(format_table(collect(args.storage, args.study), args.study))
+    _ingest(args.store, args.storage, args.study)
     return 1 if grid is not None and grid.errors else 0
+
+
+def _ingest(store_path: str | None, storage: str, study: str) -> None:
+    """Runs and epoch metrics into the store, for SQL; a busy store is reported, not fatal."""
+    from service.results import ingest_study
+    from service.store import Store, StoreError
+
+    store = Store(store_path) if store_path else Store()
+    try:
+        n = ingest_study(store, storage, study)
+        print(f"{n} runs of {study} in store {store.path} (tables runs, epoch_metrics)")
+    except StoreError as e:
+        print(f"runs not written to the store: {e}; `gatelens results --ingest` retries", file=sys.stderr)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from service.results import collect, format_table
 
     df = collect(args.storage, args.study)
+    if args.ingest:
+        _ingest(args.store, args.storage, args.study)
     if args.format == "csv":
         print(df.write_csv(), end="")
     elif args.format == "json":
@@ -176,6 +193,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (0: CPU, gloo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training option, e.g. --set lr=0.002 --set batch_size=32")
+    p.add_argument("--store", default=None, help="the DuckDB store that receives runs and epoch metrics "
+                                                 "(default: $GATELENS_STORE or data/gatelens.duckdb)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default="table1")
     p.add_argument("--storage", default="data/runs")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--ingest", action="store_true", help="also write the runs and epoch metrics into the store")
+    p.add_argument("--store", default=None, help="the DuckDB store (default: $GATELENS_STORE or data/gatelens.duckdb)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("up", help="start a local Ray head with the dashboard (wraps ray start --head)")

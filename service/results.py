@@ -73,3 +73,34 @@ def format_table(df: pl.DataFrame, study: str) -> str:
     lines.append(f"(test set, best-on-dev weights; PER from Viterbi decoding over a phone loop, SIL excluded; "
                  f"frame accuracy on the frame targets; {df.height} runs)")
     return "\n".join(lines)
+
+
+def run_rows(run_dir: Path, study: str) -> tuple[dict, pl.DataFrame]:
+    """A finished run as store rows: its ``runs`` row and its ``epoch_metrics`` rows."""
+    stamp = json.loads((run_dir / RUN_FILE).read_text())
+    cfg = stamp["config"]
+    run_id = f"{study}:{run_dir.name}"  # run names repeat across studies (table1 and table3 share points)
+    epochs = pl.read_parquet(run_dir / EPOCHS_FILE)
+    extra = [json.dumps({"train_frame_ce": r["train_frame_ce"], "train_frames_per_s": r["train_frames_per_s"]})
+             for r in epochs.iter_rows(named=True)]
+    rows = epochs.select(
+        pl.lit(run_id).alias("run_id"), pl.col("epoch").cast(pl.Int32), "split", "frame_ce", "frame_acc",
+        pl.lit(None, pl.Float64).alias("phone_acc"), "per", pl.col("frames").cast(pl.Int64),
+        pl.col("epoch_seconds").alias("seconds"), "lr").with_columns(pl.Series("extra", extra))
+    run = {"run_id": run_id, "arch": cfg["cell"], "layers": cfg["layers"], "hidden": cfg["hidden"],
+           "residual": cfg["residual"], "corpus_name": stamp["corpus"]["name"],
+           "corpus_sha256": stamp["corpus"]["manifest_sha256"], "config": stamp, "status": "finished",
+           "storage_path": str(run_dir.resolve())}
+    return run, rows
+
+
+def ingest_study(store, storage: str | Path, study: str) -> int:
+    """Write every finished run of ``study`` (and its epochs) into the store; returns the run count.
+    Idempotent: a run's rows are replaced, never added twice."""
+    runs = study_dir(storage, study) / "runs"
+    n = 0
+    for run_dir in sorted(runs.glob("*")) if runs.exists() else []:
+        if (run_dir / EPOCHS_FILE).exists() and (run_dir / RUN_FILE).exists():
+            store.ingest_run(*run_rows(run_dir, study))
+            n += 1
+    return n

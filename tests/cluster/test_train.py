@@ -39,6 +39,17 @@ def test_tiny_grid_end_to_end_and_results_equal_what_trials_reported(small_corpu
         assert key in stamp
     text = format_table(table, "mini")
     assert "LSTM" in text and "GRU" in text
+    # into the store, twice: one row per run and per epoch and split, equal to what the trials wrote
+    from service.results import ingest_study
+    from service.store import Store
+
+    store = Store(tmp_path / "store.duckdb")
+    assert ingest_study(store, tmp_path, "mini") == 2 and ingest_study(store, tmp_path, "mini") == 2
+    stored = store.query("SELECT run_id, split, epoch, per, frame_acc FROM epoch_metrics ORDER BY ALL")
+    assert stored.height == 4  # 1 dev epoch + the test row, per run
+    for row in table.iter_rows(named=True):
+        test_row = stored.filter((pl.col("run_id") == f"mini:{row['run']}") & (pl.col("split") == "test"))
+        assert test_row["per"][0] == pytest.approx(row["test_per"])
     # a second call finds both runs finished and trains nothing
     _, again = run_study("mini", "tiny", tmp_path, corpus=str(small_corpus), custom=custom)
     assert again is None
