@@ -90,6 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                     "precision": args.precision, "seed": args.seed, **_parse_overrides(args.set)})
     name = args.name or run_name(config)
     storage = Path(args.storage).resolve() / "train"
+    _check_corpus_first(config.corpus)
     ensure_ray()
     trainer = make_trainer(config, name, str(storage), workers=args.workers, gpus_per_worker=args.gpus_per_worker)
     result = trainer.fit()
@@ -101,6 +102,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def PROFILES_TRAIN(profile: str) -> dict:
+    from cluster.grid import PROFILES
+
+    return PROFILES[profile].train
+
+
+def _check_corpus_first(corpus: str) -> None:
+    """Read every utterance through the corpus checks before any worker starts or any run
+    directory is made: a bad corpus is reported here, naming the file and utterance, and nothing
+    is written."""
+    from cluster.data.kaldi import check_corpus
+
+    print(f"checking corpus {corpus} ...", file=sys.stderr, flush=True)
+    check_corpus(corpus)
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     from cluster.grid import custom_grid, run_study
     from service.results import collect, format_table
@@ -110,6 +127,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
         custom = custom_grid((args.cells or "lstm,gru").split(","),
                              [int(x) for x in (args.layers_list or "1,2").split(",")],
                              [x.lower() in ("1", "true", "yes", "on") for x in args.residual_list.split(",")])
+    from cluster.train import TrainConfig
+
+    _check_corpus_first(args.corpus or TrainConfig(**PROFILES_TRAIN(args.profile)).corpus)
     configs, grid = run_study(args.study, args.profile, args.storage, corpus=args.corpus,
                               overrides=_parse_overrides(args.set), custom=custom, rerun=args.rerun,
                               workers=args.workers, gpus_per_worker=args.gpus_per_worker)

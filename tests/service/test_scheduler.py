@@ -11,32 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from analyses.study import MODULES
-from cluster.data.kaldi import read_corpus
-from cluster.decode import estimate_graph
-from cluster.models import ModelConfig, build_model, save_checkpoint
 from service.scheduler import ACTOR_NAME, NAMESPACE, WatchConfig, deploy, discover, parse_every, run_pass
 from service.store import Store
+from tests_helpers import make_checkpoint
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("checkpoints", "unit_stats", "unit_histograms", "phone_responsibility", "analyses")
-
-
-def make_checkpoint(corpus_dir: Path, path: Path, cell: str, seed: int) -> Path:
-    """A real (untrained) checkpoint laid out as Ray Train stores them: <run>/checkpoint_*/model.pt."""
-    corpus = read_corpus(corpus_dir)
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(cell=cell, layers=2, hidden=8, num_targets=corpus.num_targets),
-                        corpus.cmvn_mean, corpus.cmvn_std)
-    graph = estimate_graph([(u.phones, u.targets) for u in corpus.split("train")], corpus.num_targets,
-                           phone_symbols=corpus.phones)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(path, model, corpus.identity, extra={
-        "decode_graph": graph.to_dict(), "metrics": {"epoch": 1},
-        "stamps": {"config": {"corpus": str(corpus_dir)}}})
 
 
 def counts(store: Store) -> dict[str, int]:
