@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,5 +30,7 @@ def test_help(command, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "service.cli", "--help"], capture_output=True, text=True)
+    script = Path(sys.executable).parent / "gatelens"  # pyproject's [project.scripts] entry
+    assert script.is_file()
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "corpus" in out.stdout and "watch" in out.stdout
