@@ -27,6 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/service.py would
+# shadow the service package: put the repository root first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def model_for(cell: str, layers: int, hidden: int, precision: str, corpus):
     from cluster.models import ModelConfig, build_model
@@ -115,10 +119,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if not args.corpus:
-            from cluster.runtime import ensure_ray
+            import ray
+
             from cluster.data.embedded import prepare_embedded
 
-            ensure_ray()
+            # A private local cluster: the bench must not lean on (or wait for) someone else's.
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             args.corpus = Path(tmp) / "corpus"
             t0 = time.perf_counter()
             prepare_embedded(args.corpus, utterances=400, seed=0, shard_size=200)

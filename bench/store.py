@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cluster.summaries import QUANTITIES, IrregularityRule, UnitSummary
-from service.sql import run_query
-from service.store import Store
+# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/service.py would
+# shadow the service package: put the repository root first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cluster.summaries import QUANTITIES, IrregularityRule, UnitSummary  # noqa: E402
+from service.sql import run_query  # noqa: E402
+from service.store import Store  # noqa: E402
 
 LAYERS, UNITS, PHONES = 6, 512, 40
 

@@ -227,18 +227,19 @@ def paper_rule(arch: str) -> IrregularityRule:
 _KERNEL_SRC = r"""
 #include <stdint.h>
 #define R restrict
-/* One batch x [n, h] (float32, row-major) into batch-local outputs: s1, s2 the per-unit sums of
+/* One batch, rows rows[0..n-1] of x [*, h] (float32, row-major; rows NULL: rows 0..n-1), into
+   batch-local outputs: s1, s2 the per-unit sums of
    d = x - shift and d*d (double), vmin / vmax, and hist [h, bins + 2] (int32): slot 0 underflow,
    1..bins the bins, bins + 1 overflow. slot = floor(x * scale) + offset + 1 (x * scale is exact,
    scale being a power of two), clamped; x == hi goes to the last bin (numpy's closed last bin).
    A NaN makes s1 NaN, which the caller checks. */
-void gl_summarise(const float *R x, int64_t n, int64_t h, const float *R shift, float scale,
+void gl_summarise(const float *R x, const int64_t *R rows, int64_t n, int64_t h, const float *R shift, float scale,
                   int32_t offset, int32_t bins, float hi, double *R s1, double *R s2,
                   float *R vmin, float *R vmax, int32_t *R hist, int32_t *R slot) {
     const float ylo = (float)(-(offset + 1)), yhi = (float)(bins - offset);
     const int64_t stride = bins + 2;
     for (int64_t r = 0; r < n; r++) {
-        const float *R row = x + r * h;
+        const float *R row = x + (rows ? rows[r] : r) * h;
         for (int64_t u = 0; u < h; u++) {
             float v = row[u], d = v - shift[u];
             s1[u] += d;
@@ -255,12 +256,12 @@ void gl_summarise(const float *R x, int64_t n, int64_t h, const float *R shift, 
         for (int64_t u = 0; u < h; u++) hist[u * stride + slot[u]] += 1;
     }
 }
-/* counts[p, u] += rows r with phones[r] == p (p = 0 if phones is NULL) where |x[r, u]| op t;
-   op 0: <, 1: >, 2: >=. NaN compares false. */
-void gl_count_abs(const float *R x, int64_t n, int64_t h, const int32_t *R phones, float t,
-                  int32_t op, int32_t *R counts) {
+/* counts[p, u] += frames r (row rows[r] of x) with phones[r] == p (p = 0 if phones is NULL)
+   where |x[row, u]| op t; op 0: <, 1: >, 2: >=. NaN compares false. */
+void gl_count_abs(const float *R x, const int64_t *R rows, int64_t n, int64_t h, const int32_t *R phones,
+                  float t, int32_t op, int32_t *R counts) {
     for (int64_t r = 0; r < n; r++) {
-        const float *R row = x + r * h;
+        const float *R row = x + (rows ? rows[r] : r) * h;
         int32_t *R c = counts + (phones ? (int64_t)phones[r] * h : 0);
         if (op == 0)      for (int64_t u = 0; u < h; u++) c[u] += (row[u] < 0 ? -row[u] : row[u]) < t;
         else if (op == 1) for (int64_t u = 0; u < h; u++) c[u] += (row[u] < 0 ? -row[u] : row[u]) > t;
@@ -311,9 +312,9 @@ def _build_kernel():
             os.replace(out, lib)  # atomic: concurrent Ray workers may build it at once
     k = ctypes.CDLL(str(lib))
     P, I64, I32, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
-    k.gl_summarise.argtypes = [P, I64, I64, P, F, I32, I32, F, P, P, P, P, P, P]
+    k.gl_summarise.argtypes = [P, P, I64, I64, P, F, I32, I32, F, P, P, P, P, P, P]
     k.gl_summarise.restype = None
-    k.gl_count_abs.argtypes = [P, I64, I64, P, F, I32, P]
+    k.gl_count_abs.argtypes = [P, P, I64, I64, P, F, I32, P]
     k.gl_count_abs.restype = None
     return k
 
@@ -410,8 +411,13 @@ class UnitSummary:
         return out
 
     @torch.no_grad()
-    def update(self, values: Mapping[str, torch.Tensor | np.ndarray], phones, utterances: int = 1) -> None:
-        """Add N frames: values {name: [N, H]}, phones [N] (ids into the phone table)."""
+    def update(self, values: Mapping[str, torch.Tensor | np.ndarray], phones, utterances: int = 1,
+               rows=None) -> None:
+        """Add N frames: values {name: [N, H]}, phones [N] (ids into the phone table).
+
+        rows: the N frames are rows ``rows`` (int64 [N]) of each value array [M, H] instead, e.g.
+        the valid frames of a padded batch; read in place, without a copy.
+        """
         names = tuple(sorted(values))
         if self.names is None:
             if not names:
@@ -428,19 +434,27 @@ class UnitSummary:
             raise ValueError(f"update() got {n} frames at once; feed at most {_MAX_BATCH_FRAMES - 1}")
         if int(ph.min()) < 0 or int(ph.max()) >= self.num_phones:
             raise ValueError(f"phone ids must lie in [0, {self.num_phones}), got [{int(ph.min())}, {int(ph.max())}]")
+        if rows is not None:
+            rows = torch.as_tensor(rows, dtype=torch.int64).reshape(-1).contiguous()
+            if rows.numel() != n:
+                raise ValueError(f"update() got {rows.numel()} rows for {n} phones")
+        arrays = {}
+        for name in names:  # check everything before counting anything
+            layer, q = parse_name(name)
+            x = _as_float32(values[name])
+            m = n if rows is None else (int(rows.max()) + 1 if int(rows.min()) >= 0 else -1)
+            if x.dim() != 2 or (x.shape[0] != n if rows is None else not 0 <= m <= x.shape[0]):
+                raise ValueError(f"value {name} has shape {tuple(x.shape)}; expected [{n}, H] "
+                                 f"(phones has {n} frames)" + ("" if rows is None else " or rows within it"))
+            if self.hidden.setdefault(layer, x.shape[1]) != x.shape[1]:
+                raise ValueError(f"value {name} has {x.shape[1]} units; layer {layer} had {self.hidden[layer]}")
+            arrays[name] = (layer, q, x)
         self.phone_frames += torch.bincount(ph, minlength=self.num_phones).numpy()
         self.frames += n
         self.utterances += utterances
         kernel = self._kernel
-        kernel.begin(ph, self.num_phones)
-        for name in names:
-            layer, q = parse_name(name)
-            x = _as_float32(values[name])
-            if x.dim() != 2 or x.shape[0] != n:
-                raise ValueError(f"value {name} has shape {tuple(x.shape)}; expected [{n}, H] (phones has {n} frames)")
-            h = x.shape[1]
-            if self.hidden.setdefault(layer, h) != h:
-                raise ValueError(f"value {name} has {h} units; layer {layer} had {self.hidden[layer]}")
+        kernel.begin(ph, self.num_phones, rows)
+        for name, (layer, q, x) in arrays.items():
             if self.values:
                 batch = kernel.batch_state(self.specs[q], x, ranges=(q == "c"))
                 if (layer, q) in self.state:
@@ -651,22 +665,23 @@ class _CKernel:
     def __init__(self, lib):
         self.lib = lib
 
-    def begin(self, phones: torch.Tensor, num_phones: int) -> None:
+    def begin(self, phones: torch.Tensor, num_phones: int, rows: torch.Tensor | None) -> None:
         self.phones = np.ascontiguousarray(phones.numpy(), dtype=np.int32)
-        self.num_phones = num_phones
+        self.num_phones, self.n = num_phones, len(phones)
+        self.rows = None if rows is None else rows.numpy()
 
     def batch_state(self, spec: HistogramSpec, x: torch.Tensor, ranges: bool) -> _QuantityState:
-        xn = x.numpy()
-        n, h = xn.shape
-        shift = np.ascontiguousarray(xn[0])  # deviations from the first frame: no cancellation
+        xn, rows, n, h = x.numpy(), self.rows, self.n, x.shape[1]
+        shift = np.ascontiguousarray(xn[0 if rows is None else rows[0]])  # deviations from the first frame
         s1, s2 = np.zeros(h), np.zeros(h)
         vmin, vmax = np.full(h, np.inf, np.float32), np.full(h, -np.inf, np.float32)
         hist = np.zeros((h, spec.bins + 2), np.int32)
         slot = np.empty(h, np.int32)
-        self.lib.gl_summarise(_ptr(xn), n, h, _ptr(shift), spec.scale, spec.offset, spec.bins, spec.hi,
-                              _ptr(s1), _ptr(s2), _ptr(vmin), _ptr(vmax), _ptr(hist), _ptr(slot))
-        if np.isnan(s1).any():
-            return _batch_state_nan(spec, x, ranges)  # a diverged model: rare, so the slow exact path
+        self.lib.gl_summarise(_ptr(xn), None if rows is None else _ptr(rows), n, h, _ptr(shift), spec.scale,
+                              spec.offset, spec.bins, spec.hi, _ptr(s1), _ptr(s2), _ptr(vmin), _ptr(vmax),
+                              _ptr(hist), _ptr(slot))
+        if np.isnan(s1).any():  # a diverged model: rare, so the slow exact path
+            return _batch_state_nan(spec, x if rows is None else x[torch.from_numpy(rows)], ranges)
         st = _QuantityState(spec, hist.astype(np.int64), np.full(h, n, np.int64), np.zeros(h, np.int64),
                             shift + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0),
                             vmin.astype(np.float64), vmax.astype(np.float64))
@@ -677,11 +692,10 @@ class _CKernel:
 
     def count_abs(self, x: torch.Tensor, t: float, op: str, by_phone: bool) -> np.ndarray:
         """Frames with |x| op t per unit: int64 [H, P] (by phone) or [H]."""
-        xn = x.numpy()
-        n, h = xn.shape
+        xn, rows, h = x.numpy(), self.rows, x.shape[1]
         counts = np.zeros((self.num_phones if by_phone else 1, h), np.int32)
-        self.lib.gl_count_abs(_ptr(xn), n, h, _ptr(self.phones) if by_phone else None,
-                              f32_bound(t, op), _OPS[op], _ptr(counts))
+        self.lib.gl_count_abs(_ptr(xn), None if rows is None else _ptr(rows), self.n, h,
+                              _ptr(self.phones) if by_phone else None, f32_bound(t, op), _OPS[op], _ptr(counts))
         return counts.T.astype(np.int64) if by_phone else counts[0].astype(np.int64)
 
 
@@ -693,9 +707,17 @@ class _TorchKernel:
         self.f1 = self.f2 = self.i1 = torch.empty(0)
         self.offsets: dict[tuple[int, int], torch.Tensor] = {}
 
-    def begin(self, phones: torch.Tensor, num_phones: int) -> None:
-        self.phones, self.num_phones, self.onehot = phones, num_phones, None
+    def begin(self, phones: torch.Tensor, num_phones: int, rows: torch.Tensor | None) -> None:
+        self.phones, self.num_phones, self.onehot, self.rows = phones, num_phones, None, rows
         self.ones = torch.ones(1, len(phones))
+        self.selected: tuple | None = None  # (x, its selected rows): one copy per value array
+
+    def _select(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rows is None:
+            return x
+        if self.selected is None or self.selected[0] is not x:
+            self.selected = (x, x.index_select(0, self.rows))
+        return self.selected[1]
 
     def _buffers(self, n: int, h: int):
         if self.f1.numel() < n * h:
@@ -704,6 +726,7 @@ class _TorchKernel:
         return self.f1[: n * h].view(n, h), self.f2[: n * h].view(n, h), self.i1[: n * h].view(n, h)
 
     def batch_state(self, spec: HistogramSpec, x: torch.Tensor, ranges: bool) -> _QuantityState:
+        x = self._select(x)
         n, h = x.shape
         ones = self.ones
         vmin, vmax = x.amin(0), x.amax(0)
@@ -732,11 +755,14 @@ class _TorchKernel:
                             shift.double().numpy() + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0),
                             vmin.double().numpy(), vmax.double().numpy())
         if ranges:
-            st.n_inside_2 = self.count_abs(x, LSTM_SHARE_BOUND, "<", by_phone=False)
-            st.n_outside_07 = self.count_abs(x, GRU_SHARE_BOUND, ">=", by_phone=False)
+            st.n_inside_2 = self._count(x, LSTM_SHARE_BOUND, "<", by_phone=False)
+            st.n_outside_07 = self._count(x, GRU_SHARE_BOUND, ">=", by_phone=False)
         return st
 
     def count_abs(self, x: torch.Tensor, t: float, op: str, by_phone: bool) -> np.ndarray:
+        return self._count(self._select(x), t, op, by_phone)
+
+    def _count(self, x: torch.Tensor, t: float, op: str, by_phone: bool) -> np.ndarray:
         n, h = x.shape
         f1, f2, _ = self._buffers(n, h)
         a = torch.abs(x, out=f2)

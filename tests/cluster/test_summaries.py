@@ -278,3 +278,21 @@ def test_c_kernel_and_torch_path_agree(kernel, monkeypatch):
         np.testing.assert_allclose(a.state[key].m2, b.state[key].m2, rtol=1e-5)
     for key in a.irregular:
         np.testing.assert_array_equal(a.irregular[key], b.irregular[key])
+
+
+def test_rows_read_in_place_equal_the_selected_frames():
+    """update(rows=...) reads the valid rows of padded arrays in place: the same summary as
+    feeding the selected frames."""
+    rng = np.random.default_rng(9)
+    padded = fake_values(rng, 50, layers=(1,), hidden=5)
+    rows = np.array([0, 1, 2, 10, 11, 30, 31, 32, 33, 49])
+    phones = rng.integers(1, len(PHONES), len(rows))
+    rules = (paper_rule("lstm"), IrregularityRule.parse("abs<0.5"))
+    a, b = UnitSummary("lstm", len(PHONES), rules=rules), UnitSummary("lstm", len(PHONES), rules=rules)
+    a.update(padded, phones, rows=rows)
+    b.update({k: v[rows] for k, v in padded.items()}, phones)
+    assert a.stats_frame("x").equals(b.stats_frame("x"))
+    assert a.histograms_frame("x").equals(b.histograms_frame("x"))
+    assert a.responsibility_frame("x", PHONES).equals(b.responsibility_frame("x", PHONES))
+    with pytest.raises(ValueError, match="rows within it"):
+        a.update(padded, phones, rows=rows + 1)
