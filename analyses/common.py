@@ -33,21 +33,12 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from cluster.summaries import SUMMARY_VERSION, is_gru  # noqa: E402
+from service.store import TABLES  # noqa: E402
 
 DEFAULT_CAPTURE_VERSION = SUMMARY_VERSION  # which capture rows an analysis reads, unless told
 SUMMARY_TABLE = "analysis_summary"
-SUMMARY_COLUMNS = """
-    checkpoint_id    VARCHAR NOT NULL,  -- a checkpoint, or 'study:<name>' for rows of a whole study
-    analysis         VARCHAR NOT NULL,  -- the analysis module's NAME
-    analysis_version INTEGER NOT NULL,
-    label            VARCHAR NOT NULL,  -- utterance, noise condition, rule or run the row is about ('' if none)
-    layer            INTEGER NOT NULL,  -- 1 = lowest recurrent layer, 0 = the whole model
-    unit             INTEGER NOT NULL,  -- -1 = all units
-    phone_id         INTEGER NOT NULL,  -- -1 = all phones
-    metric           VARCHAR NOT NULL,
-    value            DOUBLE
-"""
-SUMMARY_KEY = ("checkpoint_id", "analysis", "analysis_version", "label", "layer", "unit", "phone_id", "metric")
+# declared with the store's other tables (service/store.py), so every store has it from the start
+SUMMARY_COLUMNS, SUMMARY_KEY = TABLES[SUMMARY_TABLE]
 _SUMMARY_SCHEMA = {"checkpoint_id": pl.String, "analysis": pl.String, "analysis_version": pl.Int32,
                    "label": pl.String, "layer": pl.Int32, "unit": pl.Int32, "phone_id": pl.Int32,
                    "metric": pl.String, "value": pl.Float64}
@@ -188,7 +179,6 @@ def record(store, out: Output) -> dict[str, int]:
         written.update(store.ingest_analysis(out.checkpoint_id, out.store_analysis, out.version, out.tables,
                                              params=out.params))
     with store.transaction() as con:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {SUMMARY_TABLE} ({SUMMARY_COLUMNS})")
         con.execute(f"DELETE FROM {SUMMARY_TABLE} WHERE checkpoint_id = ? AND analysis = ? AND analysis_version = ?",
                     [out.checkpoint_id, out.analysis, out.version])
         if s.height:

@@ -194,6 +194,18 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
         max_abs_diff     DOUBLE,
         rms_diff         DOUBLE
     """, ("checkpoint_id", "analysis_version", "utt_id", "noise", "snr_db", "noise_start", "layer", "frame")),
+    # the analyses' own numbers (smoothness, impact duration, responsible-unit counts...): one long table
+    "analysis_summary": ("""
+        checkpoint_id    VARCHAR NOT NULL,  -- a checkpoint, or 'study:<name>' for rows of a whole study
+        analysis         VARCHAR NOT NULL,  -- the analysis module's NAME
+        analysis_version INTEGER NOT NULL,
+        label            VARCHAR NOT NULL,  -- utterance, noise condition, rule or run the row is about ('' if none)
+        layer            INTEGER NOT NULL,  -- 1 = lowest recurrent layer, 0 = the whole model
+        unit             INTEGER NOT NULL,  -- -1 = all units
+        phone_id         INTEGER NOT NULL,  -- -1 = all phones
+        metric           VARCHAR NOT NULL,
+        value            DOUBLE
+    """, ("checkpoint_id", "analysis", "analysis_version", "label", "layer", "unit", "phone_id", "metric")),
     "analyses": ("""
         checkpoint_id    VARCHAR NOT NULL,
         analysis         VARCHAR NOT NULL,  -- capture | trace | noise | a figure's name ...
