@@ -1,8 +1,8 @@
 """Speed of the recurrent cells, against torch.nn.LSTM (fp32) measured in the same run.
 
-For each cell (lstm, gru, lstm_lazy, and the nn.LSTM reference lstm_fused) and precision (fp32,
-bf16), with H=512, B=32, T=100 and L in {1, 4} layers, it times the whole acoustic model (splice,
-L layers, output layer, frame cross-entropy), and prints:
+For each cell (lstm, gru, lstm_lazy on every layer, and the nn.LSTM reference lstm_fused) and
+precision (fp32, bf16), with H=512, B=32, T=100 and L in {1, 4} layers, it times the whole
+acoustic model (splice, L layers, output layer, frame cross-entropy), and prints:
 
   train fr/s   forward + backward frames per second, and its ratio to lstm_fused fp32
   fwd fr/s     inference forward (no_grad), no capture

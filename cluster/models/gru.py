@@ -88,7 +88,6 @@ class GRUFunction(torch.autograd.Function):
         one = A.new_ones(B, H)
         db = A.new_zeros(B, 3 * H)
         gates, cand = FrameMatmul(Wrm.t(), B), FrameMatmul(Wcm.t(), B)
-        A_ig = A[..., H:].unbind(0)
         o_, i_, g_ = (u.unbind(0) for u in A.split(H, 2))
         C_, dA_, dC_ = C.unbind(0), dA.unbind(0), dC.unbind(0)
         dc = dC_[T - 1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cluster.models import (
-    CELLS, AcousticModel, CheckpointError, FusedLSTM, GRU, LazyLSTM, ModelConfig, PeepholeLSTM,
+    CELLS, AcousticModel, CheckpointError, GRU, LazyLSTM, ModelConfig, PeepholeLSTM,
     build_model, code_version, load_checkpoint, save_checkpoint,
 )
 

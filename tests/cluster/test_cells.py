@@ -298,7 +298,8 @@ def test_lazy_readings_differ_only_through_W_cm():
 def test_parameter_names_follow_the_paper():
     def names(layer):
         return {n for n, _ in layer.named_parameters()}
-    lstm = {f"W_{g}x" for g in "ifco"} | {f"W_{g}m" for g in "ifco"} | {f"b_{g}" for g in "ifco"} | {"V_ic", "V_fc", "V_oc"}
+    lstm = ({f"W_{g}x" for g in "ifco"} | {f"W_{g}m" for g in "ifco"} | {f"b_{g}" for g in "ifco"}
+            | {"V_ic", "V_fc", "V_oc"})
     assert names(PeepholeLSTM(3, 2)) == lstm
     assert names(LazyLSTM(3, 2)) == lstm
     assert names(GRU(3, 2)) == {"W_ix", "W_ox", "W_cx", "W_ic", "W_oc", "W_cm", "b_i", "b_o", "b_c"}
