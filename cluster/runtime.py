@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _started_local = False
@@ -32,3 +35,19 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     _started_local = True
     return True
+
+
+@lru_cache(maxsize=1)
+def git_revision() -> str | None:
+    """HEAD of the repository this code runs from, with "-dirty" when tracked files differ from it;
+    None outside a git checkout. One lookup per process: runs and checkpoints stamp it."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode != 0 or not rev.stdout.strip():
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

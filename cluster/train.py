@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cluster.batching import bucket_batches, pad_batch
+from cluster.runtime import git_revision
 
 IGNORE = -100
 MODEL_FILE = "model.pt"
@@ -87,22 +87,9 @@ def stamps(config: TrainConfig, corpus_identity: dict) -> dict:
         "seed": config.seed,
         "corpus": {k: corpus_identity[k] for k in ("name", "manifest_sha256", "num_targets")},
         "packages": pkgs,
-        "git_revision": git_revision(),
+        "git_revision": git_revision(),  # cluster.runtime
         "python": sys.version.split()[0],
     }
-
-
-def git_revision() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if rev.returncode != 0:
-        return None
-    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 # ----------------------------------------------------------------------------------- data

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -38,14 +37,9 @@ def code_version() -> dict:
         package = importlib.metadata.version("gatelens")
     except importlib.metadata.PackageNotFoundError:
         package = "unknown"
-    git = None
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            git = out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    from cluster.runtime import git_revision
+
+    git = git_revision()
     return {"package": package, "git": git}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import os
 
@@ -284,7 +286,7 @@ def test_failed_save_leaves_the_old_checkpoint_in_place(tmp_path, monkeypatch):
 def test_code_version_has_package_and_git():
     v = code_version()
     assert v["package"] == "0.1.0" or v["package"] == "unknown"
-    assert v["git"] is None or len(v["git"]) == 40
+    assert v["git"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", v["git"])
 
 
 def test_config_round_trips_through_dict():
