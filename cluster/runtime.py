@@ -11,9 +11,24 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _started_local = False
 
 
+def head_address() -> str | None:
+    """The GCS address of the head that ``ray start`` (``gatelens up``) last started here, if any.
+
+    Read from Ray's ``ray_current_cluster`` file rather than with ``address="auto"``, whose legacy
+    fallback joins *any* Ray process on the machine, e.g. another program's private cluster, and
+    dies with it.
+    """
+    temp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    try:
+        return temp.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
-    """Join the cluster named by RAY_ADDRESS (as ``ray job submit`` sets it) or a head started on
-    this machine; otherwise start a local cluster for this process (unless ``connect_only``).
+    """Join the cluster named by RAY_ADDRESS (as ``ray job submit`` sets it) or the head started
+    on this machine with ``ray start``; otherwise start a local cluster for this process (unless
+    ``connect_only``).
 
     Returns True when there is no shared cluster: this process runs a private one (which dies
     with it) or, with ``connect_only``, none at all.
@@ -26,12 +41,15 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return False
-    try:
-        ray.init(address="auto", log_to_driver=True)
-        return False
-    except (ConnectionError, RuntimeError, ValueError):
-        if connect_only:
-            return True
+    head = head_address()
+    if head:
+        try:
+            ray.init(address=head, log_to_driver=True)
+            return False
+        except (ConnectionError, RuntimeError, ValueError):
+            pass  # a stale file from a head that is gone
+    if connect_only:
+        return True
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     _started_local = True
     return True
