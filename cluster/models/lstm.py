@@ -130,6 +130,19 @@ class PeepholeLSTMFunction(torch.autograd.Function):
         return dx, dW_x, db, dW_m, dV, dm, dc, None
 
 
+def add_peephole_parameters(layer: nn.Module, D: int, H: int) -> None:
+    """W_gx [H, D], W_gm [H, H], b_g [H] for g in i, f, c, o, and the diagonal peepholes V_ic,
+    V_fc, V_oc [H]; all ~ U(-1/sqrt(H), 1/sqrt(H)). Shared with the lazy LSTM (Sec. 5.1 reorders
+    the computation, not the parameters)."""
+    for gate in "ifco":
+        setattr(layer, f"W_{gate}x", nn.Parameter(torch.empty(H, D)))
+        setattr(layer, f"W_{gate}m", nn.Parameter(torch.empty(H, H)))
+        setattr(layer, f"b_{gate}", nn.Parameter(torch.empty(H)))
+    for gate in "ifo":
+        setattr(layer, f"V_{gate}c", nn.Parameter(torch.empty(H)))
+    uniform_init_(layer, H)
+
+
 class PeepholeLSTM(GatedLayer):
     """Layer of peephole LSTM units (Sec. 3.1); parameters named after the paper's symbols.
 
@@ -142,14 +155,7 @@ class PeepholeLSTM(GatedLayer):
 
     def __init__(self, input_size: int, hidden_size: int, precision: str = "fp32"):
         super().__init__(input_size, hidden_size, precision)
-        D, H = input_size, hidden_size
-        for gate in "ifco":
-            setattr(self, f"W_{gate}x", nn.Parameter(torch.empty(H, D)))
-            setattr(self, f"W_{gate}m", nn.Parameter(torch.empty(H, H)))
-            setattr(self, f"b_{gate}", nn.Parameter(torch.empty(H)))
-        for gate in "ifo":
-            setattr(self, f"V_{gate}c", nn.Parameter(torch.empty(H)))
-        uniform_init_(self, H)
+        add_peephole_parameters(self, input_size, hidden_size)
 
     def forward(self, x, state=None, lengths=None, capture=False):
         mm_dtype, (m0, c0) = self._start(x, state)

@@ -20,9 +20,9 @@ can be evaluated under either. Values exposed per frame: c, m, i, f, o, g.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, tanh_into, uniform_init_
+from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, tanh_into
+from .lstm import add_peephole_parameters
 
 CANDIDATE_INPUTS = ("m_t", "m_prev")
 
@@ -162,14 +162,7 @@ class LazyLSTM(GatedLayer):
         if candidate_input not in CANDIDATE_INPUTS:
             raise ValueError(f"candidate_input must be one of {CANDIDATE_INPUTS}, got {candidate_input!r}")
         self.candidate_input = candidate_input
-        D, H = input_size, hidden_size
-        for gate in "ifco":
-            setattr(self, f"W_{gate}x", nn.Parameter(torch.empty(H, D)))
-            setattr(self, f"W_{gate}m", nn.Parameter(torch.empty(H, H)))
-            setattr(self, f"b_{gate}", nn.Parameter(torch.empty(H)))
-        for gate in "ifo":
-            setattr(self, f"V_{gate}c", nn.Parameter(torch.empty(H)))
-        uniform_init_(self, H)
+        add_peephole_parameters(self, input_size, hidden_size)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", candidate_input={self.candidate_input!r}"
