@@ -67,23 +67,23 @@ class Job:
     seconds: float = 0.0
 
 
-def final_checkpoint(run_dir: Path) -> Path:
-    """model.pt of the run's final report (best-on-dev weights scored on test)."""
+def final_checkpoint(run_dir: Path):
+    """(model.pt path, loaded model) of the run's final report (best-on-dev weights scored on test)."""
     from cluster.models import load_checkpoint
 
     dirs = sorted(d for d in run_dir.glob("checkpoint_*") if (d / "model.pt").is_file())
     if not dirs:
         raise AnalysisError(f"{run_dir}: finished run without a checkpoint holding model.pt")
     path = dirs[-1] / "model.pt"
-    _, meta = load_checkpoint(path)
+    model, meta = load_checkpoint(path)
     if not ((meta.get("extra") or {}).get("metrics") or {}).get("final"):
         raise AnalysisError(f"{path}: the run's last checkpoint is not its final (test) report")
-    return path
+    return path, model
 
 
 def study_checkpoints(storage, study: str) -> list[StudyCheckpoint]:
     """The final checkpoints of a study's finished runs, in run-name order."""
-    from cluster.capture import checkpoint_id_for, load, model_facts
+    from cluster.capture import checkpoint_id_for, model_facts
     from cluster.grid import study_dir
     from cluster.train import EPOCHS_FILE
 
@@ -92,8 +92,7 @@ def study_checkpoints(storage, study: str) -> list[StudyCheckpoint]:
     for run_dir in sorted(runs.glob("*")) if runs.is_dir() else []:
         if not (run_dir / EPOCHS_FILE).is_file():
             continue  # unfinished
-        path = final_checkpoint(run_dir)
-        model, _ = load(path)
+        path, model = final_checkpoint(run_dir)  # loaded once: its metrics and its facts
         facts = model_facts(model)
         out.append(StudyCheckpoint(study, run_dir.name, run_dir, path, checkpoint_id_for(path, facts), facts["arch"],
                                    facts["layers"], facts["hidden"], facts["residual"]))

@@ -89,15 +89,20 @@ def model_facts(model) -> dict:
     return {"arch": c.cell, "layers": c.layers, "hidden": c.hidden, "residual": bool(c.residual)}
 
 
-def checkpoint_id_for(path: str | Path, facts: dict) -> str:
-    """A stable, readable id: <arch>-<layers>x<hidden>[-res]-<first 10 hex of the file's sha256>.
-    The same file always gets the same id, so re-capturing it replaces its rows."""
+def file_digest(path: str | Path) -> str:
+    """The first 10 hex digits of a checkpoint file's sha256 (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(model_file(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()[:10]
+
+
+def checkpoint_id_for(path: str | Path, facts: dict) -> str:
+    """A stable, readable id: <arch>-<layers>x<hidden>[-res]-<first 10 hex of the file's sha256>.
+    The same file always gets the same id, so re-capturing it replaces its rows."""
     stem = f"{facts['arch']}-{facts['layers']}x{facts['hidden']}{'-res' if facts['residual'] else ''}"
-    return f"{stem}-{h.hexdigest()[:10]}"
+    return f"{stem}-{file_digest(path)}"
 
 
 def open_corpus(config: CaptureConfig, meta: dict):

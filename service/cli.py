@@ -102,12 +102,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def PROFILES_TRAIN(profile: str) -> dict:
-    from cluster.grid import PROFILES
-
-    return PROFILES[profile].train
-
-
 def _check_corpus_first(corpus: str) -> None:
     """Read every utterance through the corpus checks before any worker starts or any run
     directory is made: a bad corpus is reported here, naming the file and utterance, and nothing
@@ -127,9 +121,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
         custom = custom_grid((args.cells or "lstm,gru").split(","),
                              [int(x) for x in (args.layers_list or "1,2").split(",")],
                              [x.lower() in ("1", "true", "yes", "on") for x in args.residual_list.split(",")])
+    from cluster.grid import PROFILES
     from cluster.train import TrainConfig
 
-    _check_corpus_first(args.corpus or TrainConfig(**PROFILES_TRAIN(args.profile)).corpus)
+    _check_corpus_first(args.corpus or TrainConfig.from_dict(PROFILES[args.profile].train).corpus)
     configs, grid = run_study(args.study, args.profile, args.storage, corpus=args.corpus,
                               overrides=_parse_overrides(args.set), custom=custom, rerun=args.rerun,
                               workers=args.workers, gpus_per_worker=args.gpus_per_worker)

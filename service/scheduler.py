@@ -17,7 +17,6 @@ loop continues (an uncaught one would end the actor silently).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -75,14 +74,6 @@ def discover(storage: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
-def _sha10(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:10]
-
-
 def _known_ids(store) -> dict[str, str]:
     """path -> checkpoint_id of checkpoints the store has registered (saves re-hashing them)."""
     if not Path(store.path).is_file():
@@ -111,7 +102,7 @@ def _study_checkpoint(path: Path, checkpoint_id: str, facts: dict):
 def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
     """One pass over the storage; never raises for one checkpoint's failure."""
     from analyses.study import MODULES, analyse, ensure_captured
-    from cluster.capture import checkpoint_id_for, load, model_facts
+    from cluster.capture import checkpoint_id_for, file_digest, load, model_facts
     from cluster.summaries import SUMMARY_VERSION
     from service.store import Store
 
@@ -160,7 +151,7 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
             except Exception as e:  # one checkpoint's failure must not stop the pass
                 error = f"{path}: {type(e).__name__}: {e}"
                 report.failed[str(path)] = error
-                fail_id = cid or f"unloadable-{_sha10(path)}"
+                fail_id = cid or f"unloadable-{file_digest(path)}"
                 if _status(store, fail_id, "capture", SUMMARY_VERSION) != "failed":
                     store.log_failed(fail_id, "capture", SUMMARY_VERSION, error)
                 progress(f"  failed: {error}")
