@@ -33,11 +33,13 @@ from typing import Iterator
 import kaldiio
 import numpy as np
 
+from cluster.errors import InputError
+
 MANIFEST = "manifest.json"
 DEFAULT_FRAME_TOLERANCE = 2
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError, ValueError):
     """A corpus that cannot be used as it is; the message names the file and utterance."""
 
 
@@ -238,14 +240,18 @@ class Split:
         """One utterance, checked: feature dim, frame counts within tolerance, label ranges."""
         c = self.corpus
         feats_file = self._paths("feats")[0]
-        # a writable copy: torch.from_numpy refuses to share read-only buffers
-        feats = np.array(_load_entry(feats_file, utt_id, self.feats_scp[utt_id]), dtype=np.float32)
+        # a writable copy: torch.from_numpy refuses to share read-only buffers. A double beyond
+        # float32's range becomes Inf here, refused below with the rest (no numpy warning first).
+        with np.errstate(over="ignore"):
+            feats = np.array(_load_entry(feats_file, utt_id, self.feats_scp[utt_id]), dtype=np.float32)
         if feats.ndim != 2 or feats.shape[0] == 0:
             raise CorpusError(f"{feats_file}: utterance {utt_id}: expected a non-empty [frames, dim] "
                               f"matrix, got shape {feats.shape}")
         if c.feat_dim is not None and feats.shape[1] != c.feat_dim:
             raise CorpusError(f"{feats_file}: utterance {utt_id}: feature dimension {feats.shape[1]} "
                               f"differs from {c.feat_dim} (the manifest's feat_dim or the first utterance's)")
+        if not np.isfinite(feats).all():  # one pass per utterance; the detail only on failure
+            raise CorpusError(_non_finite(feats_file, utt_id, feats))
         ali = self.alignments[utt_id]
         phones, targets = ali.phones, ali.targets
         t = feats.shape[0]
@@ -267,6 +273,17 @@ class Split:
     def __iter__(self) -> Iterator[Utterance]:
         for utt_id in self.utt_ids:
             yield self.load(utt_id)
+
+
+def _non_finite(source: Path, utt_id: str, feats: np.ndarray) -> str:
+    """Where a [frames, dim] matrix first holds NaN or +-Inf (frames and dims count from 0)."""
+    bad = ~np.isfinite(feats)
+    frame, dim = (int(i) for i in np.argwhere(bad)[0])  # row-major: the first frame, then its first dim
+    v = feats[frame, dim]
+    what = "NaN" if np.isnan(v) else ("+Inf" if v > 0 else "-Inf")
+    frames = int(bad.any(axis=1).sum())
+    return (f"{source}: utterance {utt_id}: frame {frame} holds {what} (dim {dim}); "
+            f"{frames} of {len(feats)} frames hold NaN or Inf")
 
 
 def _fit(labels: np.ndarray, t: int) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import kaldiio
@@ -214,3 +216,103 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     assert cli(["corpus", "check", str(manifest)]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "pdf.ark" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------- non-finite features
+
+def _poison(root: Path, expect: dict, split: str, which: int, frame: int, dim: int, value: float) -> str:
+    """Rewrite ``split``'s feats.ark/scp (with kaldiio) with ``value`` at [frame, dim] of one utterance."""
+    feats = dict(expect[split][0])
+    utt = sorted(feats)[which]
+    feats[utt] = feats[utt].copy()
+    feats[utt][frame, dim] = value
+    kaldiio.save_ark(str(root / "data" / split / "feats.ark"), feats, scp=str(root / "data" / split / "feats.scp"))
+    return utt
+
+
+@pytest.mark.parametrize("value, shown", [(np.nan, "NaN"), (np.inf, "+Inf"), (-np.inf, "-Inf")])
+def test_non_finite_features_are_refused_naming_file_utterance_frame_and_dim(tmp_path, value, shown):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    utt = _poison(tmp_path, expect, "dev", which=3, frame=17, dim=4, value=value)
+    t = len(expect["dev"][0][utt])
+    msg = _expect_error(manifest, f"data/dev/feats.scp: utterance {utt}: frame 17 holds {shown} (dim 4); "
+                                  f"1 of {t} frames hold NaN or Inf")
+    assert "\n" not in msg
+
+
+def test_the_first_bad_frame_is_named_and_bad_frames_counted(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    feats = dict(expect["train"][0])
+    utt = sorted(feats)[1]
+    feats[utt] = feats[utt].copy()
+    feats[utt][12, 30] = np.inf  # frames count from 0, like Kaldi's; the first bad one is named
+    feats[utt][5, 39] = np.nan
+    feats[utt][5, 2] = -np.inf   # the first bad dim of that frame
+    feats[utt][9, :] = np.nan
+    kaldiio.save_ark(str(tmp_path / "data" / "train" / "feats.ark"), feats, scp=str(tmp_path / "data" / "train" / "feats.scp"))
+    _expect_error(manifest, f"data/train/feats.scp: utterance {utt}: frame 5 holds -Inf (dim 2); "
+                            f"3 of {len(feats[utt])} frames hold NaN or Inf")
+
+
+def test_training_reads_never_see_non_finite_features(tmp_path):
+    """The check sits in Split.load, which training, capture and export read through, and so do
+    the CMVN statistics computed from the training features."""
+    manifest, expect = make_kaldi_setup(tmp_path)
+    utt = _poison(tmp_path, expect, "train", which=0, frame=0, dim=0, value=np.nan)
+    corpus = read_corpus(manifest)
+    with pytest.raises(CorpusError, match=f"utterance {utt}: frame 0 holds NaN \\(dim 0\\)"):
+        corpus.split("train").load(utt)
+    with pytest.raises(CorpusError, match=f"utterance {utt}: frame 0 holds NaN"):
+        list(corpus.split("train"))
+    with pytest.raises(CorpusError, match=f"utterance {utt}: frame 0 holds NaN"):
+        corpus.cmvn_mean  # noqa: B018 - computed from the train features
+    # the other utterances still read: the error is about that one utterance
+    ok = sorted(expect["train"][0])[1]
+    assert np.array_equal(corpus.split("train").load(ok).feats, expect["train"][0][ok])
+
+
+def test_float64_features_beyond_float32_range_are_refused_as_inf(tmp_path):
+    """Features are read as float32: a double too large for it becomes Inf, which is refused."""
+    manifest, expect = make_kaldi_setup(tmp_path)
+    feats = {u: f.astype(np.float64) for u, f in expect["train"][0].items()}
+    utt = sorted(feats)[2]
+    feats[utt][3, 7] = -1e300
+    kaldiio.save_ark(str(tmp_path / "data" / "train" / "feats.ark"), feats, scp=str(tmp_path / "data" / "train" / "feats.scp"))
+    _expect_error(manifest, f"data/train/feats.scp: utterance {utt}: frame 3 holds -Inf (dim 7)")
+
+
+def _as_corpus_dir(manifest: Path) -> Path:
+    """The corpus directory form (``gatelens corpus check DIR``): the same manifest as manifest.json."""
+    import tomllib
+
+    (manifest.parent / "manifest.json").write_text(json.dumps(tomllib.loads(manifest.read_text())))
+    return manifest.parent
+
+
+@pytest.mark.parametrize("value, shown", [(np.nan, "NaN"), (np.inf, "+Inf")])
+def test_cli_check_refuses_non_finite_features_with_one_line_and_exit_2(tmp_path, capsys, value, shown):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    utt = _poison(tmp_path, expect, "dev", which=2, frame=17, dim=4, value=value)
+    corpus_dir = _as_corpus_dir(manifest)
+    assert cli(["corpus", "check", str(corpus_dir)]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    t = len(expect["dev"][0][utt])
+    assert errors == [f"gatelens corpus: error: {(corpus_dir / 'data' / 'dev' / 'feats.scp').resolve()}: "
+                      f"utterance {utt}: frame 17 holds {shown} (dim 4); 1 of {t} frames hold NaN or Inf"]
+    assert "Traceback" not in captured.err and "OK" not in captured.out
+
+
+def test_installed_gatelens_command_exits_2_on_nan_features(tmp_path):
+    manifest, expect = make_kaldi_setup(tmp_path)
+    utt = _poison(tmp_path, expect, "train", which=4, frame=17, dim=4, value=np.nan)
+    exe = Path(sys.executable).parent / "gatelens"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "service.cli"]
+    proc = subprocess.run(cmd + ["corpus", "check", str(_as_corpus_dir(manifest))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("gatelens corpus: error: ") and last.endswith(
+        f"data/train/feats.scp: utterance {utt}: frame 17 holds NaN (dim 4); "
+        f"1 of {len(expect['train'][0][utt])} frames hold NaN or Inf"), proc.stderr
+    assert "Traceback" not in proc.stderr
