@@ -10,8 +10,11 @@
    (os.wait4). Target: within 10%.
 
     .venv/bin/python bench/capture.py [--corpus data/corpus] [--cell lstm --cell gru] [--layers 4 --hidden 512]
+    .venv/bin/python bench/capture.py --quick      # fewer utterances and repeats: about a minute
 
-Without --corpus, a corpus of 400 utterances is generated in a temporary directory (~20 s).
+Without --corpus, a corpus of 400 utterances is generated in a temporary directory (~20 s). Each
+throughput run is warmed up first, so numba's first-call compile (or the load of its cached build)
+is never timed.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def throughput(args, corpus, cell: str) -> tuple[float, float]:
         assert s.frames == frames
 
     best = {"forward": np.inf, "capture": np.inf}
-    capture()  # warm-up: the C kernel's build, first-touch allocations
+    capture()  # warm-up: numba's compile or cache load, first-touch allocations
     for _ in range(args.repeats):
         for name, fn in (("forward", forward), ("capture", capture)):
             t0 = time.perf_counter()
@@ -112,7 +115,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-frames", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="a quick look: 20 utterances, 2 repeats, memory runs of 30 and 60 utterances")
     args = ap.parse_args()
+    if args.quick:
+        args.utterances, args.repeats, args.memory_utterances = 20, 2, 30
     cells = args.cell or ["lstm", "gru"]
 
     from cluster.data.kaldi import read_corpus

@@ -6,9 +6,9 @@ units x bins (and units x phones), never by frames (a 4 x 512 model records ~20 
 
 Values are named as the models name them: ``L<layer>.<quantity>``, quantity one of
 ``c m i f o g`` (Sec. 3.1: cell, unit output, input / forget / output gate, candidate). Each update
-gets, per name, an [N, H] array of N valid frames (padding already removed) and the N frames'
-phone ids. Torch tensors and numpy arrays both work; values are read as float32 (float16 input is
-widened exactly) by one fused C pass per array (torch ops where no C compiler is found).
+gets, per name, an [N, H] array of N valid frames (padding removed, or the valid rows named) and
+the N frames' phone ids. Torch tensors and numpy arrays both work; values are read as float32
+(float16 and bfloat16 input is widened exactly) by one compiled pass per array (numba).
 
 What is kept, per (layer, unit, quantity):
 
@@ -25,29 +25,26 @@ which the unit's c is irregular. Responsibility of unit u to phone p = irregular
 
 Counts, histograms, min and max merge exactly; mean and variance merge with Chan's parallel formula
 (float64), exact up to rounding.
+
+``histogram_quantiles`` reads quantiles off such a histogram (the analyses' figures, and the pct
+rules' thresholds through the same ``interval_quantiles``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import math
-import os
-import platform
 import re
-import shutil
-import subprocess
-import tempfile
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
+import numba
 import numpy as np
 import polars as pl
 import torch
 
-QUANTITIES = ("c", "m", "i", "f", "o", "g")
+from cluster.tables import QUANTITIES  # the names a capture records; summaries key their state by them
+
 # Bump when what a summary means changes (bins, rules, definitions): the store keeps one set of
 # rows per (checkpoint, analysis version), and a re-capture at the same version replaces them.
 SUMMARY_VERSION = 1
@@ -57,7 +54,7 @@ LSTM_SHARE_BOUND = 2.0
 GRU_SHARE_BOUND = 0.7
 
 _NAME = re.compile(r"^L(\d+)\.([a-z]+)$")
-_MAX_BATCH_FRAMES = 1 << 24  # counts of one update are exact below 2^24 (float32 GEMV in the torch path)
+_MAX_BATCH_FRAMES = 1 << 31  # one update's counts are int32 scratch (see _summarise)
 
 
 def parse_name(name: str) -> tuple[int, str]:
@@ -195,18 +192,7 @@ class IrregularityRule:
         # under/overflow: beyond the range; their |x| exceeds the nearer bound (clamped to `bound`)
         lower = np.concatenate([[abs(spec.lo)], lo_abs, [abs(spec.hi)]])
         upper = np.concatenate([[bound], hi_abs, [bound]])
-        order = np.argsort(lower, kind="stable")
-        lower, upper, c = lower[order], upper[order], counts[order].astype(np.float64)
-        total = c.sum()
-        if total == 0:
-            return float("nan")
-        target = total * self.value / 100.0
-        cum = np.cumsum(c)
-        k = int(np.searchsorted(cum, target, side="left"))
-        k = min(k, len(c) - 1)
-        before = cum[k] - c[k]
-        frac = 0.0 if c[k] == 0 else (target - before) / c[k]
-        return float(lower[k] + frac * (upper[k] - lower[k]))
+        return interval_quantiles(lower, upper, counts, (self.value,), per=100.0)[0]
 
 
 def paper_rule(arch: str) -> IrregularityRule:
@@ -215,112 +201,205 @@ def paper_rule(arch: str) -> IrregularityRule:
 
 
 # ---------------------------------------------------------------------------------------------
-# The hot loop in C
+# Quantiles of a histogram
+
+
+def interval_quantiles(lower, upper, mass, qs: Sequence[float], per: float = 1.0) -> list[float]:
+    """Quantiles qs (fractions of ``per``: 1 for [0, 1], 100 for percentiles) of mass spread
+    uniformly over intervals [lower, upper].
+
+    The intervals are taken in order of their lower edge (ties keep their given order); quantile q
+    lies in the first interval whose cumulative mass reaches total x q / per, interpolated linearly
+    inside it, so it is exact to within that interval's width. A zero-width interval holds its
+    mass at one point (a histogram's clamped under/overflow). All NaN when there is no mass.
+    """
+    lower = np.asarray(lower, dtype=np.float64)
+    upper = np.asarray(upper, dtype=np.float64)
+    mass = np.asarray(mass, dtype=np.float64)
+    if not lower.shape == upper.shape == mass.shape or lower.ndim != 1:
+        raise ValueError(f"interval_quantiles needs equal-length 1-d lower, upper and mass, got shapes "
+                         f"{lower.shape}, {upper.shape}, {mass.shape}")
+    order = np.argsort(lower, kind="stable")
+    lower, upper, mass = lower[order], upper[order], mass[order]
+    total = mass.sum()
+    if total == 0:
+        return [float("nan")] * len(qs)
+    cum = np.cumsum(mass)
+    out = []
+    for q in qs:
+        target = total * q / per
+        k = min(int(np.searchsorted(cum, target, side="left")), len(mass) - 1)
+        before = cum[k] - mass[k]
+        frac = 0.0 if mass[k] == 0 else (target - before) / mass[k]
+        out.append(float(lower[k] + frac * (upper[k] - lower[k])))
+    return out
+
+
+def histogram_quantiles(counts, lo: float, hi: float, underflow: int, overflow: int,
+                        qs: Sequence[float] = (0.05, 0.5, 0.95)) -> list[float]:
+    """Quantiles of a fixed-bin histogram on [lo, hi] (``len(counts)`` equal bins), values beyond
+    [lo, hi] clamped to lo / hi (as the figures clip them), interpolated linearly inside a bin.
+    The stored ``unit_histograms`` / ``layer_stats`` rows give every argument."""
+    counts = np.asarray(counts, dtype=np.float64)
+    edges = np.linspace(lo, hi, len(counts) + 1)
+    lower = np.concatenate([[lo], edges[:-1], [hi]])
+    upper = np.concatenate([[lo], edges[1:], [hi]])
+    return interval_quantiles(lower, upper, np.concatenate([[underflow], counts, [overflow]]), qs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The hot loops, compiled by numba
 #
-# Why C: a summary update is memory-bound. In torch each statistic is its own pass over the
-# [N, H] values (min, max, shifted sums, the five steps of the bin index, the bincount): ~4 ns
-# per value, as much as a 4 x 512 GRU's forward pass costs per frame. One fused pass in C costs
-# ~1.7 ns. The kernel is compiled with the system C compiler on first use and cached
-# (~/.cache/gatelens); without a compiler, or with GATELENS_SUMMARY_KERNEL=torch, the torch
-# path below runs instead. Tests check that both give identical counts.
-
-_KERNEL_SRC = r"""
-#include <stdint.h>
-#define R restrict
-/* One batch, rows rows[0..n-1] of x [*, h] (float32, row-major; rows NULL: rows 0..n-1), into
-   batch-local outputs: s1, s2 the per-unit sums of
-   d = x - shift and d*d (double), vmin / vmax, and hist [h, bins + 2] (int32): slot 0 underflow,
-   1..bins the bins, bins + 1 overflow. slot = floor(x * scale) + offset + 1 (x * scale is exact,
-   scale being a power of two), clamped; x == hi goes to the last bin (numpy's closed last bin).
-   A NaN makes s1 NaN, which the caller checks. */
-void gl_summarise(const float *R x, const int64_t *R rows, int64_t n, int64_t h, const float *R shift, float scale,
-                  int32_t offset, int32_t bins, float hi, double *R s1, double *R s2,
-                  float *R vmin, float *R vmax, int32_t *R hist, int32_t *R slot) {
-    const float ylo = (float)(-(offset + 1)), yhi = (float)(bins - offset);
-    const int64_t stride = bins + 2;
-    for (int64_t r = 0; r < n; r++) {
-        const float *R row = x + (rows ? rows[r] : r) * h;
-        for (int64_t u = 0; u < h; u++) {
-            float v = row[u], d = v - shift[u];
-            s1[u] += d;
-            s2[u] += (double)d * d;
-            vmin[u] = v < vmin[u] ? v : vmin[u];
-            vmax[u] = v > vmax[u] ? v : vmax[u];
-            float y = v * scale;
-            y = y >= ylo ? y : ylo;          /* NaN lands here too: a valid slot, never out of bounds */
-            y = y <= yhi ? y : yhi;
-            int32_t i = (int32_t)y;
-            i -= (y < (float)i);            /* floor, exact for |y| < 2^31 */
-            slot[u] = i + offset + 1 - (v == hi);
-        }
-        for (int64_t u = 0; u < h; u++) hist[u * stride + slot[u]] += 1;
-    }
-}
-/* counts[p, u] += frames r (row rows[r] of x) with phones[r] == p (p = 0 if phones is NULL)
-   where |x[row, u]| op t; op 0: <, 1: >, 2: >=. NaN compares false. */
-void gl_count_abs(const float *R x, const int64_t *R rows, int64_t n, int64_t h, const int32_t *R phones,
-                  float t, int32_t op, int32_t *R counts) {
-    for (int64_t r = 0; r < n; r++) {
-        const float *R row = x + (rows ? rows[r] : r) * h;
-        int32_t *R c = counts + (phones ? (int64_t)phones[r] * h : 0);
-        if (op == 0)      for (int64_t u = 0; u < h; u++) c[u] += (row[u] < 0 ? -row[u] : row[u]) < t;
-        else if (op == 1) for (int64_t u = 0; u < h; u++) c[u] += (row[u] < 0 ? -row[u] : row[u]) > t;
-        else              for (int64_t u = 0; u < h; u++) c[u] += (row[u] < 0 ? -row[u] : row[u]) >= t;
-    }
-}
-"""
-_OPS = {"<": 0, ">": 1, ">=": 2}
-_kernel_lib = None  # ctypes library, False when unavailable
+# Why compiled: a summary update is memory-bound. As array operations (torch), each statistic is
+# its own pass over the [N, H] values (min, max, shifted sums, the steps of the bin index, the
+# bincount, the range shares): ~4 ns per value, as much as a 4 x 512 GRU's forward pass costs per
+# frame. One fused loop reads each value once (~2 ns per value), handles NaN inline, and adds
+# straight into the running counters. Compiled without fastmath, so the counts are exact and the
+# sums IEEE (no reordering), in one thread (a Ray task gets one CPU); nogil, so it never holds up
+# the task's other threads.
+#
+# numba compiles a function on its first call (~3 s for all of them) and caches the machine code
+# in __pycache__ beside this file, else in the user's cache directory (~/.cache/numba), or in
+# $NUMBA_CACHE_DIR when set: later processes, every Ray task among them, load it instead. Where
+# none is writable the functions are compiled in each process rather than failing the import.
 
 
-def _kernel():
-    """The compiled kernel, or None (GATELENS_SUMMARY_KERNEL=torch, or no C compiler)."""
-    global _kernel_lib
-    choice = os.environ.get("GATELENS_SUMMARY_KERNEL", "auto")
-    if choice not in ("auto", "c", "torch"):
-        raise ValueError(f"GATELENS_SUMMARY_KERNEL must be auto, c or torch, got {choice!r}")
-    if choice == "torch":
-        return None
-    if _kernel_lib is None:
-        try:
-            _kernel_lib = _build_kernel()
-        except (OSError, subprocess.SubprocessError) as e:
-            if choice == "c":
-                raise RuntimeError(f"GATELENS_SUMMARY_KERNEL=c but the C kernel cannot be built: {e}") from e
-            warnings.warn(f"summaries: no C kernel ({e}); using the slower torch path", RuntimeWarning)
-            _kernel_lib = False
-    return _kernel_lib or None
+def _compiled(fn):
+    """``numba.njit(cache=True, nogil=True)``, uncached where numba finds no writable cache."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available for file ..."
+        warnings.warn("summaries: numba finds no writable cache directory (__pycache__ beside "
+                      "cluster/summaries.py, ~/.cache/numba or $NUMBA_CACHE_DIR); its loops are "
+                      "compiled in every process, a few seconds each", RuntimeWarning)
+        return numba.njit(nogil=True)(fn)
 
 
-def _build_kernel():
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise OSError("no C compiler (cc) found")
-    # AVX2 + FMA when torch says the CPU has them (measured faster than -march=native's AVX-512
-    # here); the cache key holds the flags, so a shared home dir never mixes machines' builds.
-    avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    flags = ["-O3", "-std=c99", "-shared", "-fPIC"] + (["-mavx2", "-mfma"] if avx2 else [])
-    key = hashlib.sha256("\0".join([_KERNEL_SRC, cc, *flags, platform.machine()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gatelens"
-    lib = cache / f"summaries-{key}.so"
-    if not lib.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src, out = Path(tmp) / "k.c", Path(tmp) / "k.so"
-            src.write_text(_KERNEL_SRC)
-            subprocess.run([cc, *flags, "-o", str(out), str(src)], check=True, capture_output=True, timeout=120)
-            os.replace(out, lib)  # atomic: concurrent Ray workers may build it at once
-    k = ctypes.CDLL(str(lib))
-    P, I64, I32, F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
-    k.gl_summarise.argtypes = [P, P, I64, I64, P, F, I32, I32, F, P, P, P, P, P, P]
-    k.gl_summarise.restype = None
-    k.gl_count_abs.argtypes = [P, P, I64, I64, P, F, I32, P]
-    k.gl_count_abs.restype = None
-    return k
+@_compiled
+def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """(mean, M2) of two parts' pooled values from each part's count, mean and M2 (Chan et al.'s
+    pairwise update: no cancellation, however large the counts). A part holding +-inf has mean
+    +-inf: the pooled mean is then their sum (+-inf, or NaN once +inf meets -inf) and M2 NaN, as
+    numpy has them, whichever part comes first."""
+    if n_b == 0:
+        return mean_a, m2_a
+    if n_a == 0:
+        return mean_b, m2_b
+    if not (math.isfinite(mean_a) and math.isfinite(mean_b)):
+        return mean_a + mean_b, math.nan
+    w = n_b / (n_a + n_b)
+    delta = mean_b - mean_a
+    return mean_a + delta * w, m2_a + m2_b + delta * delta * n_a * w
 
 
-def _ptr(a: np.ndarray) -> int:
-    return a.ctypes.data
+@_compiled
+def _merge_moments(count, mean, m2, count_b, mean_b, m2_b):
+    """mean, m2 (float64 [H]) become those of the pooled parts; counts are added by the caller."""
+    for u in range(count.size):
+        mean[u], m2[u] = _chan(count[u], mean[u], m2[u], count_b[u], mean_b[u], m2_b[u])
+
+
+@_compiled
+def _summarise(x, rows, n, scale, offset, bins, hi, inside, outside,
+               hist, count, n_nan, mean, m2, vmin, vmax, n_inside, n_outside):
+    """Add N frames of x (float32 [M, H]) to one quantity's running counters, in place.
+
+    The frames are rows ``rows[0..n-1]`` of x, or rows 0..n-1 when ``rows`` is empty. Counters:
+    hist int64 [H, bins + 2] (slot 0 underflow, 1..bins the bins, bins + 1 overflow), count and
+    n_nan int64 [H], mean and m2 float64 [H], vmin and vmax float64 [H], and when n_inside and
+    n_outside have H entries (c only; else none) the frames with |x| < inside and |x| >= outside.
+
+    slot = floor(x * scale) + offset + 1, clamped to [0, bins + 1]: x * scale is exact (scale is a
+    power of two), and x == hi goes to the last bin (numpy's last bin is closed). NaN is counted in
+    n_nan and nowhere else. The batch's moments are sums of deviations from a shift (the first
+    frame's value, 0 where that is not finite) in float64, merged into the running ones by Chan's
+    formula.
+
+    Shaped for speed (each choice measured): the batch counts go to float32 / int32 scratch first
+    (an int32 histogram of a 512-unit layer fits in L2, an int64 one does not); the slot is
+    computed in float32 (numba widens int32 arithmetic to int64, halving the vector width); loads
+    are unconditional and min / max are fmin / fmax, so the frame loop vectorises without masked
+    loads and stores; the range shares and the scatter into the histogram are loops of their own.
+    """
+    h = x.shape[1]
+    has_rows = rows.size > 0
+    ranges = n_inside.size > 0
+    ylo, yhi = np.float32(-(offset + 1)), np.float32(bins - offset)
+    base, one, zero = np.float32(offset + 1), np.float32(1.0), np.float32(0.0)
+    first = rows[0] if has_rows else 0
+    shift = np.zeros(h)
+    for u in range(h):
+        if math.isfinite(x[first, u]):
+            shift[u] = x[first, u]
+    s1, s2 = np.zeros(h), np.zeros(h)
+    nans, n_in, n_out = np.zeros(h, np.int32), np.zeros(h, np.int32), np.zeros(h, np.int32)
+    lo, up = np.full(h, np.inf, np.float32), np.full(h, -np.inf, np.float32)
+    slot = np.zeros(h, np.int32)
+    counts = np.zeros((h, bins + 2), np.int32)
+    for i in range(n):
+        row = x[rows[i] if has_rows else i]
+        for u in range(h):
+            v = row[u]
+            nan = v != v
+            d = np.float64(v) - shift[u]
+            d = 0.0 if nan else d
+            s1[u] += d
+            s2[u] += d * d
+            nans[u] += nan
+            lo[u] = np.fmin(lo[u], v)  # fmin / fmax pass NaN over
+            up[u] = np.fmax(up[u], v)
+            y = v * scale
+            y = y if y >= ylo else ylo  # NaN lands here too: slot 0, taken back out below
+            y = y if y <= yhi else yhi
+            slot[u] = np.int32(np.floor(y) + (base - (one if v == hi else zero)))
+        if ranges:  # a loop of its own: a branch inside the one above stops its vectorisation
+            for u in range(h):
+                a = abs(row[u])
+                n_in[u] += a < inside
+                n_out[u] += a >= outside
+        for u in range(h):
+            counts[u, np.uint64(slot[u])] += 1  # unsigned: no negative-index wrap-around check
+    for u in range(h):
+        counts[u, 0] -= nans[u]
+        for k in range(bins + 2):
+            hist[u, k] += counts[u, k]
+        n_nan[u] += nans[u]
+        if ranges:
+            n_inside[u] += n_in[u]
+            n_outside[u] += n_out[u]
+        nb = n - nans[u]
+        if nb == 0:
+            continue
+        vmin[u] = min(vmin[u], lo[u])
+        vmax[u] = max(vmax[u], up[u])
+        m2_b = s2[u] - s1[u] * s1[u] / nb
+        m2_b = 0.0 if m2_b < 0 else m2_b  # rounding; NaN (from inf) stays NaN
+        mean[u], m2[u] = _chan(count[u], mean[u], m2[u], nb, shift[u] + s1[u] / nb, m2_b)
+        count[u] += nb
+
+
+@_compiled
+def _count_abs(x, rows, n, phones, t, greater, counts):
+    """counts[u, p] (int64 [H, P]) += the frames r with phones[r] == p where |x| > t (greater) or
+    |x| < t; rows as in ``_summarise``. NaN compares false: never irregular."""
+    h = x.shape[1]
+    has_rows = rows.size > 0
+    by_phone = np.zeros((counts.shape[1], h), np.int64)  # phone-major: one contiguous row per frame
+    for i in range(n):
+        row = x[rows[i] if has_rows else i]
+        c = by_phone[phones[i]]
+        if greater:
+            for u in range(h):
+                c[u] += abs(row[u]) > t
+        else:
+            for u in range(h):
+                c[u] += abs(row[u]) < t
+    for u in range(h):
+        for p in range(counts.shape[1]):
+            counts[u, p] += by_phone[p, u]
+
+
+_EMPTY = np.empty(0, np.int64)  # for the loops above: "rows 0..n-1", "no range counts"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,16 +461,11 @@ class UnitSummary:
         self.irregular: dict[tuple[str, int], np.ndarray] = {}  # (rule, layer) -> int64 [H, P]
         self.frames = 0
         self.utterances = 0
-        self._kernel = _make_kernel()
-
-    def __getstate__(self):  # pickled by Ray: the kernel and its buffers stay behind
-        return {k: v for k, v in self.__dict__.items() if k != "_kernel"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._kernel = _make_kernel()
-        # Ray hands back read-only arrays (zero-copy from its object store); merging adds into
-        # them, so take writable copies (units x bins: small).
+        # Ray hands back read-only arrays (zero-copy from its object store); updates and merges
+        # add into them in place, so take writable copies (units x bins: small).
         self.state = {k: _copy_state(v) for k, v in self.state.items()}
         self.irregular = {k: v.copy() for k, v in self.irregular.items()}
         self.phone_frames = self.phone_frames.copy()
@@ -410,7 +484,6 @@ class UnitSummary:
             out.append((r, float(t)))
         return out
 
-    @torch.no_grad()
     def update(self, values: Mapping[str, torch.Tensor | np.ndarray], phones, utterances: int = 1,
                rows=None) -> None:
         """Add N frames: values {name: [N, H]}, phones [N] (ids into the phone table).
@@ -425,9 +498,8 @@ class UnitSummary:
             self.names = names
         elif names != self.names:
             raise ValueError(f"update() got values {names}, earlier updates had {self.names}")
-        ph = torch.as_tensor(np.asarray(phones) if not isinstance(phones, torch.Tensor) else phones)
-        ph = ph.to(torch.int64).reshape(-1)
-        n = int(ph.numel())
+        ph = _as_int64(phones)
+        n = ph.size
         if n == 0:
             return
         if n >= _MAX_BATCH_FRAMES:
@@ -435,41 +507,42 @@ class UnitSummary:
         if int(ph.min()) < 0 or int(ph.max()) >= self.num_phones:
             raise ValueError(f"phone ids must lie in [0, {self.num_phones}), got [{int(ph.min())}, {int(ph.max())}]")
         if rows is not None:
-            rows = torch.as_tensor(rows, dtype=torch.int64).reshape(-1).contiguous()
-            if rows.numel() != n:
-                raise ValueError(f"update() got {rows.numel()} rows for {n} phones")
+            rows = _as_int64(rows)
+            if rows.size != n:
+                raise ValueError(f"update() got {rows.size} rows for {n} phones")
         arrays = {}
         for name in names:  # check everything before counting anything
             layer, q = parse_name(name)
             x = _as_float32(values[name])
             m = n if rows is None else (int(rows.max()) + 1 if int(rows.min()) >= 0 else -1)
-            if x.dim() != 2 or (x.shape[0] != n if rows is None else not 0 <= m <= x.shape[0]):
+            if x.ndim != 2 or (x.shape[0] != n if rows is None else not 0 <= m <= x.shape[0]):
                 raise ValueError(f"value {name} has shape {tuple(x.shape)}; expected [{n}, H] "
                                  f"(phones has {n} frames)" + ("" if rows is None else " or rows within it"))
             if self.hidden.setdefault(layer, x.shape[1]) != x.shape[1]:
                 raise ValueError(f"value {name} has {x.shape[1]} units; layer {layer} had {self.hidden[layer]}")
             arrays[name] = (layer, q, x)
-        self.phone_frames += torch.bincount(ph, minlength=self.num_phones).numpy()
+        self.phone_frames += np.bincount(ph, minlength=self.num_phones)
         self.frames += n
         self.utterances += utterances
-        kernel = self._kernel
-        kernel.begin(ph, self.num_phones, rows)
+        rows = _EMPTY if rows is None else rows
         for name, (layer, q, x) in arrays.items():
             if self.values:
-                batch = kernel.batch_state(self.specs[q], x, ranges=(q == "c"))
-                if (layer, q) in self.state:
-                    _merge_state(self.state[(layer, q)], batch)
-                else:
-                    self.state[(layer, q)] = batch
+                st = self.state.get((layer, q))
+                if st is None:
+                    st = self.state[(layer, q)] = _QuantityState.empty(self.specs[q], x.shape[1], q == "c")
+                spec = st.spec
+                _summarise(x, rows, n, np.float32(spec.scale), spec.offset, spec.bins, np.float32(spec.hi),
+                           *_SHARE_BOUNDS, st.hist, st.count, st.n_nan, st.mean, st.m2, st.vmin, st.vmax,
+                           _EMPTY if st.n_inside_2 is None else st.n_inside_2,
+                           _EMPTY if st.n_outside_07 is None else st.n_outside_07)
             for rule, t in self._counted_rules(layer):
                 if rule.quantity != q:
                     continue
-                counts = kernel.count_abs(x, t, rule.op, by_phone=True)  # [H, P]; NaN: regular
                 key = (rule.name, layer)
-                if key in self.irregular:
-                    self.irregular[key] += counts
-                else:
-                    self.irregular[key] = counts
+                if key not in self.irregular:
+                    self.irregular[key] = np.zeros((x.shape[1], self.num_phones), np.int64)
+                _count_abs(x, rows, n, ph, np.float32(f32_bound(t, rule.op)), rule.op == ">",
+                           self.irregular[key])  # NaN: regular
 
     # -- merge --------------------------------------------------------------------------------
 
@@ -634,8 +707,9 @@ class UnitSummary:
 
 def f32_bound(t: float, op: str) -> float:
     """The float32 number b such that, for every float32 x, ``x op b`` equals ``x op t`` in exact
-    arithmetic. Why: torch rounds a Python scalar to the tensor's dtype, and float32(0.7) is
-    0.69999999 < 0.7, so a plain ``x >= 0.7`` would count x = float32(0.7) as outside (-0.7, 0.7).
+    arithmetic. Why: the summaries compare float32 values with float32 thresholds, and float32(0.7)
+    is 0.69999999 < 0.7, so a plain ``x >= float32(0.7)`` would count x = float32(0.7) as outside
+    (-0.7, 0.7).
     """
     f = np.float32(t)
     if op in (">=", "<"):  # compare against the smallest float32 >= t
@@ -649,156 +723,22 @@ def f32_bound(t: float, op: str) -> float:
     return float(f)
 
 
-def _as_float32(v) -> torch.Tensor:
-    t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
-    return t.detach().to(torch.float32).contiguous()
+# Fig. 3's range shares as the loops count them: |x| < 2 inside, |x| >= 0.7 outside, in float32.
+_SHARE_BOUNDS = (np.float32(f32_bound(LSTM_SHARE_BOUND, "<")), np.float32(f32_bound(GRU_SHARE_BOUND, ">=")))
 
 
-def _make_kernel():
-    lib = _kernel()
-    return _CKernel(lib) if lib is not None else _TorchKernel()
+def _as_float32(v) -> np.ndarray:
+    """float32 [M, H], C-contiguous, as the compiled loops read it: float32 arrays as they are (no
+    copy), float16 / bfloat16 widened (exactly)."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    return np.ascontiguousarray(v, dtype=np.float32)
 
 
-class _CKernel:
-    """Summary arithmetic in one C pass per value array (see _KERNEL_SRC)."""
-
-    def __init__(self, lib):
-        self.lib = lib
-
-    def begin(self, phones: torch.Tensor, num_phones: int, rows: torch.Tensor | None) -> None:
-        self.phones = np.ascontiguousarray(phones.numpy(), dtype=np.int32)
-        self.num_phones, self.n = num_phones, len(phones)
-        self.rows = None if rows is None else rows.numpy()
-
-    def batch_state(self, spec: HistogramSpec, x: torch.Tensor, ranges: bool) -> _QuantityState:
-        xn, rows, n, h = x.numpy(), self.rows, self.n, x.shape[1]
-        shift = np.ascontiguousarray(xn[0 if rows is None else rows[0]])  # deviations from the first frame
-        s1, s2 = np.zeros(h), np.zeros(h)
-        vmin, vmax = np.full(h, np.inf, np.float32), np.full(h, -np.inf, np.float32)
-        hist = np.zeros((h, spec.bins + 2), np.int32)
-        slot = np.empty(h, np.int32)
-        self.lib.gl_summarise(_ptr(xn), None if rows is None else _ptr(rows), n, h, _ptr(shift), spec.scale,
-                              spec.offset, spec.bins, spec.hi, _ptr(s1), _ptr(s2), _ptr(vmin), _ptr(vmax),
-                              _ptr(hist), _ptr(slot))
-        if np.isnan(s1).any():  # a diverged model: rare, so the slow exact path
-            return _batch_state_nan(spec, x if rows is None else x[torch.from_numpy(rows)], ranges)
-        st = _QuantityState(spec, hist.astype(np.int64), np.full(h, n, np.int64), np.zeros(h, np.int64),
-                            shift + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0),
-                            vmin.astype(np.float64), vmax.astype(np.float64))
-        if ranges:
-            st.n_inside_2 = self.count_abs(x, LSTM_SHARE_BOUND, "<", by_phone=False)
-            st.n_outside_07 = self.count_abs(x, GRU_SHARE_BOUND, ">=", by_phone=False)
-        return st
-
-    def count_abs(self, x: torch.Tensor, t: float, op: str, by_phone: bool) -> np.ndarray:
-        """Frames with |x| op t per unit: int64 [H, P] (by phone) or [H]."""
-        xn, rows, h = x.numpy(), self.rows, x.shape[1]
-        counts = np.zeros((self.num_phones if by_phone else 1, h), np.int32)
-        self.lib.gl_count_abs(_ptr(xn), None if rows is None else _ptr(rows), self.n, h,
-                              _ptr(self.phones) if by_phone else None, f32_bound(t, op), _OPS[op], _ptr(counts))
-        return counts.T.astype(np.int64) if by_phone else counts[0].astype(np.int64)
-
-
-class _TorchKernel:
-    """The same arithmetic in torch ops, when there is no C compiler. Reuses [N, H] work buffers:
-    a fresh 8 MB tensor per operation costs more in page faults than the arithmetic."""
-
-    def __init__(self):
-        self.f1 = self.f2 = self.i1 = torch.empty(0)
-        self.offsets: dict[tuple[int, int], torch.Tensor] = {}
-
-    def begin(self, phones: torch.Tensor, num_phones: int, rows: torch.Tensor | None) -> None:
-        self.phones, self.num_phones, self.onehot, self.rows = phones, num_phones, None, rows
-        self.ones = torch.ones(1, len(phones))
-        self.selected: tuple | None = None  # (x, its selected rows): one copy per value array
-
-    def _select(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rows is None:
-            return x
-        if self.selected is None or self.selected[0] is not x:
-            self.selected = (x, x.index_select(0, self.rows))
-        return self.selected[1]
-
-    def _buffers(self, n: int, h: int):
-        if self.f1.numel() < n * h:
-            self.f1, self.f2 = torch.empty(n * h), torch.empty(n * h)
-            self.i1 = torch.empty(n * h, dtype=torch.int32)
-        return self.f1[: n * h].view(n, h), self.f2[: n * h].view(n, h), self.i1[: n * h].view(n, h)
-
-    def batch_state(self, spec: HistogramSpec, x: torch.Tensor, ranges: bool) -> _QuantityState:
-        x = self._select(x)
-        n, h = x.shape
-        ones = self.ones
-        vmin, vmax = x.amin(0), x.amax(0)
-        if bool(torch.isnan(vmax).any() or torch.isnan(vmin).any()):
-            return _batch_state_nan(spec, x, ranges)
-        f1, _, slot = self._buffers(n, h)
-        # slot = floor(x / w) - lo / w + 1 clamped to [0, bins + 1]; one bincount over
-        # (unit, slot) counts every unit at once.
-        torch.mul(x, spec.scale, out=f1).floor_().add_(spec.offset + 1).clamp_(0, spec.bins + 1)
-        if (h, spec.bins + 2) not in self.offsets:
-            self.offsets[(h, spec.bins + 2)] = torch.arange(h, dtype=torch.int32).mul_(spec.bins + 2)
-        slot.copy_(f1).add_(self.offsets[(h, spec.bins + 2)])
-        hist = torch.bincount(slot.view(-1), minlength=h * (spec.bins + 2)).view(h, spec.bins + 2)
-        if bool((vmax >= spec.hi).any()):
-            # x == hi belongs to the last bin (numpy's last bin is closed), not to the overflow.
-            at_hi = (ones @ torch.eq(x, spec.hi, out=f1)).view(h).to(torch.int64)
-            hist[:, spec.bins + 1] -= at_hi
-            hist[:, spec.bins] += at_hi
-        # Mean and M2 around the batch mean (no cancellation). Column sums are GEMVs with a
-        # ones row: faster than torch's dim-0 reductions, and exact for 0/1 comparison counts.
-        shift = (ones @ x).view(h) / n
-        d = torch.sub(x, shift, out=f1)
-        s1 = (ones @ d).view(h).double().numpy()
-        s2 = (ones @ d.square_()).view(h).double().numpy()
-        st = _QuantityState(spec, hist.numpy(), np.full(h, n, np.int64), np.zeros(h, np.int64),
-                            shift.double().numpy() + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0),
-                            vmin.double().numpy(), vmax.double().numpy())
-        if ranges:
-            st.n_inside_2 = self._count(x, LSTM_SHARE_BOUND, "<", by_phone=False)
-            st.n_outside_07 = self._count(x, GRU_SHARE_BOUND, ">=", by_phone=False)
-        return st
-
-    def count_abs(self, x: torch.Tensor, t: float, op: str, by_phone: bool) -> np.ndarray:
-        return self._count(self._select(x), t, op, by_phone)
-
-    def _count(self, x: torch.Tensor, t: float, op: str, by_phone: bool) -> np.ndarray:
-        n, h = x.shape
-        f1, f2, _ = self._buffers(n, h)
-        a = torch.abs(x, out=f2)
-        mask = {"<": torch.lt, ">": torch.gt, ">=": torch.ge}[op](a, f32_bound(t, op), out=f1)  # 0/1 floats
-        if not by_phone:
-            return (self.ones @ mask).view(h).to(torch.int64).numpy()
-        if self.onehot is None:
-            self.onehot = torch.zeros(n, self.num_phones).scatter_(1, self.phones.view(-1, 1), 1.0)
-        return (mask.t() @ self.onehot).round_().to(torch.int64).numpy()  # [H, P], exact below 2^24
-
-
-def _batch_state_nan(spec: HistogramSpec, x: torch.Tensor, ranges: bool) -> _QuantityState:
-    """The same summary with NaNs left out (and counted), unit by unit in numpy. Also taken when
-    +inf and -inf meet in a unit (its mean is then undefined: NaN)."""
-    xn = x.double().numpy()
-    h = xn.shape[1]
-    st = _QuantityState.empty(spec, h, ranges)
-    edges = spec.edges()
-    for u in range(h):
-        col = xn[:, u]
-        keep = ~np.isnan(col)
-        st.n_nan[u] = int((~keep).sum())
-        col = col[keep]
-        if col.size == 0:
-            continue
-        st.hist[u, 0] = int((col < spec.lo).sum())
-        st.hist[u, 1:-1] = np.histogram(col, bins=edges)[0]
-        st.hist[u, -1] = int((col > spec.hi).sum())
-        with np.errstate(invalid="ignore"):
-            st.count[u], st.mean[u] = col.size, col.mean()
-            st.m2[u] = float(((col - st.mean[u]) ** 2).sum())
-        st.vmin[u], st.vmax[u] = col.min(), col.max()
-        if ranges:
-            st.n_inside_2[u] = int((np.abs(col) < LSTM_SHARE_BOUND).sum())
-            st.n_outside_07[u] = int((np.abs(col) >= GRU_SHARE_BOUND).sum())
-    return st
+def _as_int64(v) -> np.ndarray:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    return np.ascontiguousarray(v, dtype=np.int64).reshape(-1)
 
 
 def _merge_state(dst: _QuantityState, src: _QuantityState) -> None:
@@ -808,14 +748,7 @@ def _merge_state(dst: _QuantityState, src: _QuantityState) -> None:
                          f"{src.spec} x {src.hist.shape[0]} units")
     dst.hist += src.hist
     dst.n_nan += src.n_nan
-    n_a, n_b = dst.count.astype(np.float64), src.count.astype(np.float64)
-    tot = n_a + n_b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w = np.where(tot > 0, n_b / tot, 0.0)
-        delta = src.mean - dst.mean
-        keep = n_b == 0
-        dst.m2[:] = np.where(keep, dst.m2, dst.m2 + src.m2 + delta * delta * n_a * w)
-        dst.mean[:] = np.where(keep, dst.mean, np.where(n_a == 0, src.mean, dst.mean + delta * w))
+    _merge_moments(dst.count, dst.mean, dst.m2, src.count, src.mean, src.m2)
     dst.count += src.count
     np.minimum(dst.vmin, src.vmin, out=dst.vmin)
     np.maximum(dst.vmax, src.vmax, out=dst.vmax)

@@ -1,7 +1,10 @@
-"""Per-unit summaries: exact histograms and counts, merging across shards, the irregularity rules."""
+"""Per-unit summaries: exact histograms and counts, merging across shards, the irregularity rules,
+histogram quantiles."""
 
-import shutil
+import pickle
+import warnings
 
+import numba
 import numpy as np
 import polars as pl
 import pytest
@@ -9,18 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cluster.summaries as summaries
 from cluster.summaries import (QUANTITIES, HistogramSpec, IrregularityRule, UnitSummary,
-                               default_histogram_specs, paper_rule)
+                               default_histogram_specs, histogram_quantiles, interval_quantiles, paper_rule)
 
 PHONES = ["<eps>", "SIL", "AA", "B", "K", "S"]
-KERNELS = ["c", "torch"] if shutil.which("cc") else ["torch"]
-
-
-@pytest.fixture(autouse=True, params=KERNELS)
-def kernel(request, monkeypatch):
-    """Every test runs on the C kernel and on the torch fallback."""
-    monkeypatch.setenv("GATELENS_SUMMARY_KERNEL", request.param)
-    return request.param
 
 
 def fake_values(rng, n, layers=(1, 2), hidden=6, dtype=np.float32, scale=4.0):
@@ -85,19 +81,23 @@ def test_any_sharding_merges_exactly(data):
     dtype = data.draw(st.sampled_from([np.float32, np.float16]))
     rng = np.random.default_rng(seed)
     values = fake_values(rng, n, layers=(1,), hidden=3, dtype=dtype, scale=data.draw(st.sampled_from([0.5, 4.0, 30.0])))
+    if data.draw(st.booleans()):  # NaN and -inf in unit 1 of c (a diverged model): still exact
+        values["L1.c"][rng.integers(0, n, 3), 1] = [np.nan, -np.inf, np.nan]
     phones = rng.integers(1, len(PHONES), n)
     rules = (IrregularityRule.parse("abs>2"), IrregularityRule.parse("abs<0.5"))
     one = summarise_in_shards(values, phones, [0, n], rules=rules)
     many = summarise_in_shards(values, phones, cuts, rules=rules)
     for key, a in one.state.items():
         b = many.state[key]
-        np.testing.assert_array_equal(a.hist, b.hist)
-        np.testing.assert_array_equal(a.count, b.count)
-        np.testing.assert_array_equal(a.vmin, b.vmin)
-        np.testing.assert_array_equal(a.vmax, b.vmax)
+        for f in ("hist", "count", "n_nan", "vmin", "vmax", "n_inside_2", "n_outside_07"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f"{key} {f}")
         x = values[f"L{key[0]}.{key[1]}"].astype(np.float64)
-        np.testing.assert_allclose(b.mean, x.mean(0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(b.m2 / b.count, x.var(0), rtol=1e-4, atol=1e-7)
+        np.testing.assert_array_equal(b.count, (~np.isnan(x)).sum(0))
+        seen = b.count > 0  # a unit whose every value is NaN keeps mean 0 (stored as null)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # numpy on NaN-only or -inf columns
+            np.testing.assert_allclose(b.mean[seen], np.nanmean(x, 0)[seen], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(b.m2[seen] / b.count[seen], np.nanvar(x, 0)[seen], rtol=1e-4, atol=1e-7)
     for key, counts in one.irregular.items():
         np.testing.assert_array_equal(counts, many.irregular[key])
     np.testing.assert_array_equal(one.phone_frames, many.phone_frames)
@@ -258,26 +258,167 @@ def test_torch_and_numpy_inputs_agree():
     assert a.histograms_frame("x").equals(b.histograms_frame("x"))
 
 
-@pytest.mark.parametrize("kernel", ["both"])  # replaces the autouse fixture: this test sets it
-def test_c_kernel_and_torch_path_agree(kernel, monkeypatch):
-    if "c" not in KERNELS:
-        pytest.skip("no C compiler")
-    rng = np.random.default_rng(7)
-    values = fake_values(rng, 300, hidden=33)  # an odd width: the vector loops' remainders
-    values["L1.c"][:5, 0] = [10.0, -10.0, 2.0, -2.0, 0.7]
-    phones = rng.integers(1, len(PHONES), 300)
-    out = {}
-    for k in ("c", "torch"):
-        monkeypatch.setenv("GATELENS_SUMMARY_KERNEL", k)
-        out[k] = summarise_in_shards(values, phones, [0, 77, 300], rules=(paper_rule("lstm"), IrregularityRule.parse("abs<0.5")))
-    a, b = out["c"], out["torch"]
-    for key in a.state:
-        for f in ("hist", "count", "n_nan", "vmin", "vmax", "n_inside_2", "n_outside_07"):
-            np.testing.assert_array_equal(getattr(a.state[key], f), getattr(b.state[key], f), err_msg=f"{key} {f}")
-        np.testing.assert_allclose(a.state[key].mean, b.state[key].mean, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(a.state[key].m2, b.state[key].m2, rtol=1e-5)
-    for key in a.irregular:
-        np.testing.assert_array_equal(a.irregular[key], b.irregular[key])
+def unit_by_unit(x: np.ndarray, spec: HistogramSpec) -> dict[str, np.ndarray]:
+    """What a summary of x [N, H] must hold, column by column in float64 numpy."""
+    x = x.astype(np.float64)
+    out = {k: [] for k in ("hist", "count", "n_nan", "mean", "var", "vmin", "vmax", "inside", "outside")}
+    for col in x.T:
+        keep = col[~np.isnan(col)]
+        out["n_nan"].append(col.size - keep.size)
+        out["count"].append(keep.size)
+        out["hist"].append([(keep < spec.lo).sum(), *np.histogram(keep, bins=spec.edges())[0], (keep > spec.hi).sum()])
+        with np.errstate(invalid="ignore"):
+            out["mean"].append(keep.mean() if keep.size else 0.0)
+            out["var"].append(keep.var() if keep.size else np.nan)
+        out["vmin"].append(keep.min() if keep.size else np.inf)
+        out["vmax"].append(keep.max() if keep.size else -np.inf)
+        out["inside"].append((np.abs(keep) < 2).sum())
+        out["outside"].append((np.abs(keep) >= 0.7).sum())
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def assert_matches(st_, want, rtol=1e-6):
+    np.testing.assert_array_equal(st_.hist, want["hist"])
+    for f, w in (("count", "count"), ("n_nan", "n_nan"), ("vmin", "vmin"), ("vmax", "vmax")):
+        np.testing.assert_array_equal(getattr(st_, f), want[w], err_msg=f)
+    if st_.n_inside_2 is not None:
+        np.testing.assert_array_equal(st_.n_inside_2, want["inside"])
+        np.testing.assert_array_equal(st_.n_outside_07, want["outside"])
+    np.testing.assert_allclose(st_.mean, want["mean"], rtol=rtol, atol=1e-7)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.testing.assert_allclose(st_.m2 / st_.count, want["var"], rtol=10 * rtol, atol=1e-7)
+
+
+def test_nan_and_inf_inputs_match_numpy():
+    """NaN is left out of every statistic and counted apart, inline, wherever it sits (also in the
+    first frame, the moments' shift); +-inf land in the under/overflow, make the mean +-inf (NaN
+    when both meet) and the variance NaN, as numpy has them."""
+    rng = np.random.default_rng(10)
+    n, h = 300, 9
+    x = (rng.standard_normal((n, h)) * 6).astype(np.float32)
+    x[0, 0] = np.nan  # the first frame: what the moments are shifted by
+    x[[5, 50, 299], 1] = np.nan
+    x[:, 2] = np.nan  # a unit that is NaN on every frame
+    x[[3, 4], 3] = np.inf
+    x[7, 4] = -np.inf
+    x[[8, 9], 5] = [np.inf, -np.inf]
+    x[0, 6] = np.inf  # inf as the first frame
+    x[:4, 7] = [10.0, -10.0, 2.0, -2.0]  # the range ends and the Fig. 3 bounds
+    x[:3, 8] = [0.7, -0.7, np.float32(0.7)]
+    phones = rng.integers(1, len(PHONES), n)
+    rule = IrregularityRule.parse("abs>5")
+    for cuts in ([0, n], [0, 1, 100, 299, n]):  # one shot, and merged shards
+        s = summarise_in_shards({"L1.c": x}, phones, cuts, rules=(rule,))
+        want = unit_by_unit(x, s.specs["c"])
+        assert_matches(s.state[(1, "c")], want)
+        irr = s.irregular[("abs>5", 1)]
+        with np.errstate(invalid="ignore"):
+            for p in range(len(PHONES)):
+                np.testing.assert_array_equal(irr[:, p], (np.abs(x[phones == p]) > 5).sum(0))
+    st_ = s.state[(1, "c")]
+    assert st_.mean[3] == np.inf and st_.mean[4] == -np.inf and np.isnan(st_.mean[5]) and st_.mean[6] == np.inf
+    assert st_.count[2] == 0 and st_.n_nan[2] == n and st_.hist[2].sum() == 0
+    row = s.stats_frame("ck").filter(pl.col("unit") == 2).row(0, named=True)
+    assert row["count"] == 0 and row["mean"] is None and row["min"] is None and row["variance"] is None
+
+
+@pytest.mark.parametrize("dtype", [np.float16, torch.float16, torch.bfloat16, np.float64])
+def test_half_precision_and_double_input_are_read_as_float32(dtype):
+    """float16 / bfloat16 widen exactly, float64 rounds to float32: the summary of either equals the
+    summary of the float32 values, and numpy's on them."""
+    rng = np.random.default_rng(11)
+    values = fake_values(rng, 200, layers=(1,), hidden=5, scale=8.0)
+    if isinstance(dtype, torch.dtype):
+        given_ = {k: torch.from_numpy(v).to(dtype) for k, v in values.items()}
+        as32 = {k: v.float().numpy() for k, v in given_.items()}
+    else:
+        given_ = {k: v.astype(dtype) for k, v in values.items()}
+        as32 = {k: v.astype(np.float32) for k, v in given_.items()}
+    phones = rng.integers(1, len(PHONES), 200)
+    a, b = UnitSummary("lstm", len(PHONES)), UnitSummary("lstm", len(PHONES))
+    a.update(given_, phones)
+    b.update(as32, phones)
+    assert a.stats_frame("x").equals(b.stats_frame("x"))
+    assert a.histograms_frame("x").equals(b.histograms_frame("x"))
+    for name, x in as32.items():
+        layer, q = int(name[1]), name[3]
+        assert_matches(a.state[(layer, q)], unit_by_unit(x, a.specs[q]))
+
+
+def test_empty_batches_change_nothing():
+    rng = np.random.default_rng(12)
+    values = fake_values(rng, 40, layers=(1,), hidden=4)
+    phones = rng.integers(1, len(PHONES), 40)
+    rules = (paper_rule("lstm"), IrregularityRule.parse("abs<0.5"))
+    a, b = UnitSummary("lstm", len(PHONES), rules=rules), UnitSummary("lstm", len(PHONES), rules=rules)
+    a.update(values, phones)
+    b.update({k: v[:0] for k, v in values.items()}, phones[:0])  # before any frame
+    b.update(values, phones)
+    b.update({k: v[:0] for k, v in values.items()}, phones[:0])
+    b.update(values, np.array([], np.int64), rows=np.array([], np.int64))
+    b.merge(UnitSummary("lstm", len(PHONES), rules=rules))  # an empty shard
+    assert b.frames == a.frames == 40
+    assert a.stats_frame("x").equals(b.stats_frame("x"))
+    assert a.histograms_frame("x").equals(b.histograms_frame("x"))
+    assert a.responsibility_frame("x", PHONES).equals(b.responsibility_frame("x", PHONES))
+    empty = UnitSummary("lstm", len(PHONES), rules=rules).merge(a)  # merging into an empty summary
+    assert empty.stats_frame("x").equals(a.stats_frame("x"))
+
+
+def test_pickled_summaries_keep_counting():
+    """Ray pickles a task's summary and hands back read-only arrays (zero-copy from its object
+    store); the unpickled summary still merges and updates, in place, exactly."""
+    rng = np.random.default_rng(13)
+    values = fake_values(rng, 120, layers=(1, 2), hidden=4)
+    phones = rng.integers(1, len(PHONES), 120)
+    rules = (paper_rule("lstm"),)
+    first = UnitSummary("lstm", len(PHONES), rules=rules)
+    first.update({k: v[:70] for k, v in values.items()}, phones[:70])
+    state = pickle.loads(pickle.dumps(first)).__dict__
+    for st_ in state["state"].values():
+        for a in vars(st_).values():
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
+    for a in [state["phone_frames"], *state["irregular"].values()]:
+        a.flags.writeable = False
+    back = UnitSummary.__new__(UnitSummary)
+    back.__setstate__(state)
+    back.update({k: v[70:] for k, v in values.items()}, phones[70:])
+    one = summarise_in_shards(values, phones, [0, 70, 120], rules=rules)  # the same batches
+    assert back.stats_frame("x").equals(one.stats_frame("x"))
+    assert back.histograms_frame("x").equals(one.histograms_frame("x"))
+    assert back.responsibility_frame("x", PHONES).equals(one.responsibility_frame("x", PHONES))
+
+
+def test_one_compiled_signature_for_every_input_kind():
+    """numpy or torch, float16 / bfloat16 / float32, rows or not, c (range shares) or a gate:
+    the loops compile once, so a Ray task loads one cached build and never compiles."""
+    rng = np.random.default_rng(14)
+    values = fake_values(rng, 30, layers=(1,), hidden=3)
+    phones = rng.integers(1, len(PHONES), 30)
+    s = UnitSummary("lstm", len(PHONES), rules=(paper_rule("lstm"), IrregularityRule.parse("abs<0.5")))
+    s.update(values, phones)
+    compiled = {f: len(f.signatures) for f in (summaries._summarise, summaries._count_abs)}
+    s.update({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in values.items()}, torch.from_numpy(phones))
+    s.update({k: v.astype(np.float16) for k, v in values.items()}, phones.astype(np.int32))
+    s.update(values, phones[:10], rows=torch.arange(0, 30, 3))
+    assert {f: len(f.signatures) for f in compiled} == compiled
+
+
+def test_uncacheable_loops_still_compile(monkeypatch):
+    """Where numba finds no writable cache directory (``cache=True`` raises at decoration), the
+    loops compile per process instead of breaking the import."""
+    real = numba.njit
+
+    def njit(**kw):
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x.py'")
+        return real(**kw)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    with pytest.warns(RuntimeWarning, match="no writable cache directory"):
+        f = summaries._compiled(lambda a: a + 1)
+    assert f(1) == 2
 
 
 def test_rows_read_in_place_equal_the_selected_frames():
@@ -296,3 +437,59 @@ def test_rows_read_in_place_equal_the_selected_frames():
     assert a.responsibility_frame("x", PHONES).equals(b.responsibility_frame("x", PHONES))
     with pytest.raises(ValueError, match="rows within it"):
         a.update(padded, phones, rows=rows + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Histogram quantiles
+
+
+def test_histogram_quantiles_known_values():
+    # 4 bins of width 1 on [0, 4]; the mass of bin 1 spread uniformly over [1, 2)
+    assert histogram_quantiles([0, 4, 0, 0], 0.0, 4.0, 0, 0, qs=(0.25, 0.5, 1.0)) == [1.25, 1.5, 2.0]
+    # equal bins: the quantiles of a uniform distribution on [lo, hi]
+    np.testing.assert_allclose(histogram_quantiles([5] * 8, -1.0, 1.0, 0, 0, qs=(0.05, 0.5, 0.95)), [-0.9, 0.0, 0.9])
+    # under/overflow sit at lo / hi (clamped, as the figures clip them)
+    assert histogram_quantiles([0, 0], -10.0, 10.0, 3, 1, qs=(0.0, 0.5, 0.75, 1.0)) == [-10.0, -10.0, -10.0, 10.0]
+    assert histogram_quantiles([2, 2], 0.0, 1.0, 0, 4, qs=(0.5, 0.75)) == [1.0, 1.0]
+    # [0, 0.5) holds 1, [0.5, 1] holds 3: 0.05 of 4 is 0.2 of the first bin, 0.5 a third of the second
+    got = histogram_quantiles([1, 3], 0.0, 1.0, 0, 0)
+    assert got == [0.1, pytest.approx(0.5 + 0.5 / 3), pytest.approx(0.5 + 0.5 * 2.8 / 3)]
+    assert all(np.isnan(histogram_quantiles([0, 0, 0], 0.0, 1.0, 0, 0)))
+
+
+@pytest.mark.parametrize("q", ["c", "i", "g"])
+def test_histogram_quantiles_within_one_bin_of_numpy(q):
+    """From a summary's histogram, every quantile lies in the bin of numpy's (inverted-CDF)
+    quantile of the values clipped to the range: at most one bin width away."""
+    rng = np.random.default_rng(15)
+    values = fake_values(rng, 3000, layers=(1,), hidden=2, scale=5.0)
+    values["L1.c"][:40, 0] = 1e3  # overflow: clamped to hi
+    s = summarise_in_shards(values, rng.integers(1, len(PHONES), 3000), [0, 1000, 3000])
+    spec = s.specs[q]
+    qs = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
+    for u in range(2):
+        hist = s.histogram(1, q)[u]
+        got = histogram_quantiles(hist[1:-1], spec.lo, spec.hi, hist[0], hist[-1], qs=qs)
+        x = np.clip(values[f"L1.{q}"][:, u].astype(np.float64), spec.lo, spec.hi)
+        want = np.quantile(x, qs, method="inverted_cdf")
+        np.testing.assert_allclose(got, want, atol=spec.width, rtol=0)
+        assert got == sorted(got)
+
+
+def test_interval_quantiles_sorts_by_lower_edge_and_threshold_uses_it():
+    # the same intervals in any order give the same quantiles
+    lower, upper, mass = np.array([2.0, 0.0, 1.0]), np.array([3.0, 1.0, 2.0]), np.array([1.0, 2.0, 1.0])
+    perm = [2, 0, 1]
+    assert interval_quantiles(lower, upper, mass, (0.25, 0.5, 0.9)) == \
+        interval_quantiles(lower[perm], upper[perm], mass[perm], (0.25, 0.5, 0.9)) == [0.5, 1.0, 2.6]
+    # a pct rule's threshold is the quantile of |x| over the folded bins: symmetric bins of mass
+    # 1 on [-2, 2] in steps of 1 fold to two per unit of |x|, so the median of |x| is 1; elsewhere
+    # within one bin (the two halves of a folded bin are taken one after the other)
+    spec = HistogramSpec(-2.0, 2.0, 4)
+    counts = np.array([0, 1, 1, 1, 1, 0])
+    assert IrregularityRule.parse("pct>50").threshold_from_histogram(spec, counts) == 1.0
+    for pct, exact in ((10, 0.2), (60, 1.2), (75, 1.5), (99, 1.98)):
+        thr = IrregularityRule.parse(f"pct>{pct}").threshold_from_histogram(spec, counts)
+        assert abs(thr - exact) <= spec.width
+    # overflow counts sit at the bound
+    assert IrregularityRule.parse("pct>90").threshold_from_histogram(spec, np.array([0, 1, 0, 0, 1, 8])) == 2.0
