@@ -7,7 +7,9 @@
   memory_robustness    Fig. 8      cell change after an inserted noise segment; impact duration
   comparisons          Tables 1-3  error by cell, depth, lazy update and residual shortcuts
   claims                           the paper's findings checked against the numbers
-  study                            a study's analyses as parallel Ray tasks, one writer
-  common                           store access, summary rows, figure helpers
-  cli                              gatelens analyse / claims / report
+  registry                         every module above that declares ANALYSIS, in the paper's order
+  common                           the Analysis declaration, the store reader, summary rows, figures
+
+Pure: frames and parameters in, numbers and figures out. Analyses read the store through the
+narrow ``StoreReader`` (queries only) and never write it; the driver in ``service/`` does.
 """

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from analyses.common import (DEFAULT_CAPTURE_VERSION, AnalysisError, Output, Params, checkpoint_info, family,
-                             figure_path, grid, histogram_quantiles, require_rows, save, summary_frame)
+from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output, Params,
+                             checkpoint_info, family, figure_path, grid, require_rows, save, summary_frame)
+from cluster.summaries import histogram_quantiles
 
 NAME = "cell_distributions"
 VERSION = 1
-FIGURE = "Figs. 1-2"
-FILE = "fig01-02_cell_distributions.png"
+FIGURE = FigureSpec("fig01-02_cell_distributions.png", "Figs. 1-2",
+                    "Cell value distributions: 50 random units per layer (LSTM clipped to +-10)")
 
 
 @dataclass
@@ -100,7 +101,11 @@ def run(inputs: dict, params: CellDistributionParams, fig_dir) -> Output:
         ax.set_xlabel("cell value c" + (f" (clipped to +-{params.clip:g})" if family(arch) == "lstm" else ""))
         ax.set_ylabel("density")
         ax.text(0.02, 0.95, f"{sub.height} units, median {p50:+.2f}", transform=ax.transAxes, va="top", fontsize=8)
-    fig.suptitle(f"{FIGURE}: cell value distributions, {cid}")
+    fig.suptitle(f"{FIGURE.paper}: cell value distributions, {cid}")
     fig.tight_layout()
-    figure = save(fig, figure_path(fig_dir, cid, FILE), FIGURE)
+    figure = save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)
     return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure], params.to_dict())
+
+
+ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=10, params=CellDistributionParams, load=load, run=run,
+                    figures=(FIGURE,))

@@ -6,7 +6,7 @@ so: a verdict is a rule applied to numbers, and the rule is stated with it.
 
 Numbers come from the store (``layer_stats`` of each checkpoint's capture; ``analysis_summary``
 rows of the temporal-trace and memory-robustness analyses) and from the studies' trial results
-(test PER and frame accuracy, ``service.results.collect``). Which checkpoints: the final
+(test PER and frame accuracy, ``cluster.runs.collect_results``). Which checkpoints: the final
 checkpoints of the studies' finished runs.
 
 Rules. "LSTM" is the peephole LSTM (arch ``lstm``), "GRU" the GRU of Eq. 1 (``gru``). A claim
@@ -27,6 +27,8 @@ import numpy as np
 import polars as pl
 
 from analyses.common import read_summary, slope
+from cluster.runs import final_checkpoint_ids, studies_results
+from cluster.summaries import SUMMARY_VERSION
 
 HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured"
 _CK = {"checkpoint_id": pl.String, "arch": pl.String, "depth": pl.Int64, "residual": pl.Boolean, "layer": pl.Int64}
@@ -70,8 +72,6 @@ class Claim:
 
 def gather(store, checkpoint_ids: list[str], results: pl.DataFrame | None = None) -> Evidence:
     """Evidence for the given stored checkpoints (and trial results) from the store."""
-    from cluster.summaries import SUMMARY_VERSION
-
     ev = Evidence.empty()
     if results is not None and results.height:
         ev.results = results.select(pl.col("study").cast(pl.String), "run", "cell", pl.col("layers").cast(pl.Int64),
@@ -109,13 +109,8 @@ def gather(store, checkpoint_ids: list[str], results: pl.DataFrame | None = None
 
 
 def gather_studies(store, storage, studies: list[str]) -> Evidence:
-    from analyses.study import study_checkpoints
-    from service.results import collect
-
-    ids = [ck.checkpoint_id for s in studies for ck in study_checkpoints(storage, s)]
-    parts = [collect(storage, s).with_columns(pl.lit(s).alias("study")) for s in studies]
-    parts = [p for p in parts if p.height]
-    return gather(store, list(dict.fromkeys(ids)), pl.concat(parts, how="diagonal_relaxed") if parts else None)
+    """Evidence for the studies' final checkpoints and their trial results."""
+    return gather(store, final_checkpoint_ids(storage, studies), studies_results(storage, studies))
 
 
 # ---------------------------------------------------------------------------------------------

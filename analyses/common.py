@@ -1,20 +1,25 @@
-"""What every analysis shares: reading a checkpoint's facts from the store, the summary rows an
-analysis writes back, the single writer that records them, and figure helpers.
+"""What every analysis shares: its declaration, the narrow reader it reads the store through,
+the summary rows it hands back, and figure helpers.
 
-An analysis module (one per paper figure or table) has three parts:
+An analysis module (one per paper figure or table) declares ``ANALYSIS = Analysis(...)``: name,
+version, scope (one checkpoint, or a whole study), the paper's figure it draws and the files it
+writes, its parameter dataclass, the tables it owns, and two functions:
 
-  ``load(store, checkpoint_id, params) -> dict``   SQL on the store, in the driver process
-  ``run(inputs, params, fig_dir) -> Output``      numbers + figures: a plain function that a Ray
-                                                  task runs (``analyses/study.py``); it never
-                                                  opens the store (DuckDB allows one writer)
-  the driver then calls ``record(store, output)``: the only place analysis rows are written.
+  ``load(reader, subject, params) -> dict``   SQL through a ``StoreReader`` (or the study's runs),
+                                              in the driver process
+  ``run(inputs, params, fig_dir) -> Output``  numbers + figures: a plain function that a Ray task
+                                              runs; it never opens the store (DuckDB allows one
+                                              writer)
+
+``analyses/registry.py`` finds every such module; the study driver, the watcher and the report
+read the registry, and the store's single writer (``service/``) ingests each ``Output`` in one
+transaction: its table rows, its summary rows and its log entry.
 
 Summary rows go to one long table, ``analysis_summary``, keyed by (checkpoint_id, analysis,
 analysis_version, label, layer, unit, phone_id, metric). ``layer`` 0 means the whole model,
 ``unit`` / ``phone_id`` -1 mean "all"; ``label`` says what else a row is about (an utterance, a
 noise condition, a run; '' when nothing). Study-level rows (Tables 1-3) use the checkpoint_id
-``study:<name>``. The store does not own this table yet, so ``record`` creates it (same DDL as
-``SUMMARY_COLUMNS``) through the store's own write transaction.
+``study:<name>``.
 """
 
 from __future__ import annotations
@@ -24,27 +29,74 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable, Protocol
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files, drawn in Ray workers with no display
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from cluster.errors import InputError  # noqa: E402
 from cluster.summaries import SUMMARY_VERSION, is_gru  # noqa: E402
-from service.store import TABLES  # noqa: E402
+from cluster.tables import ANALYSIS_SUMMARY as SUMMARY, Table  # noqa: E402
 
 DEFAULT_CAPTURE_VERSION = SUMMARY_VERSION  # which capture rows an analysis reads, unless told
-SUMMARY_TABLE = "analysis_summary"
-# declared with the store's other tables (service/store.py), so every store has it from the start
-SUMMARY_COLUMNS, SUMMARY_KEY = TABLES[SUMMARY_TABLE]
-_SUMMARY_SCHEMA = {"checkpoint_id": pl.String, "analysis": pl.String, "analysis_version": pl.Int32,
-                   "label": pl.String, "layer": pl.Int32, "unit": pl.Int32, "phone_id": pl.Int32,
-                   "metric": pl.String, "value": pl.Float64}
+SUMMARY_TABLE = SUMMARY.name
+CHECKPOINT, STUDY = "checkpoint", "study"  # an analysis's scope
 
 
-class AnalysisError(RuntimeError):
+class StoreReader(Protocol):
+    """All an analysis may do with the store: read it. (``service.store.Store`` is one.)"""
+
+    path: Path
+
+    def query(self, sql: str, params: list | None = None) -> pl.DataFrame: ...
+
+    def has_relation(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """The subject of a study-scope analysis: a study's runs in the training storage."""
+
+    storage: str
+    study: str
+
+    @property
+    def subject_id(self) -> str:
+        return f"study:{self.study}"
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    file: str  # the PNG's name under <fig_dir>/<checkpoint_id>/ ({study}- prefixed for a study)
+    paper: str  # the paper's figure or table, e.g. "Fig. 3"
+    title: str  # what it shows (the report's section title)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis, declared by its module as ``ANALYSIS``; see the module docstring."""
+
+    name: str
+    version: int
+    scope: str  # CHECKPOINT or STUDY
+    order: int  # the paper's order (the report's sections follow it)
+    params: type
+    load: Callable
+    run: Callable
+    figures: tuple[FigureSpec, ...] = ()
+    tables: tuple[Table, ...] = ()  # store tables whose rows only this analysis writes
+
+    def __post_init__(self):
+        if self.scope not in (CHECKPOINT, STUDY):
+            raise ValueError(f"analysis {self.name}: scope {self.scope!r}")
+
+
+class AnalysisError(InputError):
     """An analysis that cannot run as asked; the message names the checkpoint and file at fault."""
 
 
@@ -85,8 +137,7 @@ class Output:
     summary: pl.DataFrame  # analysis_summary rows
     figures: list[Figure] = field(default_factory=list)
     params: dict = field(default_factory=dict)
-    tables: dict[str, pl.DataFrame] = field(default_factory=dict)  # rows of store tables it owns
-    store_analysis: str | None = None  # the store's name for those tables ("trace", "noise")
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)  # rows of the store tables it owns
 
 
 def summary_frame(rows: list[dict], checkpoint_id: str, analysis: str, version: int) -> pl.DataFrame:
@@ -96,7 +147,7 @@ def summary_frame(rows: list[dict], checkpoint_id: str, analysis: str, version: 
     for r in full:
         v = r["value"]
         r["value"] = None if v is None else float(v)
-    return pl.DataFrame(full, schema=_SUMMARY_SCHEMA)
+    return pl.DataFrame(full, schema=SUMMARY.schema)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,19 +182,11 @@ def require_rows(df: pl.DataFrame, store, checkpoint_id: str, what: str, version
     return df
 
 
-def has_relation(store, name: str) -> bool:
-    """Whether the store holds a table or view of that name (the sample view and the summary
-    table appear only once something was written to them)."""
-    df = store.query("SELECT count(*) AS n FROM (SELECT table_name FROM duckdb_tables() UNION ALL "
-                     "SELECT view_name FROM duckdb_views()) WHERE table_name = ?", [name])
-    return bool(df["n"][0])
-
-
 def read_summary(store, analysis: str | None = None, checkpoint_ids: list[str] | None = None,
                  metric: str | None = None) -> pl.DataFrame:
     """analysis_summary rows (empty, with the columns, when nothing was recorded yet)."""
-    if not store.path.is_file() or not has_relation(store, SUMMARY_TABLE):
-        return pl.DataFrame(schema=_SUMMARY_SCHEMA)
+    if not store.path.is_file() or not store.has_relation(SUMMARY_TABLE):
+        return SUMMARY.empty()
     where, args = [], []
     if analysis is not None:
         where.append("analysis = ?")
@@ -153,44 +196,11 @@ def read_summary(store, analysis: str | None = None, checkpoint_ids: list[str] |
         args.append(metric)
     if checkpoint_ids is not None:
         if not checkpoint_ids:
-            return pl.DataFrame(schema=_SUMMARY_SCHEMA)
+            return SUMMARY.empty()
         where.append(f"checkpoint_id IN ({', '.join('?' for _ in checkpoint_ids)})")
         args += list(checkpoint_ids)
     sql = f"SELECT * FROM {SUMMARY_TABLE}" + (" WHERE " + " AND ".join(where) if where else "")
     return store.query(sql + " ORDER BY ALL", args)
-
-
-# ---------------------------------------------------------------------------------------------
-# The single writer
-
-
-def record(store, out: Output) -> dict[str, int]:
-    """Write an analysis's rows (replacing its earlier rows of the same version) and log it
-    finished with its figures. Runs in the driver only: the store has one writer."""
-    s = out.summary
-    bad = s.filter((pl.col("checkpoint_id") != out.checkpoint_id) | (pl.col("analysis") != out.analysis)
-                   | (pl.col("analysis_version") != out.version))
-    dup = s.select(SUMMARY_KEY).is_duplicated()
-    if bad.height or dup.any():
-        raise AnalysisError(f"{out.analysis} of checkpoint {out.checkpoint_id}: summary rows name another "
-                            f"checkpoint/analysis or repeat a key (e.g. {s.filter(dup).row(0) if dup.any() else bad.row(0)})")
-    written = {}
-    if out.tables:  # the store's own tables (traces, noise_impact): its ingest checks and logs them
-        written.update(store.ingest_analysis(out.checkpoint_id, out.store_analysis, out.version, out.tables,
-                                             params=out.params))
-    with store.transaction() as con:
-        con.execute(f"DELETE FROM {SUMMARY_TABLE} WHERE checkpoint_id = ? AND analysis = ? AND analysis_version = ?",
-                    [out.checkpoint_id, out.analysis, out.version])
-        if s.height:
-            con.register("incoming_summary", s.to_arrow())
-            try:
-                con.execute(f"INSERT INTO {SUMMARY_TABLE} BY NAME SELECT * FROM incoming_summary")
-            finally:
-                con.unregister("incoming_summary")
-    written[SUMMARY_TABLE] = s.height
-    store.log_finished(out.checkpoint_id, out.analysis, out.version,
-                       figure_paths=[f.path for f in out.figures], rows=sum(written.values()))
-    return written
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,28 +222,6 @@ def family(arch: str) -> str:
     return "gru" if is_gru(arch) else "lstm"
 
 
-def histogram_quantiles(counts: np.ndarray, lo: float, hi: float, underflow: int, overflow: int,
-                        qs=(0.05, 0.5, 0.95)) -> list[float]:
-    """Quantiles of a fixed-bin histogram, values beyond [lo, hi] clamped to lo / hi (as the
-    display clips them), interpolated linearly inside a bin."""
-    counts = np.asarray(counts, dtype=np.float64)
-    mass = np.concatenate([[underflow], counts, [overflow]])
-    edges = np.linspace(lo, hi, len(counts) + 1)
-    left = np.concatenate([[lo], edges[:-1], [hi]])
-    right = np.concatenate([[lo], edges[1:], [hi]])
-    total = mass.sum()
-    if total == 0:
-        return [float("nan")] * len(qs)
-    cum = np.cumsum(mass)
-    out = []
-    for q in qs:
-        k = min(int(np.searchsorted(cum, q * total, side="left")), len(mass) - 1)
-        before = cum[k] - mass[k]
-        frac = 0.0 if mass[k] == 0 else (q * total - before) / mass[k]
-        out.append(float(left[k] + frac * (right[k] - left[k])))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Figures
 
@@ -246,8 +234,6 @@ def figure_path(fig_dir: str | os.PathLike, checkpoint_id: str, name: str) -> Pa
 
 def save(fig, path: Path, title: str) -> Figure:
     """Write the figure as PNG (written whole, then renamed: a reader never sees half a file)."""
-    import matplotlib.pyplot as plt
-
     panels = [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, dpi=100, format="png")
@@ -258,8 +244,6 @@ def save(fig, path: Path, title: str) -> Figure:
 
 def grid(n: int, cols: int = 2, size=(5.0, 3.4)):
     """A figure of n panels on a grid; unused cells removed. Returns (fig, [axes])."""
-    import matplotlib.pyplot as plt
-
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)

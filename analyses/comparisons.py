@@ -1,7 +1,7 @@
 """Tables 1-3: test phone error rate and frame accuracy by cell, depth, lazy update and residual
 shortcuts (Sec. 3.2, 5.1, 5.2), from a study's trial results.
 
-The trial results are each run's ``run.json`` and ``epochs.parquet`` (``service.results.collect``:
+The trial results are each run's ``run.json`` and ``epochs.parquet`` (``cluster.runs.collect_results``:
 the test row scores the best-on-dev weights). The paper reports WER from Kaldi decoding; we
 report PER from our phone-loop decoder and frame accuracy on the frame targets.
 
@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from analyses.common import Output, Params, figure_path, grid, save, summary_frame
+from analyses.common import (STUDY, Analysis, FigureSpec, Output, Params, StudyRef, figure_path, grid, save,
+                             summary_frame)
+from cluster.runs import collect_results
 
 NAME = "comparisons"
 VERSION = 1
-FIGURE = "Tables 1-3"
-FILE = "tables01-03_comparisons.png"
+FIGURE = FigureSpec("tables01-03_comparisons.png", "Tables 1-3", "Error by depth, per cell and variant")
 SYSTEM = {"lstm": "LSTM", "gru": "GRU", "lstm_lazy": "LSTM lazy", "lstm_fused": "LSTM (nn.LSTM)"}
 
 
@@ -47,13 +48,12 @@ class Table:
 
 
 def study_id(study: str) -> str:
-    return f"study:{study}"
+    return StudyRef("", study).subject_id
 
 
-def load_study(storage, study: str) -> dict:
-    from service.results import collect
-
-    return {"study": study, "results": collect(storage, study)}
+def load(reader, ref: StudyRef, params: ComparisonParams) -> dict:
+    """The study's trial results, from its runs (the store is not needed)."""
+    return {"study": ref.study, "results": collect_results(ref.storage, ref.study)}
 
 
 def _pct(v) -> str:
@@ -123,7 +123,10 @@ def run(inputs: dict, params: ComparisonParams, fig_dir) -> Output:
         ax.set_xlabel("recurrent layers")
         ax.set_ylabel(what)
         ax.set_title(what + " by depth", fontsize=9)
-    fig.suptitle(f"{FIGURE}: study {study} ({df.height} runs)", fontsize=9)
+    fig.suptitle(f"{FIGURE.paper}: study {study} ({df.height} runs)", fontsize=9)
     fig.tight_layout()
-    figure = save(fig, figure_path(fig_dir, "study", f"{study}-{FILE}"), FIGURE)
+    figure = save(fig, figure_path(fig_dir, "study", f"{study}-{FIGURE.file}"), FIGURE.paper)
     return Output(NAME, VERSION, sid, summary_frame(rows, sid, NAME, VERSION), [figure], params.to_dict())
+
+
+ANALYSIS = Analysis(NAME, VERSION, STUDY, order=100, params=ComparisonParams, load=load, run=run, figures=(FIGURE,))

@@ -33,17 +33,33 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
+import torch
+from scipy.io import wavfile
 
-from analyses.common import (AnalysisError, Output, Params, checkpoint_info, corpus_for, figure_path, grid, save,
-                             summary_frame)
+from analyses.common import (CHECKPOINT, Analysis, AnalysisError, FigureSpec, Output, Params, checkpoint_info,
+                             corpus_for, figure_path, grid, save, summary_frame)
+from cluster.capture import CaptureConfig, load as load_model, open_corpus
+from cluster.data.features import FRAME_SHIFT, SAMPLE_RATE, dither_seed, fbank
+from cluster.data.kaldi import read_scp
+from cluster.data.noise import KINDS, insert_noise
+from cluster.tables import C, Table
 
 NAME = "memory_robustness"
 VERSION = 1
-STORE_ANALYSIS = "noise"
-FIGURE = "Fig. 8"
-FILE = "fig08_memory_robustness.png"
+FIGURE = FigureSpec("fig08_memory_robustness.png", "Fig. 8",
+                    "Memory robustness: |c noisy - c clean| after an inserted noise segment")
+NOISE_IMPACT = Table("noise_impact", "cell change caused by an inserted noise segment (Sec. 4.4, Fig. 8)", (
+    C("checkpoint_id", "VARCHAR", key=True), C("analysis_version", "INTEGER", key=True),
+    C("utt_id", "VARCHAR", key=True), C("noise", "VARCHAR", "white | pink | brown | babble", key=True),
+    C("snr_db", "DOUBLE", key=True), C("noise_start", "INTEGER", "first frame of the inserted segment", key=True),
+    C("noise_frames", "INTEGER"), C("layer", "INTEGER", key=True),
+    C("frame", "INTEGER", "frame of the noisy utterance", key=True),
+    C("mean_abs_diff", "DOUBLE", "mean over units of |c_noisy - c_clean| (Fig. 8)"), C("max_abs_diff", "DOUBLE"),
+    C("rms_diff", "DOUBLE")),
+    ("checkpoint_id", "analysis_version", "utt_id", "noise", "snr_db", "noise_start", "layer", "frame"))
 
 
 @dataclass
@@ -74,8 +90,6 @@ def load(store, checkpoint_id: str, params: RobustnessParams) -> dict:
 
 def wav_paths(corpus, split_name: str) -> dict[str, Path]:
     """{utt_id: wav file} of a split (its ``wav`` scp); pipes are refused (16 kHz files only)."""
-    from cluster.data.kaldi import read_scp
-
     spec = corpus.split(split_name).spec
     if not spec.get("wav"):
         raise AnalysisError(f"{corpus.manifest_path}: split {split_name} keeps no wavs (the embedded corpus keeps "
@@ -90,10 +104,6 @@ def wav_paths(corpus, split_name: str) -> dict[str, Path]:
 
 
 def read_wav(path: Path) -> np.ndarray:
-    from scipy.io import wavfile
-
-    from cluster.data.features import SAMPLE_RATE
-
     if not path.is_file():
         raise AnalysisError(f"{path}: wav file not found")
     rate, x = wavfile.read(path)
@@ -110,9 +120,6 @@ def streams(wave: np.ndarray, at: int, length: int, kind: str, snr_db: float, no
     noisy - d_f + d (in float64) makes it compute on noisy + d, with d the clean stream's dither
     around fresh dither for the inserted samples.
     """
-    from cluster.data.features import fbank
-    from cluster.data.noise import insert_noise
-
     noisy = insert_noise(wave, at, length, kind, snr_db, noise_seed, sources)
     d_clean = np.random.default_rng(dither_seed).standard_normal(len(wave)).astype(np.float32)
     d_new = np.random.default_rng([*np.atleast_1d(noise_seed).tolist(), 1]).standard_normal(length).astype(np.float32)
@@ -147,12 +154,6 @@ def impact_duration(mean_diff: np.ndarray, end: int, fraction: float, floor: flo
 
 
 def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
-    import torch
-
-    from cluster.capture import CaptureConfig, load as load_model, open_corpus
-    from cluster.data.features import FRAME_SHIFT, SAMPLE_RATE, dither_seed
-    from cluster.data.noise import KINDS
-
     ck = inputs["checkpoint"]
     cid = ck["checkpoint_id"]
     if params.noise not in KINDS:
@@ -218,7 +219,7 @@ def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
     p = params.to_dict() | {"utt_id": utt_id, "at_samples": at, "noise_frames": frames_inserted, "noise_start": s,
                             "noise_end": end, "feature_check_max_abs_diff": feat_diff}
     return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure], p,
-                  tables={"noise_impact": table}, store_analysis=STORE_ANALYSIS)
+                  tables={NOISE_IMPACT.name: table})
 
 
 def _rowstat(d: np.ndarray, fn) -> np.ndarray:
@@ -230,8 +231,6 @@ def _rowstat(d: np.ndarray, fn) -> np.ndarray:
 
 
 def _draw(diffs: dict, rows: list[dict], s: int, end: int, cid: str, label: str, fig_dir):
-    import matplotlib.pyplot as plt
-
     stat = {(r["layer"], r["metric"]): r["value"] for r in rows if r.get("layer")}
     fig, axes = grid(len(diffs) + 1, cols=1, size=(9.0, 2.3))
     cmap = plt.get_cmap("magma").with_extremes(bad="0.85")  # grey: the segment, no clean frame to compare
@@ -253,6 +252,10 @@ def _draw(diffs: dict, rows: list[dict], s: int, end: int, cid: str, label: str,
     ax.set_ylabel("mean |c diff|")
     ax.set_title("mean |difference| over units", fontsize=9)
     ax.legend(fontsize=7)
-    fig.suptitle(f"{FIGURE}: |c noisy - c clean|, {label}, {cid}", fontsize=9)
+    fig.suptitle(f"{FIGURE.paper}: |c noisy - c clean|, {label}, {cid}", fontsize=9)
     fig.tight_layout()
-    return save(fig, figure_path(fig_dir, cid, FILE), FIGURE)
+    return save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)
+
+
+ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=50, params=RobustnessParams, load=load, run=run,
+                    figures=(FIGURE,), tables=(NOISE_IMPACT,))

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyses.common import (DEFAULT_CAPTURE_VERSION, Output, Params, checkpoint_info, family, figure_path, grid,
-                             require_rows, save, summary_frame)
+from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, FigureSpec, Output, Params, checkpoint_info,
+                             family, figure_path, grid, require_rows, save, summary_frame)
 
 NAME = "range_shares"
 VERSION = 1
-FIGURE = "Fig. 3"
-FILE = "fig03_range_shares.png"
+FIGURE = FigureSpec("fig03_range_shares.png", "Fig. 3", "Range shares: LSTM c in (-2, 2), GRU c outside (-0.7, 0.7)")
 MEASURE = {"lstm": ("share_inside_2", "share of c in (-2, 2)"),
            "gru": ("share_outside_0_7", "share of c outside (-0.7, 0.7)")}
 
@@ -68,7 +67,10 @@ def run(inputs: dict, params: RangeShareParams, fig_dir) -> Output:
     ax.set_ylim(0, 110)
     ax.set_title(f"{ck['arch'].upper()}: {own_label}")
     ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{FIGURE}: range shares, {cid}", fontsize=9)
+    fig.suptitle(f"{FIGURE.paper}: range shares, {cid}", fontsize=9)
     fig.tight_layout()
-    figure = save(fig, figure_path(fig_dir, cid, FILE), FIGURE)
+    figure = save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)
     return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure], params.to_dict())
+
+
+ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=20, params=RangeShareParams, load=load, run=run, figures=(FIGURE,))

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from analyses.common import (DEFAULT_CAPTURE_VERSION, AnalysisError, Output, Params, checkpoint_info, family,
-                             figure_path, grid, require_rows, save, summary_frame)
+from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output, Params,
+                             checkpoint_info, family, figure_path, grid, require_rows, save, summary_frame)
 
 NAME = "responsibility"
 VERSION = 1
-FIGURE_COUNTS = "Figs. 4-5"
-FIGURE_SINGLE = "Fig. 6"
-FILE_COUNTS = "fig04-05_responsible_units.png"
-FILE_SINGLE = "fig06_single_phone_units.png"
+FIGURE_COUNTS = FigureSpec("fig04-05_responsible_units.png", "Figs. 4-5",
+                           "Units with responsibility above the threshold, per phone and layer")
+FIGURE_SINGLE = FigureSpec("fig06_single_phone_units.png", "Fig. 6",
+                           "Single-phone units and their responsibility profiles")
 PAPER_RULE = {"lstm": "abs>10", "gru": "abs<0.5"}
 PAPER_THRESHOLD = {"lstm": 0.8, "gru": 0.5}
 
@@ -119,9 +119,9 @@ def _draw_counts(counts: pl.DataFrame, cid: str, rule: str, threshold: float, fi
         ax.set_xticks(x, sub["phone"].to_list(), rotation=90, fontsize=6)
         ax.set_ylabel("units")
         ax.set_title(f"layer {layer}", fontsize=9)
-    fig.suptitle(f"{FIGURE_COUNTS}: units with responsibility > {threshold:.0%} ({rule}), {cid}", fontsize=9)
+    fig.suptitle(f"{FIGURE_COUNTS.paper}: units with responsibility > {threshold:.0%} ({rule}), {cid}", fontsize=9)
     fig.tight_layout()
-    return save(fig, figure_path(fig_dir, cid, FILE_COUNTS), FIGURE_COUNTS)
+    return save(fig, figure_path(fig_dir, cid, FIGURE_COUNTS.file), FIGURE_COUNTS.paper)
 
 
 def _draw_singles(df: pl.DataFrame, singles: pl.DataFrame, cid: str, rule: str, fig_dir):
@@ -139,6 +139,10 @@ def _draw_singles(df: pl.DataFrame, singles: pl.DataFrame, cid: str, rule: str, 
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("responsibility")
         ax.set_title(f"layer {s['layer']} unit {s['unit']}: {s['phone']}", fontsize=9)
-    fig.suptitle(f"{FIGURE_SINGLE}: single-phone units ({rule}), {cid}", fontsize=9)
+    fig.suptitle(f"{FIGURE_SINGLE.paper}: single-phone units ({rule}), {cid}", fontsize=9)
     fig.tight_layout()
-    return save(fig, figure_path(fig_dir, cid, FILE_SINGLE), FIGURE_SINGLE)
+    return save(fig, figure_path(fig_dir, cid, FIGURE_SINGLE.file), FIGURE_SINGLE.paper)
+
+
+ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=30, params=ResponsibilityParams, load=load, run=run,
+                    figures=(FIGURE_COUNTS, FIGURE_SINGLE))

@@ -27,17 +27,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
+import torch
+from scipy.spatial.distance import pdist
+from sklearn.manifold import TSNE
 
-from analyses.common import (DEFAULT_CAPTURE_VERSION, AnalysisError, Output, Params, checkpoint_info,
-                             corpus_for, figure_path, grid, has_relation, save, summary_frame)
+from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output, Params,
+                             checkpoint_info, corpus_for, figure_path, grid, save, summary_frame)
+from cluster.capture import CaptureConfig, load as load_model, open_corpus
+from cluster.tables import C, Table
 
 NAME = "temporal_trace"
 VERSION = 1
-STORE_ANALYSIS = "trace"  # the store's name for the traces table's owner
-FIGURE = "Figs. 7, 10"
-FILE = "fig07-10_temporal_trace.png"
+FIGURE = FigureSpec("fig07-10_temporal_trace.png", "Figs. 7, 10",
+                    "Temporal traces (t-SNE of the cell vectors of one utterance)")
+TRACES = Table("traces", "2-D embedding of the cell vector per frame (Sec. 4.3, Figs. 7, 10)", (
+    C("checkpoint_id", "VARCHAR", key=True), C("analysis_version", "INTEGER", key=True),
+    C("utt_id", "VARCHAR", key=True), C("layer", "INTEGER", key=True), C("frame", "INTEGER", key=True),
+    C("phone_id", "INTEGER"), C("phone", "VARCHAR"),
+    C("x", "DOUBLE", "2-D embedding (t-SNE, Fig. 7) of the layer's cell vector"), C("y", "DOUBLE"),
+    C("step", "DOUBLE", "|c_t - c_{t-1}| (L2, original space): how far memory moved")),
+    ("checkpoint_id", "analysis_version", "utt_id", "layer", "frame"))
 
 
 @dataclass
@@ -54,8 +66,6 @@ class TraceParams(Params):
 
 def smoothness(x: np.ndarray) -> dict:
     """Mean consecutive step over mean pairwise distance of the rows of x [T, H] (see above)."""
-    from scipy.spatial.distance import pdist
-
     x = np.asarray(x, dtype=np.float64)
     if x.shape[0] < 3:
         raise AnalysisError(f"a trace needs at least 3 frames, got {x.shape[0]}")
@@ -67,8 +77,6 @@ def smoothness(x: np.ndarray) -> dict:
 
 def embed(x: np.ndarray, perplexity: float, seed: int, max_iter: int) -> np.ndarray:
     """t-SNE of the rows of x into 2-D (perplexity capped for short utterances)."""
-    from sklearn.manifold import TSNE
-
     p = float(min(perplexity, max(2.0, (x.shape[0] - 1) / 3)))
     return TSNE(n_components=2, perplexity=p, init="pca", learning_rate="auto", random_state=seed,
                 max_iter=max_iter).fit_transform(np.asarray(x, dtype=np.float32))
@@ -77,7 +85,7 @@ def embed(x: np.ndarray, perplexity: float, seed: int, max_iter: int) -> np.ndar
 def load(store, checkpoint_id: str, params: TraceParams) -> dict:
     ck = checkpoint_info(store, checkpoint_id)
     sampled = []
-    if has_relation(store, "raw_sample"):
+    if store.has_relation("raw_sample"):
         sampled = store.query("SELECT DISTINCT utt_id FROM raw_sample WHERE checkpoint_id = ? AND analysis_version = ? "
                               "ORDER BY utt_id", [checkpoint_id, params.capture_version])["utt_id"].to_list()
     wanted = ([params.utt_id] if params.utt_id else []) + [u for u in sampled if u != params.utt_id]
@@ -101,10 +109,6 @@ def load(store, checkpoint_id: str, params: TraceParams) -> dict:
 
 def run_model(ck: dict, corpus: str | None, split: str, wanted: list[str], n: int) -> dict:
     """{utt: ({layer: c [T, H]}, (phone ids [T], phone symbols [T]))} by running the checkpoint."""
-    import torch
-
-    from cluster.capture import CaptureConfig, load as load_model, open_corpus
-
     torch.set_num_threads(1)
     model, meta = load_model(ck["path"])
     corp = open_corpus(CaptureConfig(checkpoint=ck["path"], corpus=corpus), meta)
@@ -154,21 +158,19 @@ def run(inputs: dict, params: TraceParams, fig_dir) -> Output:
             "x": xy[:, 0].astype(np.float64), "y": xy[:, 1].astype(np.float64), "step": step}))
         _draw_path(ax, xy, np.asarray(phone_ids), list(phone_syms))
         ax.set_title(f"layer {layer} (smoothness {np.mean(per_layer[layer]):.3f})", fontsize=9)
-    fig.suptitle(f"{FIGURE}: temporal trace of {drawn} (t-SNE), {cid}", fontsize=9)
+    fig.suptitle(f"{FIGURE.paper}: temporal trace of {drawn} (t-SNE), {cid}", fontsize=9)
     fig.tight_layout()
-    figure = save(fig, figure_path(fig_dir, cid, FILE), FIGURE)
+    figure = save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)
     table = pl.concat(traces).select(pl.lit(cid).alias("checkpoint_id"),
                                      pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"), pl.all())
     p = params.to_dict() | {"drawn": drawn, "utterances_used": list(utts), "source": inputs["source"]}
     return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure], p,
-                  tables={"traces": table}, store_analysis=STORE_ANALYSIS)
+                  tables={TRACES.name: table})
 
 
 def _draw_path(ax, xy: np.ndarray, phone_ids: np.ndarray, phones: list[str]) -> None:
     """The trace as a thin grey path, frames as dots coloured by phone, phone names at the
     middle of each phone segment."""
-    import matplotlib.pyplot as plt
-
     colours = np.vstack([plt.get_cmap("tab20")(np.arange(20)), plt.get_cmap("tab20b")(np.arange(20))])
     ax.plot(xy[:, 0], xy[:, 1], "-", color="0.7", lw=0.6, zorder=1)
     ax.scatter(xy[:, 0], xy[:, 1], c=colours[phone_ids % len(colours)], s=7, zorder=2)
@@ -180,3 +182,7 @@ def _draw_path(ax, xy: np.ndarray, phone_ids: np.ndarray, phones: list[str]) -> 
         ax.annotate(phones[a], xy[m], fontsize=5, color="0.2", zorder=4)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=40, params=TraceParams, load=load, run=run, figures=(FIGURE,),
+                    tables=(TRACES,))

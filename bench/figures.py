@@ -5,7 +5,7 @@ on a copy of its store (the copy is written to; the original is not touched):
 
   serial    every (checkpoint, analysis): load (SQL) + run (numbers and figure) in this process,
             one torch thread: the per-analysis cost, and their sum
-  parallel  the same work through ``analyses.study.analyse``: Ray tasks on the cluster's CPUs,
+  parallel  the same work through ``service.study.analyse``: Ray tasks on the cluster's CPUs,
             the driver writing every result into the store
 
 and prints parallel's wall time against the serial sum (the baseline, same run, same machine).
@@ -36,16 +36,18 @@ def main() -> int:
     import ray
     import torch
 
-    from analyses.study import MODULES, PARAMS, analyse, study_checkpoints
+    from analyses.registry import checkpoint_analyses
+    from cluster.runs import iter_runs
     from cluster.runtime import ensure_ray
     from service.store import Store
+    from service.study import analyse
 
     src = Store(args.store)
-    cks = study_checkpoints(args.storage, args.study)
-    ids = [c.checkpoint_id for c in cks]
+    cks = list(iter_runs(args.storage, args.study))
+    ids = [c.final_checkpoint.checkpoint_id for c in cks]
     captured = set(src.query("SELECT checkpoint_id FROM analyses WHERE analysis = 'capture' AND status = 'finished'")
                    ["checkpoint_id"]) if src.path.is_file() else set()
-    missing = [c.run for c in cks if c.checkpoint_id not in captured]
+    missing = [c.name for c in cks if c.final_checkpoint.checkpoint_id not in captured]
     if not cks or missing:
         print(f"study {args.study} under {args.storage}: {len(cks)} runs, not captured in {src.path}: {missing}; "
               f"run gatelens analyse --study {args.study} first", file=sys.stderr)
@@ -55,37 +57,31 @@ def main() -> int:
         shutil.copy2(src.path, store.path)
         if src.samples_dir.is_dir():
             shutil.copytree(src.samples_dir, store.samples_dir)
-            _repoint_sample_view(store)
+        store.migrate()  # also points the copy's raw_sample view at the copied samples
         torch.set_num_threads(1)
-        times: dict[str, list[float]] = {name: [] for name in MODULES}
+        analyses = checkpoint_analyses()
+        times: dict[str, list[float]] = {name: [] for name in analyses}
         t_all = time.perf_counter()
-        for name, mod in MODULES.items():
-            params = PARAMS[name]()
+        for name, a in analyses.items():
+            params = a.params()
             for cid in ids:
                 t0 = time.perf_counter()
-                mod.run(mod.load(store, cid, params), params, Path(tmp) / "serial")
+                a.run(a.load(store, cid, params), params, Path(tmp) / "serial")
                 times[name].append(time.perf_counter() - t0)
         serial = time.perf_counter() - t_all
         ensure_ray()
         cpus = int(ray.cluster_resources().get("CPU", 1))
         t0 = time.perf_counter()
-        jobs = analyse(store, ids, Path(tmp) / "parallel", list(MODULES), rerun=True, progress=lambda m: None)
+        jobs = analyse(store, ids, Path(tmp) / "parallel", list(analyses), rerun=True, progress=lambda m: None)
         parallel = time.perf_counter() - t0
     failed = [j.error for j in jobs if j.status != "finished"]
-    print(f"study {args.study}: {len(ids)} checkpoints ({', '.join(c.run for c in cks)})")
+    print(f"study {args.study}: {len(ids)} checkpoints ({', '.join(c.name for c in cks)})")
     print(f"{'analysis':<20} {'median s':>9} {'max s':>7}   (one process, one thread, per checkpoint)")
     for name, t in times.items():
         print(f"{name:<20} {statistics.median(t):9.2f} {max(t):7.2f}")
     print(f"serial sum {serial:.1f} s; parallel Ray tasks on {cpus} CPUs incl. writes {parallel:.1f} s: "
           f"{serial / parallel:.2f}x the serial baseline" + (f"; FAILED: {failed}" if failed else ""))
     return 1 if failed else 0
-
-
-def _repoint_sample_view(store) -> None:
-    """The copied store's raw_sample view names the original sample folder: point it at the copy."""
-    glob = str(store.samples_dir / "*" / "v*.parquet").replace("'", "''")
-    with store.transaction() as con:
-        con.execute(f"CREATE OR REPLACE VIEW raw_sample AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=128)
     args = ap.parse_args()
 
-    from analyses.common import record
-    from analyses.study import MODULES, PARAMS, StudyCheckpoint, run_analysis
-    from cluster.capture import CaptureConfig, capture, checkpoint_id_for, model_facts
+    from analyses.registry import checkpoint_analyses, run_analysis
+    from cluster.capture import CaptureConfig, capture
+    from cluster.models import checkpoint_id
     from cluster.data.embedded import prepare_embedded
     from cluster.data.kaldi import read_corpus
     from cluster.decode import estimate_graph
@@ -91,27 +91,27 @@ def main() -> None:
 
         # 2. the split, step by step
         store = Store(tmp / "split.duckdb")
-        facts = model_facts(model)
-        cid = checkpoint_id_for(target, facts)
+        cid = checkpoint_id(target, {"arch": args.cell, "layers": args.layers, "hidden": args.hidden,
+                                     "residual": False})
         t0 = time.perf_counter()
         result = capture(CaptureConfig(checkpoint=str(target), utterances=args.utterances, sample=3, checkpoint_id=cid))
         t_capture = time.perf_counter() - t0
         t0 = time.perf_counter()
-        store.ingest_analysis(cid, "capture", SUMMARY_VERSION, result.frames, params=result.params,
-                              sample=result.sample, checkpoint=result.checkpoint_row)
+        store.ingest(cid, "capture", SUMMARY_VERSION, result.frames, params=result.params,
+                     sample=result.sample, checkpoint=result.checkpoint_row)
         t_ingest = time.perf_counter() - t0
         task = ray.remote(num_cpus=1)(run_analysis)
         split_rows = []
-        for name, mod in MODULES.items():
-            p = PARAMS[name].from_dict(None)
+        for name, a in checkpoint_analyses().items():
+            p = a.params.from_dict(None)
             t0 = time.perf_counter()
-            inputs = mod.load(store, cid, p)
+            inputs = a.load(store, cid, p)
             t_read = time.perf_counter() - t0
             t0 = time.perf_counter()
             out = ray.get(task.remote(name, inputs, p.to_dict(), str(tmp / "figs2")))
             t_fig = time.perf_counter() - t0
             t0 = time.perf_counter()
-            record(store, out)
+            store.ingest_output(out)
             split_rows.append((name, t_read, t_fig, time.perf_counter() - t0))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

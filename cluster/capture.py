@@ -8,7 +8,7 @@ share of the utterances in length-sorted batches with capture on, strips the pad
 frames to a ``UnitSummary`` (``cluster/summaries.py``): the task's memory is the model, one batch
 of values and units x bins counters, whatever the number of utterances. Tasks return their
 summaries (numpy counters, exactly mergeable); the driver merges them, turns them into polars
-frames of the store's tables, and one ingest writes them (``service/store.py``).
+frames of the store's tables, and the process that launched the tasks writes them to the store (``service/``: one writer).
 
 A percentile irregularity rule (``pct>99``) needs the layer's |c| distribution before it can
 count, so it costs a second pass over the utterances (counts only); absolute rules (the paper's
@@ -22,9 +22,7 @@ reads it there).
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,10 +31,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import ray
 import torch
 
+from cluster.batching import pad_batch
 from cluster.data.kaldi import CorpusError, read_corpus
-from cluster.export import model_file  # a model file, or a checkpoint directory holding model.pt
+from cluster.errors import InputError
+from cluster.models.checkpoint import CheckpointMeta, checkpoint_id, load_checkpoint, model_file
+from cluster.runtime import ensure_ray
 from cluster.summaries import (QUANTITIES, SUMMARY_VERSION, IrregularityRule, UnitSummary, is_gru,
                                paper_rule, parse_name)
 
@@ -54,7 +56,7 @@ class CaptureConfig:
     max_frames: int = 4096  # padded frames per batch: bounds a task's memory (values of one batch)
     seed: int = 0  # which utterances, when the split has more than ``utterances``
     threads: int = 1  # torch threads per task
-    checkpoint_id: str | None = None  # default: checkpoint_id_for(...)
+    checkpoint_id: str | None = None  # default: cluster.models.checkpoint_id(...)
 
 
 @dataclass
@@ -73,47 +75,23 @@ class CaptureResult:
 # The checkpoint and its corpus
 
 
-def load(checkpoint: str | Path):
+def load(checkpoint: str | Path) -> tuple[torch.nn.Module, CheckpointMeta]:
     """(model in eval mode, meta) of a checkpoint. Raises FileNotFoundError or
     cluster.models.CheckpointError, both naming the file."""
-    from cluster.models import load_checkpoint
-
-    model, meta = load_checkpoint(model_file(checkpoint))
+    model, meta = load_checkpoint(checkpoint)
     model.eval()
     return model, meta
 
 
-def model_facts(model) -> dict:
-    """arch, layers, hidden, residual of a checkpoint's model (its ModelConfig)."""
-    c = model.config
-    return {"arch": c.cell, "layers": c.layers, "hidden": c.hidden, "residual": bool(c.residual)}
-
-
-def file_digest(path: str | Path) -> str:
-    """The first 10 hex digits of a checkpoint file's sha256 (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(model_file(path), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:10]
-
-
-def checkpoint_id_for(path: str | Path, facts: dict) -> str:
-    """A stable, readable id: <arch>-<layers>x<hidden>[-res]-<first 10 hex of the file's sha256>.
-    The same file always gets the same id, so re-capturing it replaces its rows."""
-    stem = f"{facts['arch']}-{facts['layers']}x{facts['hidden']}{'-res' if facts['residual'] else ''}"
-    return f"{stem}-{file_digest(path)}"
-
-
-def open_corpus(config: CaptureConfig, meta: dict):
+def open_corpus(config: CaptureConfig, meta: CheckpointMeta):
     """The corpus to capture on, checked against the one the checkpoint was trained on: the phone
     table must match (responsibility rows are keyed by phone id)."""
     path = model_file(config.checkpoint)
-    where = config.corpus or (((meta.get("extra") or {}).get("stamps") or {}).get("config") or {}).get("corpus")
+    where = config.corpus or meta.trained_corpus
     if not where:
         raise CorpusError(f"{path}: the checkpoint does not say which corpus it was trained on; pass --corpus")
     corpus = read_corpus(where)
-    trained = meta.get("corpus") or {}
+    trained = meta.corpus or {}
     if trained.get("phones") is not None and list(trained["phones"]) != list(corpus.phones):
         raise CorpusError(f"{corpus.manifest_path}: phone table differs from the one {path} was trained on")
     if trained.get("num_targets") is not None and trained["num_targets"] != corpus.num_targets:
@@ -185,8 +163,6 @@ def summarise_batches(model, split, utt_ids: list[str], summary: UnitSummary, ba
 
 @torch.inference_mode()
 def _summarise_batch(model, utts: list, summary: UnitSummary, sample_ids: frozenset[str], samples: list) -> int:
-    from cluster.batching import pad_batch
-
     x, lengths = pad_batch([u.feats if u.feats.flags.writeable else u.feats.copy() for u in utts])
     values = capture_batch(model, x, lengths)
     b, t = x.shape[:2]
@@ -293,13 +269,9 @@ def sample_table(checkpoint_id: str, analysis_version: int, items: list[tuple], 
 
 def capture(config: CaptureConfig, progress=None) -> CaptureResult:
     """Capture a checkpoint: sharded Ray tasks, merged summaries, frames ready for the store."""
-    import ray
-
-    from cluster.runtime import ensure_ray
-
     t0 = time.perf_counter()
     model, meta = load(config.checkpoint)
-    facts = model_facts(model)
+    facts = meta.facts
     arch = facts["arch"]
     corpus = open_corpus(config, meta)
     split = corpus.split(config.split)
@@ -307,18 +279,18 @@ def capture(config: CaptureConfig, progress=None) -> CaptureResult:
     rules = tuple(IrregularityRule.parse(r) for r in config.rules)
     for r in rules:
         if r.quantity not in exposed:
-            raise ValueError(f"{model_file(config.checkpoint)}: rule {r.name} reads {r.quantity}, but cell "
+            raise InputError(f"{model_file(config.checkpoint)}: rule {r.name} reads {r.quantity}, but cell "
                              f"{arch!r} exposes only {sorted(exposed)}")
     if not rules and paper_rule(arch).quantity in exposed:  # lstm_fused exposes m only: no rule
         rules = (paper_rule(arch),)
     rules = tuple(r.name for r in rules)
     if len(set(rules)) != len(rules):
-        raise ValueError(f"irregularity rules repeat: {rules}")
+        raise InputError(f"irregularity rules repeat: {rules}")
     utt_ids = choose_utterances(split, config.utterances, config.seed)
     if not utt_ids:
         raise CorpusError(f"{corpus.manifest_path}: split {config.split} has no utterances")
     sample_ids = utt_ids[:config.sample]
-    checkpoint_id = config.checkpoint_id or checkpoint_id_for(config.checkpoint, facts)
+    ck_id = config.checkpoint_id or checkpoint_id(config.checkpoint, facts)
     del model
 
     ensure_ray()
@@ -348,104 +320,17 @@ def capture(config: CaptureConfig, progress=None) -> CaptureResult:
         counted = UnitSummary.merge_all([s for s, _ in second])
         summary.thresholds = thresholds
         summary.irregular.update(counted.irregular)
-    frames = summary.frames_for_store(checkpoint_id, corpus.phones)
+    frames = summary.frames_for_store(ck_id, corpus.phones)
     order = {u: k for k, u in enumerate(sample_ids)}
     samples.sort(key=lambda it: order[it[0]])
-    sample = sample_table(checkpoint_id, SUMMARY_VERSION, samples, corpus.phones) if samples else None
+    sample = sample_table(ck_id, SUMMARY_VERSION, samples, corpus.phones) if samples else None
     params = {"checkpoint": str(model_file(config.checkpoint)), "corpus": str(corpus.manifest_path),
               "split": config.split, "utterances": summary.utterances, "frames": summary.frames,
               "rules": list(rules), "thresholds": {f"{r}@L{l}": t for (r, l), t in summary.thresholds.items()},
               "seed": config.seed, "sample": sample_ids, "shards": len(shards)}
-    row = {"path": str(model_file(config.checkpoint).resolve()), **facts,
+    row = {"path": str(model_file(config.checkpoint).resolve()), **facts, "seed": meta.stamps.get("seed"),
            "corpus_name": corpus.name, "corpus_sha256": corpus.sha256}
-    return CaptureResult(checkpoint_id, arch, summary, frames, sample, row, params, time.perf_counter() - t0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line (wired into service/cli.py)
-
-
-def add_capture_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "capture", help="run a checkpoint with capture and store per-unit summaries",
-        description="Run CHECKPOINT over utterances of a split as sharded Ray tasks, summarise the values "
-                    "c, m, i, f, o, g of every unit (histograms, moments, range shares, per-phone "
-                    "irregularity) and write them to the store, replacing the checkpoint's earlier capture.")
-    p.add_argument("checkpoint", help="model file or checkpoint directory (holding model.pt)")
-    p.add_argument("--corpus", help="corpus directory or manifest (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", default="test", help="split to capture on (default: %(default)s)")
-    p.add_argument("--utterances", type=int, default=500, help="utterances (default: %(default)s, as the paper)")
-    p.add_argument("--rule", action="append", default=[], metavar="RULE",
-                   help="irregularity rule, repeatable: abs>10, abs<0.5, pct>99, pct<5 "
-                        "(default: abs>10 for LSTM, abs<0.5 for GRU, Sec. 4.2)")
-    p.add_argument("--sample", type=int, default=0,
-                   help="keep the per-frame values of this many utterances as a raw sample (default: %(default)s)")
-    p.add_argument("--shards", type=int, help="Ray tasks (default: one per CPU of the cluster)")
-    p.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass (default: %(default)s)")
-    p.add_argument("--max-frames", type=int, default=4096,
-                   help="padded frames per forward pass: bounds each task's memory (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="which utterances, when the split has more (default: %(default)s)")
-    p.add_argument("--checkpoint-id", help="id in the store (default: <arch>-<layers>x<hidden>-<sha256 prefix>)")
-    p.add_argument("--store", help="store file (default: $GATELENS_STORE or data/gatelens.duckdb)")
-    p.set_defaults(func=cmd_capture)
-    return p
-
-
-def cmd_capture(args: argparse.Namespace) -> int:
-    from service.store import Store, StoreBusy, StoreError
-
-    store = Store(args.store) if args.store else Store()
-    config = CaptureConfig(checkpoint=args.checkpoint, corpus=args.corpus, split=args.split,
-                           utterances=args.utterances, rules=tuple(args.rule), sample=args.sample,
-                           shards=args.shards, batch_size=args.batch_size, max_frames=args.max_frames, seed=args.seed,
-                           checkpoint_id=args.checkpoint_id)
-    for r in config.rules:
-        try:
-            IrregularityRule.parse(r)
-        except ValueError as e:
-            print(f"gatelens capture: {e}", file=sys.stderr)
-            return 2
-
-    def progress(label, done, total, elapsed):
-        print(f"  {label}: shard {done}/{total} done ({elapsed:.1f} s)", file=sys.stderr, flush=True)
-
-    from cluster.models import CheckpointError
-
-    try:
-        model, _ = load(config.checkpoint)
-        config.checkpoint_id = config.checkpoint_id or checkpoint_id_for(config.checkpoint, model_facts(model))
-        del model
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"gatelens capture: error: {e}", file=sys.stderr)
-        return 2
-    print(f"capturing {model_file(args.checkpoint)} as {config.checkpoint_id} on {args.utterances} "
-          f"{args.split} utterances ...", file=sys.stderr, flush=True)
-    try:
-        # The log says "running" while the tasks run, "failed" with the error if they fail.
-        store.log_started(config.checkpoint_id, "capture", SUMMARY_VERSION, params=asdict(config))
-        try:
-            result = capture(config, progress)
-            written = store.ingest_analysis(result.checkpoint_id, "capture", SUMMARY_VERSION, result.frames,
-                                            params=result.params, sample=result.sample,
-                                            checkpoint=result.checkpoint_row)
-        except (CorpusError, CheckpointError, ValueError) as e:
-            store.log_failed(config.checkpoint_id, "capture", SUMMARY_VERSION, e)
-            print(f"gatelens capture: error: {e}", file=sys.stderr)
-            return 2
-        except Exception as e:
-            if not isinstance(e, StoreError):
-                store.log_failed(config.checkpoint_id, "capture", SUMMARY_VERSION, f"{type(e).__name__}: {e}")
-            raise
-    except StoreError as e:
-        print(f"gatelens capture: {e}", file=sys.stderr)
-        return 3 if isinstance(e, StoreBusy) else 1
-    s = result.summary
-    print(f"checkpoint {result.checkpoint_id}: {s.utterances} utterances, {s.frames} frames, "
-          f"{result.seconds:.1f} s ({s.frames / max(result.seconds, 1e-9):.0f} frames/s)")
-    print(f"  store {store.path}: " + ", ".join(f"{n} {t} rows" for t, n in written.items())
-          + (f"; raw sample of {len(result.params['sample'])} utterances" if result.sample is not None else ""))
-    print(describe(result))
-    return 0
+    return CaptureResult(ck_id, arch, summary, frames, sample, row, params, time.perf_counter() - t0)
 
 
 def describe(result: CaptureResult) -> str:

@@ -13,26 +13,22 @@ import numpy as np
 import torch
 
 from cluster.data.kaldi import CorpusError, read_corpus
-
-
-def model_file(checkpoint: str | Path) -> Path:
-    p = Path(checkpoint)
-    return p / "model.pt" if p.is_dir() else p
+from cluster.decode import PhoneLoopGraph, log_likelihoods
+from cluster.models.checkpoint import load_checkpoint, model_file
 
 
 def export_loglikelihoods(checkpoint: str | Path, out: str | Path, split: str = "test", corpus: str | None = None,
                           prior_scale: float = 1.0, utterances: int | None = None) -> int:
-    from cluster.decode import PhoneLoopGraph, log_likelihoods
-    from cluster.models import load_checkpoint
-
     path = model_file(checkpoint)
     model, meta = load_checkpoint(path)
-    extra = meta.get("extra") or {}
-    if "decode_graph" not in extra:
+    if meta.decode_graph is None:
         raise CorpusError(f"{path}: checkpoint has no state priors (decode_graph); it was not written by training")
-    graph = PhoneLoopGraph.from_dict(extra["decode_graph"])
-    trained_on = meta["corpus"]
-    corpus_obj = read_corpus(corpus or extra["stamps"]["config"]["corpus"])
+    graph = PhoneLoopGraph.from_dict(meta.decode_graph)
+    trained_on = meta.corpus
+    where = corpus or meta.trained_corpus
+    if not where:
+        raise CorpusError(f"{path}: the checkpoint does not say which corpus it was trained on; pass --corpus")
+    corpus_obj = read_corpus(where)
     if corpus_obj.num_targets != trained_on["num_targets"]:
         raise CorpusError(f"{corpus_obj.manifest_path}: {corpus_obj.num_targets} targets, but {path} was trained "
                           f"on {trained_on['num_targets']}")

@@ -34,7 +34,7 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
     with it) or, with ``connect_only``, none at all.
     """
     global _started_local
-    import ray
+    import ray  # deferred: checkpoints import this module for git_revision, and Ray costs ~1 s to import
 
     if ray.is_initialized():
         return _started_local

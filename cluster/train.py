@@ -20,17 +20,25 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+import polars as pl
+import ray.train
+import ray.train.torch
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster.batching import bucket_batches, pad_batch
+from cluster.data.kaldi import read_corpus
+from cluster.decode import estimate_graph, phone_error_rate, reference_phones, viterbi
+from cluster.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from cluster.models.checkpoint import MODEL_FILE
+from cluster.runs import EPOCHS_FILE, RUN_FILE, RunStamp
 from cluster.runtime import git_revision
 
 IGNORE = -100
-MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
-EPOCHS_FILE = "epochs.parquet"
-RUN_FILE = "run.json"
 
 
 @dataclass
@@ -68,8 +76,6 @@ class TrainConfig:
         return cls(**d)
 
     def model_config(self, num_targets: int):
-        from cluster.models import ModelConfig
-
         return ModelConfig(cell=self.cell, layers=self.layers, hidden=self.hidden, num_targets=num_targets,
                            residual=self.residual, lazy_layers=self.lazy_layers, precision=self.precision)
 
@@ -82,14 +88,9 @@ def stamps(config: TrainConfig, corpus_identity: dict) -> dict:
             pkgs[name] = version(name)
         except PackageNotFoundError:
             pkgs[name] = None
-    return {
-        "config": asdict(config),
-        "seed": config.seed,
-        "corpus": {k: corpus_identity[k] for k in ("name", "manifest_sha256", "num_targets")},
-        "packages": pkgs,
-        "git_revision": git_revision(),  # cluster.runtime
-        "python": sys.version.split()[0],
-    }
+    return RunStamp(config=asdict(config), seed=config.seed,
+                    corpus={k: corpus_identity[k] for k in ("name", "manifest_sha256", "num_targets")},
+                    packages=pkgs, git_revision=git_revision(), python=sys.version.split()[0]).to_dict()
 
 
 # ----------------------------------------------------------------------------------- data
@@ -123,8 +124,6 @@ def load_split(corpus, name: str, limit: int | None = None) -> SplitData:
 def evaluate(model, data: SplitData, graph, config: TrainConfig, device, rank: int = 0, world: int = 1) -> dict:
     """Frame cross-entropy, frame accuracy and phone error rate (Viterbi decoding) on this rank's
     share of ``data``, summed across ranks."""
-    from cluster.decode import phone_error_rate, reference_phones, viterbi
-
     model.eval()
     ce = correct = frames = 0.0
     refs, hyps = [], []
@@ -148,8 +147,6 @@ def evaluate(model, data: SplitData, graph, config: TrainConfig, device, rank: i
     per = phone_error_rate(refs, hyps, ignore=graph.silence)
     sums = torch.tensor([ce, correct, frames, per["errors"], per["ref_len"]], dtype=torch.float64)
     if world > 1:
-        import torch.distributed as dist
-
         # gloo reduces on CPU tensors; nccl needs them on the device
         t = sums.to(device) if dist.get_backend() == "nccl" else sums
         dist.all_reduce(t)
@@ -182,13 +179,6 @@ def _scheduler(opt, config: TrainConfig):
 
 def train_loop_per_worker(config_dict: dict) -> None:
     """Ray Train's per-worker function (one process per worker; DDP set up by Ray)."""
-    import ray.train
-    import ray.train.torch
-
-    from cluster.data.kaldi import read_corpus
-    from cluster.decode import estimate_graph
-    from cluster.models import build_model, load_checkpoint, save_checkpoint
-
     config = TrainConfig.from_dict(config_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -283,10 +273,6 @@ def _report(metrics: dict, model, corpus_identity: dict, run_stamps: dict, state
     """Report metrics; rank 0 attaches a checkpoint: the model file (with its run stamps, metrics and
     the decoding graph, whose state priors turn posteriors into likelihoods) plus, mid-run, the
     resume state."""
-    import ray.train
-
-    from cluster.models import save_checkpoint
-
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -311,8 +297,6 @@ def epoch_rows(history: list[dict], final: dict) -> list[dict]:
 
 def _write_epochs(run_dir: Path, history: list[dict], final: dict) -> None:
     """The Parquet file per run that the store ingests (written whole, then renamed)."""
-    import polars as pl
-
     tmp = run_dir / (EPOCHS_FILE + ".tmp")
     pl.DataFrame(epoch_rows(history, final)).write_parquet(tmp)
     os.replace(tmp, run_dir / EPOCHS_FILE)
@@ -323,9 +307,6 @@ def _write_epochs(run_dir: Path, history: list[dict], final: dict) -> None:
 def make_trainer(config: TrainConfig, name: str, storage_path: str, workers: int = 1, gpus_per_worker: float = 0,
                  max_failures: int = 2, callbacks: list | None = None):
     """A ``TorchTrainer`` for one run; ``storage_path`` must be absolute (Ray 2.60)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     storage = Path(storage_path).resolve()
     cfg = asdict(config)
     cfg["corpus"] = str(Path(config.corpus).resolve())

@@ -16,7 +16,6 @@ inline script marks each figure that loaded (``data-loaded``) and counts them on
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import os
@@ -26,19 +25,16 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-# Paper figure -> (section title, the analysis and file that draws it), in the paper's order.
-SECTIONS = [
-    ("Figs. 1-2", "Cell value distributions: 50 random units per layer (LSTM clipped to +-10)",
-     "cell_distributions", "fig01-02_cell_distributions.png"),
-    ("Fig. 3", "Range shares: LSTM c in (-2, 2), GRU c outside (-0.7, 0.7)", "range_shares", "fig03_range_shares.png"),
-    ("Figs. 4-5", "Units with responsibility above the threshold, per phone and layer", "responsibility",
-     "fig04-05_responsible_units.png"),
-    ("Fig. 6", "Single-phone units and their responsibility profiles", "responsibility", "fig06_single_phone_units.png"),
-    ("Figs. 7, 10", "Temporal traces (t-SNE of the cell vectors of one utterance)", "temporal_trace",
-     "fig07-10_temporal_trace.png"),
-    ("Fig. 8", "Memory robustness: |c noisy - c clean| after an inserted noise segment", "memory_robustness",
-     "fig08_memory_robustness.png"),
-]
+import polars as pl
+
+from analyses import registry
+from analyses.claims import evaluate, gather
+from analyses.common import StudyRef
+from analyses.comparisons import paper_tables
+from cluster.runs import RunDir, studies_results
+from cluster.runtime import git_revision
+from service.study import analyse_study, study_runs
+
 PACKAGES = ("gatelens", "torch", "ray", "duckdb", "polars", "numpy", "scipy", "scikit-learn", "matplotlib")
 
 _CSS = """
@@ -113,15 +109,13 @@ def _place(src: str, out_dir: Path) -> str | None:
         return dest.relative_to(out_dir).as_posix()
 
 
-def build_html(studies: list[str], checkpoints: list, log: pl.DataFrame, tables: list, claims: list,
-               runs: list[dict], out_dir: Path, store_path: Path, study_figures: list[str]) -> tuple[str, int]:
-    """The page, and the number of figures on it."""
-    import polars as pl
-
-    from cluster.train import git_revision
-
+def build_html(studies: list[str], runs: list[RunDir], log: pl.DataFrame, tables: list, claims: list,
+               out_dir: Path, store_path: Path, study_figures: list[str]) -> tuple[str, int]:
+    """The page, and the number of figures on it. Sections follow the analysis registry: every
+    figure a checkpoint-scope analysis declares, for every final checkpoint of the runs."""
     name = ", ".join(studies)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    checkpoints = {run.final_checkpoint.checkpoint_id: run for run in runs}
     parts = [f"<h1>gatelens report: {_e(name)}</h1>",
              f"<p>{len(checkpoints)} final checkpoints of {len(runs)} finished runs; store <code>{_e(store_path)}</code>; "
              f"written {now}. After Tang, Shi &amp; Wang, <i>Visualization Analysis for Recurrent Networks</i>.</p>"]
@@ -145,32 +139,33 @@ def build_html(studies: list[str], checkpoints: list, log: pl.DataFrame, tables:
     parts.append("<h2>Claims</h2>")
     parts += [_claim_html(c) for c in claims]
 
-    by_id = {ck.checkpoint_id: ck for ck in checkpoints}
-    for fig, title, analysis, file in SECTIONS:
-        parts.append(f'<h2 id="{_e(fig.replace(" ", "").replace(",", "_").lower())}">{_e(fig)}: {_e(title)}</h2>')
-        for cid, ck in by_id.items():
+    sections = [(a.name, f) for a in registry.checkpoint_analyses().values() for f in a.figures]
+    for analysis, spec in sections:
+        fig = spec.paper
+        parts.append(f'<h2 id="{_e(fig.replace(" ", "").replace(",", "_").lower())}">{_e(fig)}: {_e(spec.title)}</h2>')
+        for cid, run in checkpoints.items():
             row = log.filter((pl.col("checkpoint_id") == cid) & (pl.col("analysis") == analysis))
             if row.height == 0:
-                parts.append(f'<p class="error">{_e(ck.run)} ({_e(cid)}): {analysis} not run</p>')
+                parts.append(f'<p class="error">{_e(run.name)} ({_e(cid)}): {analysis} not run</p>')
                 continue
             r = row.row(0, named=True)
             if r["status"] != "finished":
-                parts.append(f'<p class="error">{_e(ck.run)} ({_e(cid)}): {analysis} {_e(r["status"])}: '
+                parts.append(f'<p class="error">{_e(run.name)} ({_e(cid)}): {analysis} {_e(r["status"])}: '
                              f'{_e(r["error"] or "")}</p>')
                 continue
-            paths = [p for p in (r["figure_paths"] or []) if Path(p).name == file]
-            parts.append(f"<h3>{_e(ck.run)}</h3>" + img(paths[0] if paths else None, f"{fig}, {ck.run} ({cid})"))
+            paths = [p for p in (r["figure_paths"] or []) if Path(p).name == spec.file]
+            parts.append(f"<h3>{_e(run.name)}</h3>" + img(paths[0] if paths else None, f"{fig}, {run.name} ({cid})"))
 
     parts.append("<h2>Run stamps</h2>")
     parts.append(f"<p>This report: gatelens git revision <code>{_e(git_revision())}</code>, Python "
                  f"{_e(sys.version.split()[0])}</p><pre>{_e(json.dumps(_versions(), indent=1))}</pre>")
-    for r in runs:
-        stamp = r["stamp"]
-        parts.append(f"<h3>{_e(r['study'])} / {_e(r['run'])}</h3><p>git revision <code>{_e(stamp.get('git_revision'))}"
-                     f"</code>, seed {_e(stamp.get('seed'))}, corpus {_e((stamp.get('corpus') or {}).get('name'))} "
-                     f"<code>{_e(((stamp.get('corpus') or {}).get('manifest_sha256') or '')[:12])}</code></p>"
+    for run in runs:
+        stamp = run.stamp
+        parts.append(f"<h3>{_e(run.study)} / {_e(run.name)}</h3><p>git revision <code>{_e(stamp.git_revision)}"
+                     f"</code>, seed {_e(stamp.seed)}, corpus {_e(stamp.corpus.get('name'))} "
+                     f"<code>{_e((stamp.corpus.get('manifest_sha256') or '')[:12])}</code></p>"
                      f"<details><summary>config and package versions</summary><pre>"
-                     f"{_e(json.dumps({'config': stamp.get('config'), 'packages': stamp.get('packages')}, indent=1))}"
+                     f"{_e(json.dumps({'config': stamp.config, 'packages': stamp.packages}, indent=1))}"
                      f"</pre></details>")
     body = "\n".join(parts)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>gatelens: {_e(name)}</title>'
@@ -181,21 +176,14 @@ def build_html(studies: list[str], checkpoints: list, log: pl.DataFrame, tables:
 def write_report(store, storage, studies: list[str], out_dir, analyse: bool = True, params: dict | None = None,
                  capture: dict | None = None, rerun: bool = False, progress=print) -> Path:
     """Run what is missing (unless ``analyse`` is False), then write ``<out_dir>/index.html``."""
-    import polars as pl
-
-    from analyses.claims import evaluate, gather
-    from analyses.comparisons import NAME as COMPARISONS, paper_tables, study_id
-    from analyses.study import analyse_study, study_checkpoints
-    from cluster.grid import study_dir
-    from cluster.train import RUN_FILE
-    from service.results import collect
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if analyse:
         analyse_study(store, storage, studies, out_dir, params=params, capture=capture, rerun=rerun, progress=progress)
-    cks = [ck for s in studies for ck in study_checkpoints(storage, s)]
-    ids = list(dict.fromkeys(ck.checkpoint_id for ck in cks)) + [study_id(s) for s in studies]
+    runs = study_runs(storage, studies)
+    ck_ids = list(dict.fromkeys(run.final_checkpoint.checkpoint_id for run in runs))
+    study_ids = [StudyRef(str(storage), s).subject_id for s in studies]
+    ids = ck_ids + study_ids
     log = pl.DataFrame(schema={"checkpoint_id": pl.String, "analysis": pl.String, "status": pl.String,
                                "error": pl.String, "figure_paths": pl.List(pl.String)})
     if store.path.is_file() and ids:
@@ -203,53 +191,16 @@ def write_report(store, storage, studies: list[str], out_dir, analyse: bool = Tr
         log = store.query(f"SELECT checkpoint_id, analysis, status, error, figure_paths FROM analyses WHERE "
                           f"checkpoint_id IN ({marks}) QUALIFY row_number() OVER (PARTITION BY checkpoint_id, analysis "
                           f"ORDER BY analysis_version DESC) = 1", ids)
-    results = [collect(storage, s).with_columns(pl.lit(s).alias("study")) for s in studies]
-    results = pl.concat([r for r in results if r.height], how="diagonal_relaxed") if any(r.height for r in results) \
-        else pl.DataFrame()
+    results = studies_results(storage, studies)
     tables = paper_tables(results)
-    claims = evaluate(gather(store, list(dict.fromkeys(ck.checkpoint_id for ck in cks)),
-                             results if results.height else None))
-    study_figs = [p for s in studies for p in (log.filter((pl.col("checkpoint_id") == study_id(s))
-                                                          & (pl.col("analysis") == COMPARISONS))["figure_paths"].to_list() or [[]])[0] or []]
-    runs = []
-    for s in studies:
-        for run_dir in sorted((study_dir(storage, s) / "runs").glob("*")):
-            if (run_dir / RUN_FILE).is_file() and run_dir.name in {ck.run for ck in cks if ck.study == s}:
-                runs.append({"study": s, "run": run_dir.name, "stamp": json.loads((run_dir / RUN_FILE).read_text())})
-    page, n = build_html(studies, cks, log, tables, claims, runs, out_dir, store.path, study_figs)
+    claims = evaluate(gather(store, ck_ids, results if results.height else None))
+    study_names = list(registry.study_analyses())
+    study_figs = [p for paths in log.filter(pl.col("checkpoint_id").is_in(study_ids)
+                                            & pl.col("analysis").is_in(study_names))["figure_paths"].to_list()
+                  for p in (paths or [])]
+    page, n = build_html(studies, runs, log, tables, claims, out_dir, store.path, study_figs)
     tmp = out_dir / f".index.html.{os.getpid()}.tmp"
     tmp.write_text(page)
     os.replace(tmp, out_dir / "index.html")
     progress(f"report with {n} figures: {(out_dir / 'index.html').resolve()}")
     return out_dir / "index.html"
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line (wired by analyses.cli.add_parsers)
-
-
-def add_report_parser(subparsers) -> argparse.ArgumentParser:
-    from analyses.cli import add_study_options
-
-    p = subparsers.add_parser("report", help="write a study's static HTML report (figures, tables, claims, stamps)",
-                              description="Run the study's missing captures and analyses, then write one HTML page "
-                                          "with the paper's tables, the claims and every figure; it opens from disk.")
-    add_study_options(p)
-    p.add_argument("--no-analyse", action="store_true", help="draw only what the store already holds")
-    p.set_defaults(func=cmd_report)
-    return p
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from analyses.cli import input_errors, open_study
-
-    try:
-        store, studies, out, params, capture = open_study(args)
-        path = write_report(store, args.storage, studies, out, analyse=not args.no_analyse, params=params,
-                            capture=capture, rerun=args.rerun,
-                            progress=lambda m: print(m, file=sys.stderr, flush=True))
-    except input_errors() as e:
-        print(f"gatelens report: {e}", file=sys.stderr)
-        return 2
-    print(f"report: {path.resolve()}  (open file://{path.resolve()})")
-    return 0

@@ -1,4 +1,6 @@
-"""Trial results of a study, as the paper's tables (system, layers, PER, frame accuracy)."""
+"""Trial results of a study: the paper's table on the terminal, and the runs into the store.
+
+The rows themselves come from the runs (``cluster.runs.collect_results``)."""
 
 from __future__ import annotations
 
@@ -7,32 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cluster.grid import study_dir
-from cluster.train import EPOCHS_FILE, RUN_FILE
-
-
-def collect(storage: str | Path, study: str) -> pl.DataFrame:
-    """One row per finished run of ``study``: its grid point and its test scores (best-on-dev weights)."""
-    runs = study_dir(storage, study) / "runs"
-    rows = []
-    for run in sorted(runs.glob("*")) if runs.exists() else []:
-        if not (run / EPOCHS_FILE).exists() or not (run / RUN_FILE).exists():
-            continue  # unfinished: no final test row yet
-        stamp = json.loads((run / RUN_FILE).read_text())
-        cfg = stamp["config"]
-        epochs = pl.read_parquet(run / EPOCHS_FILE)
-        test = epochs.filter(pl.col("split") == "test").row(0, named=True)
-        dev = epochs.filter(pl.col("split") == "dev")
-        best = dev.sort("frame_acc", descending=True).row(0, named=True) if dev.height else {}
-        rows.append({
-            "run": run.name, "cell": cfg["cell"], "layers": cfg["layers"], "hidden": cfg["hidden"],
-            "residual": cfg["residual"], "lazy_layers": cfg["lazy_layers"] if cfg["cell"] == "lstm_lazy" else None,
-            "precision": cfg["precision"], "seed": cfg["seed"], "epochs": dev.height,
-            "best_epoch": best.get("epoch"), "dev_frame_acc": best.get("frame_acc"), "dev_per": best.get("per"),
-            "test_frame_acc": test["frame_acc"], "test_per": test["per"], "test_frame_ce": test["frame_ce"],
-            "git_revision": stamp.get("git_revision"), "corpus": stamp["corpus"]["manifest_sha256"][:12],
-        })
-    return pl.DataFrame(rows)
+from cluster.runs import RunDir, iter_runs
 
 
 SYSTEM = {"lstm": "LSTM", "gru": "GRU", "lstm_lazy": "LSTM", "lstm_fused": "LSTM (nn.LSTM)"}
@@ -75,32 +52,29 @@ def format_table(df: pl.DataFrame, study: str) -> str:
     return "\n".join(lines)
 
 
-def run_rows(run_dir: Path, study: str) -> tuple[dict, pl.DataFrame]:
+def run_rows(run: RunDir) -> tuple[dict, pl.DataFrame]:
     """A finished run as store rows: its ``runs`` row and its ``epoch_metrics`` rows."""
-    stamp = json.loads((run_dir / RUN_FILE).read_text())
-    cfg = stamp["config"]
-    run_id = f"{study}:{run_dir.name}"  # run names repeat across studies (table1 and table3 share points)
-    epochs = pl.read_parquet(run_dir / EPOCHS_FILE)
+    stamp = run.stamp
+    cfg = stamp.config
+    epochs = run.epochs()
     extra = [json.dumps({"train_frame_ce": r["train_frame_ce"], "train_frames_per_s": r["train_frames_per_s"]})
              for r in epochs.iter_rows(named=True)]
     rows = epochs.select(
-        pl.lit(run_id).alias("run_id"), pl.col("epoch").cast(pl.Int32), "split", "frame_ce", "frame_acc",
+        pl.lit(run.run_id).alias("run_id"), pl.col("epoch").cast(pl.Int32), "split", "frame_ce", "frame_acc",
         pl.lit(None, pl.Float64).alias("phone_acc"), "per", pl.col("frames").cast(pl.Int64),
         pl.col("epoch_seconds").alias("seconds"), "lr").with_columns(pl.Series("extra", extra))
-    run = {"run_id": run_id, "arch": cfg["cell"], "layers": cfg["layers"], "hidden": cfg["hidden"],
-           "residual": cfg["residual"], "corpus_name": stamp["corpus"]["name"],
-           "corpus_sha256": stamp["corpus"]["manifest_sha256"], "config": stamp, "status": "finished",
-           "storage_path": str(run_dir.resolve())}
-    return run, rows
+    row = {"run_id": run.run_id, "arch": cfg["cell"], "layers": cfg["layers"], "hidden": cfg["hidden"],
+           "residual": cfg["residual"], "seed": stamp.seed, "corpus_name": stamp.corpus["name"],
+           "corpus_sha256": stamp.corpus["manifest_sha256"], "config": stamp.to_dict(), "status": "finished",
+           "storage_path": str(run.path.resolve())}
+    return row, rows
 
 
 def ingest_study(store, storage: str | Path, study: str) -> int:
     """Write every finished run of ``study`` (and its epochs) into the store; returns the run count.
     Idempotent: a run's rows are replaced, never added twice."""
-    runs = study_dir(storage, study) / "runs"
     n = 0
-    for run_dir in sorted(runs.glob("*")) if runs.exists() else []:
-        if (run_dir / EPOCHS_FILE).exists() and (run_dir / RUN_FILE).exists():
-            store.ingest_run(*run_rows(run_dir, study))
-            n += 1
+    for run in iter_runs(storage, study):
+        store.ingest_run(*run_rows(run))
+        n += 1
     return n

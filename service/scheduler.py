@@ -17,7 +17,6 @@ loop continues (an uncaught one would end the actor silently).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -25,6 +24,16 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+import ray
+
+from analyses import registry
+from cluster.models.checkpoint import checkpoint_id, file_digest, load_checkpoint
+from cluster.runs import RunDir
+from cluster.summaries import SUMMARY_VERSION
+from cluster.tables import CAPTURE
+from service.store import Store, default_store_path
+from service.study import analyse, ensure_captured
 
 ACTOR_NAME = "gatelens-watcher"
 NAMESPACE = "gatelens"
@@ -34,7 +43,7 @@ log = logging.getLogger("gatelens.watch")
 @dataclass
 class WatchConfig:
     storage: str = "data/runs"  # training storage (where Ray Train writes checkpoints)
-    store: str = "data/gatelens.duckdb"
+    store: str = field(default_factory=lambda: str(default_store_path()))
     figures: str = "data/figures"
     every: float = 600.0  # seconds between passes
     settle: float = 10.0  # a file younger than this may still be being copied
@@ -90,26 +99,13 @@ def _status(store, checkpoint_id: str, analysis: str, version: int) -> str | Non
     return df["status"][0] if df.height else None
 
 
-def _study_checkpoint(path: Path, checkpoint_id: str, facts: dict):
-    from analyses.study import StudyCheckpoint
-
-    run_dir = path.parent.parent
-    study = run_dir.parent.parent.name if run_dir.parent.name == "runs" else run_dir.parent.name
-    return StudyCheckpoint(study, run_dir.name, run_dir, path, checkpoint_id, facts["arch"], facts["layers"],
-                           facts["hidden"], facts["residual"])
-
-
 def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
     """One pass over the storage; never raises for one checkpoint's failure."""
-    from analyses.study import MODULES, analyse, ensure_captured
-    from cluster.capture import checkpoint_id_for, file_digest, load, model_facts
-    from cluster.summaries import SUMMARY_VERSION
-    from service.store import Store
-
     report = PassReport(datetime.now(timezone.utc).isoformat(timespec="seconds"))
     t0 = time.time()
     store = Store(config.store)
-    names = config.analyses or list(MODULES)
+    analyses = registry.checkpoint_analyses()
+    names = config.analyses or list(analyses)
     try:
         known = _known_ids(store)
         files = discover(config.storage)
@@ -121,27 +117,18 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
             cid = known.get(str(path.resolve()))
             try:
                 if cid is None:
-                    model, _ = load(path)
-                    cid = checkpoint_id_for(path, model_facts(model))
-                    facts = model_facts(model)
-                    del model
-                else:
-                    facts = None
-                states = [_status(store, cid, "capture", SUMMARY_VERSION)] + \
-                         [_status(store, cid, n, MODULES[n].VERSION) for n in names]
+                    _, meta = load_checkpoint(path)
+                    cid = checkpoint_id(path, meta.facts)
+                states = [_status(store, cid, CAPTURE, SUMMARY_VERSION)] + \
+                         [_status(store, cid, n, registry.get(n).version) for n in names]
                 if all(s == "finished" for s in states):
                     report.up_to_date += 1
                     continue
                 if "failed" in states and all(s in ("finished", "failed") for s in states):
                     report.failed[str(path)] = "failed earlier at this version (file unchanged)"
                     continue
-                if facts is None:
-                    model, _ = load(path)
-                    facts = model_facts(model)
-                    del model
-                ck = _study_checkpoint(path, cid, facts)
-                ensure_captured(store, ck, utterances=config.utterances, sample=config.sample, corpus=config.corpus,
-                                progress=progress)
+                ensure_captured(store, RunDir.of_checkpoint(path), path, cid, utterances=config.utterances,
+                                sample=config.sample, corpus=config.corpus, progress=progress)
                 jobs = analyse(store, [cid], config.figures, names, progress=progress)
                 bad = [j.error for j in jobs if j.status == "failed"]
                 if bad:
@@ -152,8 +139,8 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
                 error = f"{path}: {type(e).__name__}: {e}"
                 report.failed[str(path)] = error
                 fail_id = cid or f"unloadable-{file_digest(path)}"
-                if _status(store, fail_id, "capture", SUMMARY_VERSION) != "failed":
-                    store.log_failed(fail_id, "capture", SUMMARY_VERSION, error)
+                if _status(store, fail_id, CAPTURE, SUMMARY_VERSION) != "failed":
+                    store.log_failed(fail_id, CAPTURE, SUMMARY_VERSION, error)
                 progress(f"  failed: {error}")
     except Exception as e:
         report.error = f"{type(e).__name__}: {e}"
@@ -192,13 +179,11 @@ class Watcher:
 
 def deploy(config: WatchConfig):
     """Start the watcher as a detached named actor, replacing a running one (whose code may be old)."""
-    import ray
-
-    old = _existing()
+    old = existing()
     if old is not None:
         ray.kill(old, no_restart=True)
         for _ in range(50):  # the name is released asynchronously
-            if _existing() is None:
+            if existing() is None:
                 break
             time.sleep(0.1)
     actor_cls = ray.remote(num_cpus=0, max_concurrency=4)(Watcher)
@@ -208,9 +193,8 @@ def deploy(config: WatchConfig):
     return actor
 
 
-def _existing():
-    import ray
-
+def existing():
+    """The running watcher actor, or None."""
     try:
         return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
     except ValueError:
@@ -219,112 +203,17 @@ def _existing():
 
 def pending_and_failed(config: WatchConfig) -> tuple[list[str], dict[str, str]]:
     """Checkpoints not yet analysed at the current versions, and the store's failed ones."""
-    from analyses.study import MODULES
-    from cluster.summaries import SUMMARY_VERSION
-    from service.store import Store
-
     store = Store(config.store)
     known = _known_ids(store)
-    names = config.analyses or list(MODULES)
+    names = config.analyses or list(registry.checkpoint_analyses())
     pending = []
     for path in discover(config.storage):
         cid = known.get(str(path.resolve()))
         if cid is None or not all(_status(store, cid, n, v) == "finished" for n, v in
-                                  [("capture", SUMMARY_VERSION)] + [(n, MODULES[n].VERSION) for n in names]):
+                                  [(CAPTURE, SUMMARY_VERSION)] + [(n, registry.get(n).version) for n in names]):
             pending.append(str(path))
     failed = {}
     if Path(store.path).is_file():
         df = store.query("SELECT checkpoint_id, analysis, error FROM analyses WHERE status = 'failed' ORDER BY finished_at")
         failed = {f"{r['checkpoint_id']} ({r['analysis']})": r["error"] for r in df.iter_rows(named=True)}
     return pending, failed
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-def parse_every(text: str) -> float:
-    """'10m', '90s', '1h' or plain seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    t = text.strip().lower()
-    try:
-        return float(t[:-1]) * units[t[-1]] if t[-1] in units else float(t)
-    except (ValueError, IndexError):
-        raise ValueError(f"--every {text!r}: expected e.g. 90s, 10m, 1h") from None
-
-
-def add_watch_parser(sub) -> None:
-    p = sub.add_parser("watch", help="analyse every new checkpoint: a scheduler on the Ray cluster",
-                       description="Run capture, analyses and ingest for every checkpoint in the training storage "
-                                   "that lacks a current-version analysis; --every deploys a detached actor on the "
-                                   "running cluster (or loops here when none is running).")
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--every", help="interval between passes, e.g. 10m")
-    mode.add_argument("--once", action="store_true", help="one pass in this process")
-    mode.add_argument("--status", action="store_true", help="last pass, pending and failed checkpoints")
-    mode.add_argument("--stop", action="store_true", help="stop the running watcher")
-    p.add_argument("--storage", default="data/runs", help="training storage to watch (default: %(default)s)")
-    p.add_argument("--store", default="data/gatelens.duckdb", help="the DuckDB store (default: %(default)s)")
-    p.add_argument("--figures", default="data/figures", help="where figures go (default: %(default)s)")
-    p.add_argument("--utterances", type=int, default=500, help="utterances captured per checkpoint")
-    p.add_argument("--settle", type=float, default=10.0, help="seconds a file must be unchanged before it is read")
-    p.add_argument("--analyses", help="comma-separated subset of the analyses")
-    p.add_argument("--corpus", help="capture on this corpus instead of each checkpoint's own")
-    p.set_defaults(func=cmd_watch)
-
-
-def cmd_watch(args) -> int:
-    import ray
-
-    from cluster.runtime import ensure_ray
-
-    config = WatchConfig(storage=args.storage, store=args.store, figures=args.figures, utterances=args.utterances,
-                         settle=args.settle, analyses=args.analyses.split(",") if args.analyses else None,
-                         corpus=args.corpus)
-    if args.every:
-        config.every = parse_every(args.every)
-    if args.once:
-        ensure_ray()
-        report = run_pass(config.resolved(), progress=print)
-        for path, error in report.failed.items():
-            print(f"  failed: {path}: {error}")
-        return 0 if report.error is None else 1
-    if args.status:
-        pending, failed = pending_and_failed(config)
-        started_here = ensure_ray(connect_only=True)
-        actor = _existing() if not started_here else None
-        if actor is None:
-            print("watcher: not running")
-        else:
-            st = ray.get(actor.status.remote())
-            print(f"watcher: running since {st['started']}, every {st['config']['every']:.0f} s, "
-                  f"{st['passes']} passes")
-            if st["last"]:
-                print("  last " + PassReport(**st["last"]).line())
-        print(f"pending: {len(pending)}" + "".join(f"\n  {p}" for p in pending[:20]))
-        print(f"failed: {len(failed)}" + "".join(f"\n  {k}: {v}" for k, v in list(failed.items())[:20]))
-        return 0
-    if args.stop:
-        if ensure_ray(connect_only=True):
-            print("watcher: no Ray cluster is running")
-            return 0
-        actor = _existing()
-        if actor is None:
-            print("watcher: not running")
-            return 0
-        ray.kill(actor, no_restart=True)
-        print("watcher: stopped")
-        return 0
-    started_here = ensure_ray()
-    if started_here:
-        # a detached actor would die with this process's private cluster: loop here instead
-        print(f"no running Ray cluster (start one with `gatelens up`); watching in the foreground every "
-              f"{config.every:.0f} s, Ctrl-C to stop")
-        w = Watcher(asdict(config.resolved()))
-        try:
-            w.loop()
-        except KeyboardInterrupt:
-            w.stop()
-        return 0
-    deploy(config)
-    print(f"watcher deployed as detached actor {NAMESPACE}/{ACTOR_NAME}: a pass every {config.every:.0f} s over "
-          f"{Path(config.storage).resolve()}; `gatelens watch --status` to follow it")
-    return 0

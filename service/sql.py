@@ -23,20 +23,17 @@ busy (exit status 3); it never shows a raw lock error.
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import math
 import re
-import sys
-from pathlib import Path
 
 import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from service.store import Store, StoreBusy, StoreError, default_store_path
+from cluster.errors import InputError
+from service.store import Store
 
 FORMATS = ("table", "csv", "json", "parquet")
 # Informational pragmas; every other pragma changes settings or state (enable_profiling,
@@ -57,11 +54,12 @@ _WHY = {
     "PREPARE": "prepares statements", "EXECUTE": "executes a prepared statement",
     "PRAGMA": "changes settings or state", "MULTI": "runs several statements",
 }
-EXIT_REFUSED, EXIT_BUSY, EXIT_ERROR = 2, 3, 1
 
 
-class Refused(ValueError):
-    """A statement ``gatelens sql`` will not run; the message says why."""
+class Refused(InputError):
+    """A statement ``gatelens sql`` will not run; the message says why (and starts the line)."""
+
+    prefix = ""
 
 
 def _strip_leading_comments(sql: str) -> str:
@@ -164,81 +162,3 @@ def _json_safe(v):
     if isinstance(v, dict):
         return {k: _json_safe(x) for k, x in v.items()}
     return v
-
-
-def add_sql_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``gatelens sql`` to the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "sql", help="run a read-only SQL query on the store",
-        description="Run one read-only SQL statement on the store (DuckDB SQL). The query comes from the "
-                    "argument, from --file, or from stdin. Writes, ATTACH, COPY, INSTALL/LOAD, settings "
-                    "and multiple statements are refused.")
-    p.add_argument("query", nargs="?", help="the SQL statement ('-' or omitted: read stdin)")
-    p.add_argument("-f", "--file", help="read the statement from this file")
-    p.add_argument("--store", default=None, help=f"store file (default: $GATELENS_STORE or {default_store_path()})")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
-    p.add_argument("--out", help="write the result to this file instead of stdout (required for parquet on a terminal)")
-    p.add_argument("--max-rows", type=int, default=100, help="rows shown by --format table (default: %(default)s)")
-    p.add_argument("--wait", type=float, default=10.0,
-                   help="seconds to wait while a writer holds the store (default: %(default)s)")
-    p.set_defaults(func=cmd_sql)
-    return p
-
-
-def _read_query(args) -> str:
-    if args.file:
-        if args.query:
-            raise Refused("give the statement either as an argument or with --file, not both")
-        path = Path(args.file)
-        if not path.is_file():
-            raise Refused(f"{path}: query file not found")
-        return path.read_text()
-    if args.query and args.query != "-":
-        return args.query
-    if sys.stdin.isatty():
-        raise Refused("no statement: give it as an argument, with --file, or on stdin")
-    return sys.stdin.read()
-
-
-def cmd_sql(args: argparse.Namespace) -> int:
-    """Entry point of ``gatelens sql``; returns the exit status (0 ok, 1 SQL error, 2 refused, 3 busy)."""
-    store = Store(args.store) if args.store else Store()
-    try:
-        sql = _read_query(args)
-        if args.format == "parquet" and not args.out and sys.stdout.isatty():
-            raise Refused("--format parquet writes binary: give --out FILE or redirect stdout")
-        table = run_query(sql, store, wait=args.wait)
-    except Refused as e:
-        print(f"gatelens sql: {e}", file=sys.stderr)
-        return EXIT_REFUSED
-    except StoreBusy as e:
-        print(f"gatelens sql: {e}", file=sys.stderr)
-        return EXIT_BUSY
-    except StoreError as e:
-        print(f"gatelens sql: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except duckdb.Error as e:
-        print(f"gatelens sql: {store.path}: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    if args.out:
-        with open(args.out, "wb") as f:
-            write_result(table, args.format, f, args.max_rows)
-    else:
-        buf = io.BytesIO()
-        write_result(table, args.format, buf, args.max_rows)
-        sys.stdout.buffer.write(buf.getvalue())
-        sys.stdout.flush()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m service.sql ...`` (same as ``gatelens sql ...``)."""
-    parser = argparse.ArgumentParser(prog="gatelens")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_sql_parser(sub)
-    args = parser.parse_args(["sql", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

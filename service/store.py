@@ -7,30 +7,13 @@ none: DuckDB rolls back a transaction that never committed). The writer holds th
 while it writes, so queries (``gatelens sql``) get in between; both sides wait for the other with
 a bounded retry and then raise ``StoreBusy``.
 
-Tables (keys in brackets; the README has example queries):
+The tables are declared as data (``service/schema.py`` collects them: the store's own, the
+capture's, and each analysis's), and a writer that opens an older store applies the named
+migrations it lacks first. The README lists the tables with their keys and example queries.
 
-  runs             [run_id]                      one training run: architecture, corpus, config
-  checkpoints      [checkpoint_id]               a saved model of a run at an epoch
-  epoch_metrics    [run_id, epoch, split]        frame CE / accuracy / PER after each epoch
-  unit_stats       [checkpoint_id, analysis_version, layer, unit, quantity]
-                   count, mean, variance, min, max of c, m, i, f, o, g (Sec. 3.1) per unit, and
-                   for c the counts behind Fig. 3's range shares
-  layer_stats      [checkpoint_id, analysis_version, layer, quantity]  unit_stats and histograms
-                   pooled over a layer's units (Fig. 3 reads 36 rows per checkpoint, not 18k)
-  unit_histograms  [..., layer, unit, quantity]  fixed-bin histogram per unit and quantity (Fig. 1-2)
-  phone_responsibility [checkpoint_id, analysis_version, rule, layer, unit, phone_id]
-                   frames of each phone and the unit's irregular frames on it (Sec. 4.2, Fig. 4-6)
-  traces           [checkpoint_id, analysis_version, utt_id, layer, frame]  2-D embedding of the
-                   cell vector per frame (Sec. 4.3, Fig. 7, 10)
-  noise_impact     [checkpoint_id, analysis_version, utt_id, noise, snr_db, noise_start, layer, frame]
-                   cell change caused by an inserted noise segment (Sec. 4.4, Fig. 8)
-  analyses         [checkpoint_id, analysis, analysis_version]  log: status, error, times, figures
-  raw_sample       (view) per-frame values of a few utterances, from Parquet files (float16)
-                   next to the store: <store>.samples/<checkpoint_id>/v<version>.parquet
-
-Keys of the small tables are PRIMARY KEYs. The per-unit tables document their key but carry no
-index: an ART index on ~12M responsibility rows makes the file ~5x larger and a re-ingest ~8x
-slower (measured), and the single writer guarantees the key (``_check_unique`` before inserting).
+Keys of the small tables are PRIMARY KEYs. The per-unit tables carry no index (an ART index on
+~12M responsibility rows makes the file ~5x larger and a re-ingest ~8x slower, measured); the
+single writer guarantees their keys (``_check_rows`` before inserting).
 """
 
 from __future__ import annotations
@@ -46,196 +29,36 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+from cluster.errors import EXIT_BUSY, BusyError, InputError
+from cluster.tables import ANALYSIS_SUMMARY as SUMMARY, CAPTURE, QUANTITIES, Table
+from service import schema
+from service.schema import SAMPLE_VIEW
+
 DEFAULT_STORE = Path("data/gatelens.duckdb")
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer or reader waits for the other side
+# New files are written in the v1.5.0 storage format (2.0 writes a newer one by default), so DuckDB
+# 1.5+ clients -- the `duckdb` CLI, notebooks, DBeaver -- open the store too. Every connection in a
+# process must pass the same configuration, so readers pass it as well. It sets the format of a new
+# file only: an existing file keeps the format it was created with (``convert_storage`` copies it).
+STORAGE_VERSION = "v1.5.0"
+STORAGE_COMPATIBILITY = {"storage_compatibility_version": STORAGE_VERSION}
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+=@-]{0,199}$")
 
-# Per table: (DDL columns, key columns). Comments say what a column means in the paper's terms.
-TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "runs": ("""
-        run_id        VARCHAR PRIMARY KEY,
-        arch          VARCHAR,     -- lstm | gru | lstm_lazy | lstm_fused
-        layers        INTEGER,     -- recurrent layers
-        hidden        INTEGER,     -- units per layer
-        residual      BOOLEAN,     -- shortcut connections (Sec. 5.2)
-        corpus_name   VARCHAR,
-        corpus_sha256 VARCHAR,     -- sha256 of the corpus manifest
-        config        VARCHAR,     -- JSON: the whole training configuration
-        status        VARCHAR,     -- running | finished | failed
-        error         VARCHAR,
-        started_at    TIMESTAMP,   -- UTC
-        finished_at   TIMESTAMP,
-        storage_path  VARCHAR      -- where Ray kept the run's results
-    """, ("run_id",)),
-    "checkpoints": ("""
-        checkpoint_id VARCHAR PRIMARY KEY,
-        run_id        VARCHAR,     -- runs.run_id (NULL for a checkpoint captured without its run)
-        epoch         INTEGER,
-        path          VARCHAR,     -- the checkpoint file
-        arch          VARCHAR,
-        layers        INTEGER,
-        hidden        INTEGER,
-        residual      BOOLEAN,
-        corpus_name   VARCHAR,
-        corpus_sha256 VARCHAR,
-        created_at    TIMESTAMP,
-        extra         VARCHAR      -- JSON: anything else the trainer wants to keep
-    """, ("checkpoint_id",)),
-    "epoch_metrics": ("""
-        run_id        VARCHAR NOT NULL,
-        epoch         INTEGER NOT NULL,
-        split         VARCHAR NOT NULL,  -- train | dev | test
-        frame_ce      DOUBLE,      -- mean cross-entropy per frame (nats)
-        frame_acc     DOUBLE,      -- frame accuracy on the targets (tied states)
-        phone_acc     DOUBLE,      -- frame accuracy after mapping targets to phones
-        per           DOUBLE,      -- phone error rate
-        frames        BIGINT,
-        seconds       DOUBLE,      -- wall time of the epoch (train) or the evaluation
-        lr            DOUBLE,
-        extra         VARCHAR,     -- JSON
-        PRIMARY KEY (run_id, epoch, split)
-    """, ("run_id", "epoch", "split")),
-    "unit_stats": ("""
-        checkpoint_id    VARCHAR NOT NULL,
-        analysis_version INTEGER NOT NULL,
-        layer            INTEGER NOT NULL,  -- 1 = lowest recurrent layer
-        unit             INTEGER NOT NULL,  -- 0 .. hidden-1
-        quantity         VARCHAR NOT NULL,  -- c m i f o g (cell, output, input/forget/output gate, candidate)
-        count            BIGINT,   -- frames (non-NaN values) summarised
-        n_nan            BIGINT,
-        mean             DOUBLE,
-        variance         DOUBLE,   -- population variance (ddof 0)
-        min              DOUBLE,
-        max              DOUBLE,
-        n_inside_2       BIGINT,   -- c only: values in (-2, 2)        (Fig. 3, LSTM share)
-        n_outside_0_7    BIGINT,   -- c only: values outside (-0.7, 0.7) (Fig. 3, GRU share)
-        share_inside_2   DOUBLE,   -- n_inside_2 / count
-        share_outside_0_7 DOUBLE   -- n_outside_0_7 / count
-    """, ("checkpoint_id", "analysis_version", "layer", "unit", "quantity")),
-    "layer_stats": ("""
-        checkpoint_id    VARCHAR NOT NULL,
-        analysis_version INTEGER NOT NULL,
-        layer            INTEGER NOT NULL,
-        quantity         VARCHAR NOT NULL,
-        units            INTEGER,  -- units pooled
-        count            BIGINT,   -- values (units x frames)
-        n_nan            BIGINT,
-        mean             DOUBLE,
-        variance         DOUBLE,
-        min              DOUBLE,
-        max              DOUBLE,
-        n_inside_2       BIGINT,   -- c only: Fig. 3's LSTM share = n_inside_2 / count
-        n_outside_0_7    BIGINT,   -- c only: Fig. 3's GRU share = n_outside_0_7 / count
-        share_inside_2   DOUBLE,   -- Fig. 3, LSTM: share of the layer's c values in (-2, 2)
-        share_outside_0_7 DOUBLE,  -- Fig. 3, GRU: share outside (-0.7, 0.7)
-        lo               DOUBLE,
-        hi               DOUBLE,
-        bins             INTEGER,
-        underflow        BIGINT,
-        overflow         BIGINT,
-        counts           BIGINT[]  -- the layer's pooled histogram
-    """, ("checkpoint_id", "analysis_version", "layer", "quantity")),
-    "unit_histograms": ("""
-        checkpoint_id    VARCHAR NOT NULL,
-        analysis_version INTEGER NOT NULL,
-        layer            INTEGER NOT NULL,
-        unit             INTEGER NOT NULL,
-        quantity         VARCHAR NOT NULL,
-        lo               DOUBLE,   -- histogram range [lo, hi], bins of width (hi - lo) / bins
-        hi               DOUBLE,
-        bins             INTEGER,
-        underflow        BIGINT,   -- values < lo
-        overflow         BIGINT,   -- values > hi
-        counts           BIGINT[]  -- counts[k] (1-based in SQL): lo + (k-1) w <= x < lo + k w; last bin closed
-    """, ("checkpoint_id", "analysis_version", "layer", "unit", "quantity")),
-    "phone_responsibility": ("""
-        checkpoint_id    VARCHAR NOT NULL,
-        analysis_version INTEGER NOT NULL,
-        rule             VARCHAR NOT NULL,  -- irregularity rule: abs>10 (LSTM), abs<0.5 (GRU), pct>99 ...
-        quantity         VARCHAR NOT NULL,  -- the value the rule reads (c)
-        threshold        DOUBLE,            -- |value| threshold applied (a pct rule's layer percentile)
-        layer            INTEGER NOT NULL,
-        unit             INTEGER NOT NULL,
-        phone_id         INTEGER NOT NULL,  -- id in the corpus phones.txt
-        phone            VARCHAR,
-        frames           BIGINT,   -- frames of this phone in the capture
-        irregular        BIGINT,   -- of those, frames on which the unit was irregular
-        responsibility   DOUBLE    -- irregular / frames (Sec. 4.2)
-    """, ("checkpoint_id", "analysis_version", "rule", "layer", "unit", "phone_id")),
-    "traces": ("""
-        checkpoint_id    VARCHAR NOT NULL,
-        analysis_version INTEGER NOT NULL,
-        utt_id           VARCHAR NOT NULL,
-        layer            INTEGER NOT NULL,
-        frame            INTEGER NOT NULL,
-        phone_id         INTEGER,
-        phone            VARCHAR,
-        x                DOUBLE,   -- 2-D embedding (t-SNE, Fig. 7) of the layer's cell vector
-        y                DOUBLE,
-        step             DOUBLE    -- |c_t - c_{t-1}| (L2, original space): how far memory moved
-    """, ("checkpoint_id", "analysis_version", "utt_id", "layer", "frame")),
-    "noise_impact": ("""
-        checkpoint_id    VARCHAR NOT NULL,
-        analysis_version INTEGER NOT NULL,
-        utt_id           VARCHAR NOT NULL,
-        noise            VARCHAR NOT NULL,  -- white | pink | brown | babble
-        snr_db           DOUBLE NOT NULL,
-        noise_start      INTEGER NOT NULL,  -- first frame of the inserted segment
-        noise_frames     INTEGER,
-        layer            INTEGER NOT NULL,
-        frame            INTEGER NOT NULL,  -- frame of the noisy utterance
-        mean_abs_diff    DOUBLE,   -- mean over units of |c_noisy - c_clean| (Fig. 8)
-        max_abs_diff     DOUBLE,
-        rms_diff         DOUBLE
-    """, ("checkpoint_id", "analysis_version", "utt_id", "noise", "snr_db", "noise_start", "layer", "frame")),
-    # the analyses' own numbers (smoothness, impact duration, responsible-unit counts...): one long table
-    "analysis_summary": ("""
-        checkpoint_id    VARCHAR NOT NULL,  -- a checkpoint, or 'study:<name>' for rows of a whole study
-        analysis         VARCHAR NOT NULL,  -- the analysis module's NAME
-        analysis_version INTEGER NOT NULL,
-        label            VARCHAR NOT NULL,  -- utterance, noise condition, rule or run the row is about ('' if none)
-        layer            INTEGER NOT NULL,  -- 1 = lowest recurrent layer, 0 = the whole model
-        unit             INTEGER NOT NULL,  -- -1 = all units
-        phone_id         INTEGER NOT NULL,  -- -1 = all phones
-        metric           VARCHAR NOT NULL,
-        value            DOUBLE
-    """, ("checkpoint_id", "analysis", "analysis_version", "label", "layer", "unit", "phone_id", "metric")),
-    "analyses": ("""
-        checkpoint_id    VARCHAR NOT NULL,
-        analysis         VARCHAR NOT NULL,  -- capture | trace | noise | a figure's name ...
-        analysis_version INTEGER NOT NULL,
-        status           VARCHAR,   -- running | finished | failed
-        error            VARCHAR,
-        params           VARCHAR,   -- JSON: split, utterances, rules, ...
-        rows             BIGINT,    -- rows the analysis wrote
-        started_at       TIMESTAMP,
-        finished_at      TIMESTAMP,
-        figure_paths     VARCHAR[],
-        PRIMARY KEY (checkpoint_id, analysis, analysis_version)
-    """, ("checkpoint_id", "analysis", "analysis_version")),
-}
 
-# The tables an analysis owns: ingesting it replaces the checkpoint's rows of that version in all.
-ANALYSIS_TABLES = {
-    "capture": ("unit_stats", "layer_stats", "unit_histograms", "phone_responsibility"),
-    "trace": ("traces",),
-    "noise": ("noise_impact",),
-}
-SAMPLE_VIEW = "raw_sample"
-
-
-class StoreError(RuntimeError):
+class StoreError(InputError):
     """A store that cannot be used as asked; the message names the file (and checkpoint)."""
 
 
-class StoreBusy(StoreError):
+class StoreBusy(StoreError, BusyError):
     """Another process held the store for longer than the wait allowed."""
+
+    exit_status = EXIT_BUSY
 
 
 def default_store_path() -> Path:
@@ -262,7 +85,7 @@ def connect(path: Path, read_only: bool, timeout: float, config: dict | None = N
     delay = 0.02
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only, config=config or {})
+            con = duckdb.connect(str(path), read_only=read_only, config={**STORAGE_COMPATIBILITY, **(config or {})})
             # No progress bar: DuckDB draws it on stdout for queries over 2 s, in the middle of
             # `gatelens sql --format csv` output or of a capture's report.
             con.execute("SET enable_progress_bar = false")
@@ -290,6 +113,7 @@ class Store:
     def __init__(self, path: str | os.PathLike | None = None, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         self.path = Path(path) if path is not None else default_store_path()
         self.busy_timeout = busy_timeout
+        self._schema_checked = False
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -329,6 +153,7 @@ class Store:
         con = connect(self.path, read_only=True, timeout=self.busy_timeout if timeout is None else timeout,
                       config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
+            self._check_reader(con)
             con.execute(f"SET allowed_directories = [{_sql_str(str(self.samples_dir) + os.sep)}]")
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
@@ -341,24 +166,167 @@ class Store:
         with self.reader() as con:
             return con.sql(sql, params=params or None).pl()
 
-    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Create the tables on first use. Within a schema version tables may be added (created
-        here when missing); a changed column means a new version, and an old file is refused."""
-        exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'store_meta'").fetchone()[0]
-        row = exists and con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
-        if row and int(row[0]) != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: store schema version {row[0]}, this gatelens writes "
-                             f"version {SCHEMA_VERSION}; use a new --store path")
-        missing = [t for t in TABLES if not con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [t]).fetchone()[0]]
-        if row and not missing:
+    def has_relation(self, name: str) -> bool:
+        """Whether the store holds a table or view of that name (the sample view appears only once
+        a sample was written)."""
+        df = self.query("SELECT count(*) AS n FROM (SELECT table_name AS name FROM duckdb_tables() UNION ALL "
+                        "SELECT view_name FROM duckdb_views()) WHERE name = ?", [name])
+        return bool(df["n"][0])
+
+    # -- schema and migrations ------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations this store lacks (what any writer does on opening); returns their names."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = connect(self.path, read_only=False, timeout=self.busy_timeout)
+        try:
+            return self._ensure_schema(con)
+        finally:
+            con.close()
+
+    def storage_version(self) -> str | None:
+        """The DuckDB storage format of the file (e.g. 'v1.5.0+'); None when there is no file."""
+        if not self.path.is_file():
+            return None
+        con = connect(self.path, read_only=True, timeout=self.busy_timeout)
+        try:
+            return con.execute("SELECT tags['storage_version'] FROM duckdb_databases() "
+                               "WHERE database_name = current_database()").fetchone()[0]
+        finally:
+            con.close()
+
+    def convert_storage(self) -> bool:
+        """Rewrite a store created in a newer storage format than ``STORAGE_VERSION`` (stores made
+        before this setting existed) so that 1.5+ clients can open it. DuckDB cannot lower a file's
+        format in place, so the tables are copied into a new file, which then replaces the old one;
+        the old file is held for writing during the copy, so no write is lost. True if it ran."""
+        if self.storage_version() in (None, f"{STORAGE_VERSION}+"):
+            return False
+        tmp = self.path.with_name(f".{self.path.name}.convert-{uuid.uuid4().hex[:8]}")
+        deadline = time.monotonic() + self.busy_timeout
+        con = duckdb.connect(":memory:", config=STORAGE_COMPATIBILITY)
+        try:
+            while True:
+                try:
+                    con.execute(f"ATTACH {_sql_str(str(self.path))} AS src")
+                    break
+                except duckdb.IOException as e:
+                    if _lock_holder(e) is None or time.monotonic() > deadline:
+                        raise StoreBusy(f"the store {self.path} is busy: {_lock_holder(e)} holds it; "
+                                        f"waited {self.busy_timeout:g} s") from None
+                    time.sleep(0.2)
+            con.execute(f"ATTACH {_sql_str(str(tmp))} AS dst (STORAGE_VERSION {_sql_str(STORAGE_VERSION)})")
+            con.execute("COPY FROM DATABASE src TO dst")
+            con.execute("DETACH dst")
+            os.replace(tmp, self.path)  # while src is still held: nobody writes in between
+            con.execute("DETACH src")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            con.close()
+        return True
+
+    def pending_migrations(self) -> list[str]:
+        """The migrations a writer would apply to this store (all of them for a new file)."""
+        if not self.path.is_file():
+            return schema.migration_names()
+        con = connect(self.path, read_only=True, timeout=self.busy_timeout)
+        try:
+            return self._pending(con)[0]
+        finally:
+            con.close()
+
+    def _pending(self, con) -> tuple[list[str], bool]:
+        """(pending migration names, fresh): a file with no tables is fresh."""
+        names = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        known = schema.migration_names()
+        if not names:
+            return known, True
+        if schema.SCHEMA_MIGRATIONS.name in names:
+            applied = [r[0] for r in con.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()]
+        elif "store_meta" in names:
+            version = con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
+            if not version or version[0] != "1":
+                raise StoreError(f"{self.path}: store schema version {version and version[0]!r} is not one this "
+                                 f"gatelens knows")
+            applied = known[:1]  # what schema version 1 is: the baseline
+        else:
+            raise StoreError(f"{self.path}: not a gatelens store (a DuckDB file without its tables); "
+                             f"--store or $GATELENS_STORE point elsewhere")
+        unknown = sorted(set(applied) - set(known))
+        if unknown:
+            raise StoreError(f"{self.path}: written by a newer gatelens (migrations {', '.join(unknown)} are "
+                             f"unknown here); upgrade gatelens to use it")
+        return [m for m in known if m not in applied], False
+
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        """Bring the file up to the declared schema: a new file gets every table; an older one the
+        migrations it lacks, each in its own transaction; then missing tables are created and every
+        table is checked against its declaration. Checked once per Store object."""
+        if self._schema_checked:
+            return []
+        pending, fresh = self._pending(con)
+        declared = schema.tables()
+        if fresh:
+            con.begin()  # all tables or none
+            for t in declared.values():
+                con.execute(t.ddl())
+            con.executemany("INSERT INTO schema_migrations VALUES (?, ?)", [[m, _now()] for m in pending])
+            con.commit()
+            applied = []
+        else:
+            applied = []
+            if schema.SCHEMA_MIGRATIONS.name not in {r[0] for r in con.execute(
+                    "SELECT table_name FROM duckdb_tables()").fetchall()}:
+                con.begin()
+                con.execute(schema.SCHEMA_MIGRATIONS.ddl())
+                con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [schema.migration_names()[0], _now()])
+                con.commit()
+            for m in schema.MIGRATIONS:
+                if m.name not in pending or m.name == schema.migration_names()[0]:
+                    continue
+                con.begin()
+                try:
+                    m.apply(con)
+                    con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [m.name, _now()])
+                    con.commit()
+                except BaseException as e:
+                    con.rollback()
+                    raise StoreError(f"{self.path}: migration {m.name} failed, nothing of it was kept: "
+                                     f"{type(e).__name__}: {e}") from e
+                applied.append(m.name)
+            con.begin()
+            for t in declared.values():
+                con.execute(t.ddl())  # tables declared since (a new table needs no migration)
+            con.commit()
+        _check_declared(self.path, con, declared)
+        self._refresh_sample_view(con)
+        self._schema_checked = True
+        return applied
+
+    def _check_reader(self, con) -> None:
+        """A reader never changes the file: on a store that needs migrating it says so."""
+        if self._schema_checked:
             return
-        con.begin()  # all tables or none
-        con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-        for name in missing:
-            con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({TABLES[name][0]})")
-        con.execute("INSERT OR REPLACE INTO store_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        con.commit()
+        pending, fresh = self._pending(con)
+        if pending and not fresh:
+            raise StoreError(f"{self.path}: written by an older gatelens; it needs the migrations "
+                             f"{', '.join(pending)}, which any writing command applies "
+                             f"(`gatelens migrate --store {self.path}`)")
+
+    def _refresh_sample_view(self, con) -> None:
+        """Point the raw-sample view at this store's samples folder: the view holds an absolute glob,
+        and a store that was copied or moved would otherwise read another store's samples, or none."""
+        glob = str(self.samples_dir / "*" / "v*.parquet")
+        row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [SAMPLE_VIEW]).fetchone()
+        has_files = any(self.samples_dir.glob("*/v*.parquet"))
+        if row and (not has_files or _sql_str(glob) not in row[0]):
+            con.execute(f"DROP VIEW {SAMPLE_VIEW}")
+            row = None
+        if has_files and not row:
+            con.execute(f"CREATE VIEW {SAMPLE_VIEW} AS "
+                        f"SELECT * FROM read_parquet({_sql_str(glob)}, union_by_name = true)")
 
     # -- training: runs, checkpoints, epoch metrics ---------------------------------------------
 
@@ -399,29 +367,36 @@ class Store:
 
     # -- analyses: the per-unit tables, traces, noise impact, and the log ------------------------
 
-    def ingest_analysis(self, checkpoint_id: str, analysis: str, analysis_version: int,
-                        frames: dict[str, pl.DataFrame], params: dict | None = None,
-                        sample: pa.Table | None = None, checkpoint: dict | None = None) -> dict[str, int]:
-        """Replace a checkpoint's rows of one analysis version, and log the analysis finished, in
-        one transaction. Returns the rows written per table.
+    def ingest(self, checkpoint_id: str, analysis: str, analysis_version: int,
+               tables: dict[str, pl.DataFrame] | None = None, summary: pl.DataFrame | None = None,
+               params: dict | None = None, figures: list[str] | None = None, sample: pa.Table | None = None,
+               checkpoint: dict | None = None) -> dict[str, int]:
+        """Replace what one analysis (or the capture) of a checkpoint wrote at a version, and log it
+        finished, in one transaction: its tables' rows, its ``analysis_summary`` rows and its log
+        entry land together or not at all. Returns the rows written per table.
 
-        frames: {table: rows} for tables the analysis owns (``ANALYSIS_TABLES``); every row must
-            carry this checkpoint_id and analysis_version, and keys must be unique. Owned tables
-            not given lose their rows of this version (the analysis no longer produces them).
+        tables: {table: rows} for tables the analysis owns (``service.schema.owned_tables``); every
+            row must carry this checkpoint_id and analysis_version, and keys must be unique. Owned
+            tables not given lose their rows of this version (the analysis no longer produces them).
+        summary: ``analysis_summary`` rows (registered analyses; their earlier rows are replaced).
         sample: raw per-frame values (``cluster.capture.sample_table``), written as Parquet and
             swapped in after the commit.
         checkpoint: a ``checkpoints`` row registered if the checkpoint is not there yet.
         """
         _check_id(checkpoint_id, "checkpoint_id")
-        if analysis not in ANALYSIS_TABLES:
-            raise StoreError(f"unknown analysis {analysis!r} for ingest (known: {', '.join(ANALYSIS_TABLES)}); "
-                             f"analyses that only draw figures use log_started/log_finished")
-        owned = ANALYSIS_TABLES[analysis]
-        extra = set(frames) - set(owned)
+        tables = tables or {}
+        try:
+            owned = [t.name for t in schema.owned_tables(analysis)]
+        except KeyError:
+            raise StoreError(f"unknown analysis {analysis!r} for ingest: neither the capture nor a registered "
+                             f"analysis") from None
+        extra = set(tables) - set(owned)
         if extra:
             raise StoreError(f"analysis {analysis} does not own the tables {sorted(extra)} (it owns {owned})")
-        for table, df in frames.items():
+        for table, df in tables.items():
             _check_rows(self.path, table, df, checkpoint_id, analysis_version)
+        if summary is not None:
+            _check_summary(self.path, summary, checkpoint_id, analysis, analysis_version)
         tmp = self._write_sample_tmp(sample, checkpoint_id, analysis_version) if sample is not None else None
         written = {}
         try:
@@ -431,20 +406,32 @@ class Store:
                 for table in owned:
                     con.execute(f"DELETE FROM {table} WHERE checkpoint_id = ? AND analysis_version = ?",
                                 [checkpoint_id, analysis_version])
-                    if table in frames and frames[table].height:
-                        _insert(con, table, frames[table])
-                    written[table] = frames[table].height if table in frames else 0
+                    if table in tables and tables[table].height:
+                        _insert(con, table, tables[table])
+                    written[table] = tables[table].height if table in tables else 0
+                if summary is not None:
+                    con.execute(f"DELETE FROM {SUMMARY.name} WHERE checkpoint_id = ? AND analysis = ? "
+                                f"AND analysis_version = ?", [checkpoint_id, analysis, analysis_version])
+                    if summary.height:
+                        _insert(con, SUMMARY.name, summary)
+                    written[SUMMARY.name] = summary.height
                 self._log(con, checkpoint_id, analysis, analysis_version, "finished", params=params,
-                          rows=sum(written.values()), finish=True)
+                          rows=sum(written.values()), figure_paths=figures, finish=True)
         except BaseException:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
             raise
         if tmp is not None:
             self._publish_sample(tmp, checkpoint_id, analysis_version)
-        elif analysis == "capture":  # a capture without a sample replaces the earlier one's too
+        elif analysis == CAPTURE:  # a capture without a sample replaces the earlier one's too
             self.drop_sample(checkpoint_id, analysis_version)
         return written
+
+    def ingest_output(self, out) -> dict[str, int]:
+        """An analysis's ``analyses.common.Output`` (handed back by its Ray task), in one transaction
+        (``ingest``)."""
+        return self.ingest(out.checkpoint_id, out.analysis, out.version, out.tables, out.summary, out.params,
+                           [f.path for f in out.figures])
 
     def log_started(self, checkpoint_id: str, analysis: str, analysis_version: int, params: dict | None = None) -> None:
         """Mark an analysis running (started_at now; error and figures cleared)."""
@@ -491,10 +478,8 @@ class Store:
         os.replace(tmp, final)
         # The view binds its columns when created, so it is created once a file exists; it reads
         # every sample file by glob (absolute path, so the file also works from another cwd).
-        glob = str(self.samples_dir / "*" / "v*.parquet")
         with self.transaction() as con:
-            con.execute(f"CREATE OR REPLACE VIEW {SAMPLE_VIEW} AS "
-                        f"SELECT * FROM read_parquet({_sql_str(glob)}, union_by_name = true)")
+            self._refresh_sample_view(con)
 
     def drop_sample(self, checkpoint_id: str, version: int) -> None:
         """Delete a checkpoint's raw sample (and the view, once no sample is left)."""
@@ -502,16 +487,13 @@ class Store:
         if not path.is_file():
             return
         path.unlink()
-        if not any(self.samples_dir.glob("*/v*.parquet")):
-            with self.transaction() as con:
-                con.execute(f"DROP VIEW IF EXISTS {SAMPLE_VIEW}")
+        with self.transaction() as con:
+            self._refresh_sample_view(con)
 
     def sample_values(self, checkpoint_id: str, utt_id: str, layer: int, quantity: str = "c",
                       analysis_version: int | None = None):
         """[T, H] float32 values and [T] phone ids of one sampled utterance (for the trace analysis)."""
-        import numpy as np
-
-        if quantity not in ("c", "m", "i", "f", "o", "g"):
+        if quantity not in QUANTITIES:
             raise StoreError(f"unknown quantity {quantity!r}")
         version_sql = "AND analysis_version = ?" if analysis_version is not None else ""
         params = [checkpoint_id, utt_id, layer] + ([analysis_version] if analysis_version is not None else [])
@@ -542,13 +524,42 @@ def _jsonify(df: pl.DataFrame, col: str) -> pl.DataFrame:
     return df
 
 
+def _table(name: str) -> Table:
+    declared = schema.tables()
+    if name not in declared:
+        raise StoreError(f"no table {name!r} in the store's schema (it has {', '.join(declared)})")
+    return declared[name]
+
+
 def _columns(table: str) -> list[str]:
-    cols = []
-    for line in TABLES[table][0].splitlines():
-        line = line.split("--")[0].strip()
-        if line and not line.upper().startswith("PRIMARY KEY"):
-            cols.append(line.split()[0])
-    return cols
+    return _table(table).column_names
+
+
+def _check_declared(path: Path, con, declared: dict[str, Table]) -> None:
+    """Every declared table exists with its declared columns: a changed declaration without its
+    migration is caught on the first open, not by a failing insert later."""
+    have: dict[str, dict[str, str]] = {}
+    for table, column, dtype in con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main'").fetchall():
+        have.setdefault(table, {})[column] = dtype
+    for t in declared.values():
+        cols = have.get(t.name, {})
+        missing = [c.name for c in t.columns if c.name not in cols]
+        wrong = [f"{c.name} is {cols[c.name]}, declared {c.type}" for c in t.columns
+                 if c.name in cols and cols[c.name] != c.type]
+        if missing or wrong:
+            raise StoreError(f"{path}: table {t.name} differs from its declaration (missing {missing}, {wrong}); "
+                             f"a migration in service/schema.py is missing")
+
+
+def _check_summary(path: Path, s: pl.DataFrame, checkpoint_id: str, analysis: str, version: int) -> None:
+    bad = s.filter((pl.col("checkpoint_id") != checkpoint_id) | (pl.col("analysis") != analysis)
+                   | (pl.col("analysis_version") != version))
+    dup = s.select(SUMMARY.key).is_duplicated()
+    if bad.height or dup.any():
+        raise StoreError(f"{path}: {analysis} of checkpoint {checkpoint_id}: summary rows name another "
+                         f"checkpoint/analysis or repeat a key "
+                         f"(e.g. {s.filter(dup).row(0) if dup.any() else bad.row(0)})")
 
 
 def _check_rows(path: Path, table: str, df: pl.DataFrame, checkpoint_id: str, version: int) -> None:
@@ -564,7 +575,7 @@ def _check_rows(path: Path, table: str, df: pl.DataFrame, checkpoint_id: str, ve
     if other.height:
         raise StoreError(f"{path}: rows for {table} of checkpoint {checkpoint_id} version {version} include "
                          f"{other.height} rows of another checkpoint/version (e.g. {other.row(0)[:2]})")
-    key = list(TABLES[table][1])
+    key = list(_table(table).key)
     dup = df.select(key).is_duplicated()
     if dup.any():
         raise StoreError(f"{path}: rows for {table} of checkpoint {checkpoint_id} repeat the key {key}: "

@@ -25,10 +25,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
+from importlib.metadata import version
 from pathlib import Path
 
 import kaldiio
 import numpy as np
+import ray
 from scipy.io import wavfile
 
 from cluster.data import features as F
@@ -36,6 +38,8 @@ from cluster.data import phones as P
 from cluster.data.espeak import SAMPLE_RATE as ESPEAK_RATE
 from cluster.data.espeak import Synthesizer, Voice
 from cluster.data.kaldi import CorpusError, MANIFEST, cmvn_stats_matrix, write_kaldi_tables
+from cluster.errors import InputError
+from cluster.runtime import ensure_ray
 
 SPLITS = ("train", "dev", "test")
 SPLIT_SHARE = {"train": 0.8, "dev": 0.1, "test": 0.1}
@@ -77,7 +81,7 @@ def kaldi_text(sentence: str) -> str:
 def plan(utterances: int, seed: int) -> list[Planned]:
     """Every utterance of the corpus, in the fixed order in which it is generated."""
     if utterances < len(SPLITS):
-        raise ValueError(f"--utterances must be at least {len(SPLITS)} (one per split), got {utterances}")
+        raise InputError(f"--utterances must be at least {len(SPLITS)} (one per split), got {utterances}")
     rng = np.random.default_rng(seed)
     sentences = load_sentences()
     order = rng.permutation(len(sentences))
@@ -215,13 +219,9 @@ def prepare_embedded(out_dir: str | os.PathLike, utterances: int = 3000, seed: i
     an interrupted run never leaves a half-written corpus, and an existing corpus is replaced only
     when ``overwrite`` is set and the new one is complete.
     """
-    import ray
-
-    from cluster.runtime import ensure_ray
-
     out = Path(out_dir).resolve()
     if keep_wavs not in ("none", "test", "all"):
-        raise ValueError(f"keep_wavs must be none, test or all, not {keep_wavs!r}")
+        raise InputError(f"keep_wavs must be none, test or all, not {keep_wavs!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CorpusError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     planned = plan(utterances, seed)
@@ -265,8 +265,6 @@ def prepare_embedded(out_dir: str | os.PathLike, utterances: int = 3000, seed: i
 
 def _write_tables(tmp: Path, planned: list[Planned], shards, results, seed: int, utterances: int,
                   shard_size: int, keep: dict[str, bool]) -> dict:
-    from importlib.metadata import version
-
     (tmp / "phones.txt").write_text(P.phones_txt())
     splits = {}
     phone_frames = np.zeros(len(P.PHONES) + 1, dtype=np.int64)

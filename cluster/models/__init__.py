@@ -9,7 +9,8 @@ The model (acoustic.py): splice + CMVN -> layers (residual: Sec. 5.2) -> linear 
 """
 
 from .acoustic import CELLS, VALUE_NAMES, AcousticModel, ModelConfig, build_model
-from .checkpoint import CheckpointError, code_version, load_checkpoint, save_checkpoint
+from .checkpoint import (MODEL_FILE, CheckpointError, CheckpointMeta, checkpoint_id, code_version, file_digest,
+                         load_checkpoint, model_file, save_checkpoint)
 from .fused import FusedLSTM
 from .gru import GRU
 from .lstm import PeepholeLSTM
@@ -17,6 +18,7 @@ from .lstm_lazy import LazyLSTM
 
 __all__ = [
     "CELLS", "VALUE_NAMES", "AcousticModel", "ModelConfig", "build_model",
-    "CheckpointError", "code_version", "load_checkpoint", "save_checkpoint",
+    "MODEL_FILE", "CheckpointError", "CheckpointMeta", "checkpoint_id", "code_version", "file_digest",
+    "load_checkpoint", "model_file", "save_checkpoint",
     "PeepholeLSTM", "GRU", "LazyLSTM", "FusedLSTM",
 ]

@@ -14,21 +14,91 @@ old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from cluster.errors import InputError
+from cluster.runtime import git_revision
 
 from .acoustic import AcousticModel, ModelConfig, build_model
 
 FORMAT = "gatelens-checkpoint"
 FORMAT_VERSION = 1
+MODEL_FILE = "model.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint file that exists but cannot be used (truncated, corrupt, or not ours)."""
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint file says about itself, typed. ``extra`` is what the trainer attached:
+    the run's stamps, the metrics of the report it came with, and the decoding graph."""
+
+    path: str
+    config: ModelConfig
+    corpus: dict  # the training corpus's identity (phones, num_targets, CMVN, manifest hash, ...)
+    code_version: dict
+    extra: dict | None = None
+
+    @property
+    def stamps(self) -> dict:
+        """The run's ``run.json`` content (config, seed, corpus, packages, git revision); {} if none."""
+        return (self.extra or {}).get("stamps") or {}
+
+    @property
+    def metrics(self) -> dict:
+        """The metrics reported with this checkpoint (an epoch's dev metrics, or the final test ones)."""
+        return (self.extra or {}).get("metrics") or {}
+
+    @property
+    def is_final(self) -> bool:
+        """The run's last report: best-on-dev weights scored on test."""
+        return bool(self.metrics.get("final"))
+
+    @property
+    def decode_graph(self) -> dict | None:
+        return (self.extra or {}).get("decode_graph")
+
+    @property
+    def trained_corpus(self) -> str | None:
+        """The corpus path the run trained on, as the trainer resolved it."""
+        return (self.stamps.get("config") or {}).get("corpus")
+
+    @property
+    def facts(self) -> dict:
+        """arch, layers, hidden, residual: the columns the store keys checkpoints by."""
+        c = self.config
+        return {"arch": c.cell, "layers": c.layers, "hidden": c.hidden, "residual": bool(c.residual)}
+
+
+def model_file(checkpoint: str | os.PathLike) -> Path:
+    """A model file, or the checkpoint directory holding ``model.pt``."""
+    p = Path(checkpoint)
+    return p / MODEL_FILE if p.is_dir() else p
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The first 10 hex digits of a checkpoint file's sha256 (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(model_file(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:10]
+
+
+def checkpoint_id(path: str | os.PathLike, facts: dict) -> str:
+    """A stable, readable id: <arch>-<layers>x<hidden>[-res]-<first 10 hex of the file's sha256>.
+    The same file always gets the same id, so re-capturing it replaces its rows."""
+    stem = f"{facts['arch']}-{facts['layers']}x{facts['hidden']}{'-res' if facts['residual'] else ''}"
+    return f"{stem}-{file_digest(path)}"
 
 
 def code_version() -> dict:
@@ -37,10 +107,7 @@ def code_version() -> dict:
         package = importlib.metadata.version("gatelens")
     except importlib.metadata.PackageNotFoundError:
         package = "unknown"
-    from cluster.runtime import git_revision
-
-    git = git_revision()
-    return {"package": package, "git": git}
+    return {"package": package, "git": git_revision()}
 
 
 def _plain(obj, where: str = "corpus_identity"):
@@ -92,13 +159,13 @@ def save_checkpoint(path, model: AcousticModel, corpus_identity: dict, extra: di
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> tuple[AcousticModel, dict]:
-    """(model, meta) from a checkpoint; meta has config (ModelConfig), corpus, code_version, extra.
+def load_checkpoint(path, map_location="cpu") -> tuple[AcousticModel, CheckpointMeta]:
+    """(model, meta) from a checkpoint (a model file or a directory holding ``model.pt``).
 
     Raises FileNotFoundError for a missing file and CheckpointError, naming the file, for
     one that is truncated, corrupt or not a gatelens checkpoint.
     """
-    path = Path(path)
+    path = model_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -119,6 +186,5 @@ def load_checkpoint(path, map_location="cpu") -> tuple[AcousticModel, dict]:
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: checkpoint does not rebuild a model: {e}") from e
     model.to(state["cmvn_mean"].device)
-    meta = {"config": config, "corpus": payload["corpus"], "code_version": payload["code_version"],
-            "extra": payload["extra"], "path": str(path)}
+    meta = CheckpointMeta(str(path), config, payload["corpus"], payload["code_version"], payload["extra"])
     return model, meta

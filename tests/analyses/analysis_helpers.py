@@ -69,8 +69,8 @@ def capture_into(store, checkpoint: Path, rules=(), sample: int = 2) -> str:
 
     res = capture(CaptureConfig(checkpoint=str(checkpoint), split="test", utterances=12, shards=2, batch_size=4,
                                 rules=tuple(rules), sample=sample))
-    store.ingest_analysis(res.checkpoint_id, "capture", SUMMARY_VERSION, res.frames, params=res.params,
-                          sample=res.sample, checkpoint=res.checkpoint_row)
+    store.ingest(res.checkpoint_id, "capture", SUMMARY_VERSION, res.frames, params=res.params,
+                 sample=res.sample, checkpoint=res.checkpoint_row)
     return res.checkpoint_id
 
 

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from analyses import cell_distributions as cd
-from analyses.common import AnalysisError, record, read_summary
+from analyses.common import AnalysisError, read_summary
 
 from analysis_helpers import png_is_drawn
 
@@ -32,7 +32,7 @@ def test_rows_and_figure_per_layer(captured, tmp_path, arch):
         centres = np.linspace(h["lo"], h["hi"], h["bins"] + 1)
         cum = np.cumsum(h["counts"]) / max(sum(h["counts"]), 1)
         assert abs(r["value"] - centres[np.searchsorted(cum, 0.5) + 1]) <= (h["hi"] - h["lo"]) / h["bins"] + 1e-9
-    written = record(store, out)
+    written = store.ingest_output(out)
     assert written["analysis_summary"] == out.summary.height
     assert read_summary(store, cd.NAME, [cid]).height == out.summary.height
     assert store.query("SELECT status, figure_paths FROM analyses WHERE checkpoint_id = ? AND analysis = ?",

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from analyses import claims as cl
-from analyses.common import Output, record, summary_frame
+from analyses.common import Output, summary_frame
 from cluster.summaries import SUMMARY_VERSION
 from service.store import Store
 
@@ -91,14 +91,14 @@ def _plant_store(store: Store, flip: bool) -> None:
             v = _layer_values(r["share_inside_2"], out07, r["min_c"], r["max_c"])
             values[f"L{r['layer']}.c"] = np.repeat(v[:, None], 4, axis=1).astype(np.float32)
         summary.update(values, np.ones(1000, dtype=np.int64))
-        store.ingest_analysis(cid, "capture", SUMMARY_VERSION, {"layer_stats": summary.layer_stats_frame(cid)},
+        store.ingest(cid, "capture", SUMMARY_VERSION, {"layer_stats": summary.layer_stats_frame(cid)},
                               checkpoint={"arch": arch, "layers": depth, "hidden": 4, "residual": False})
         for name, df, metrics in (("temporal_trace", ev.smoothness, ["smoothness"]),
                                   ("memory_robustness", ev.impact, ["impact_frames", "censored"])):
             rows = [{"layer": r["layer"], "metric": m, "value": r[m]}
                     for r in df.filter(pl.col("checkpoint_id") == cid).iter_rows(named=True) for m in metrics]
             store.log_started(cid, name, 1)
-            record(store, Output(name, 1, cid, summary_frame(rows, cid, name, 1)))
+            store.ingest_output(Output(name, 1, cid, summary_frame(rows, cid, name, 1)))
 
 
 @pytest.mark.parametrize("flip", [False, True])

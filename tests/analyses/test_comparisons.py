@@ -3,6 +3,7 @@
 import polars as pl
 
 from analyses import comparisons as cp
+from analyses.common import StudyRef
 
 from analysis_helpers import make_study, png_is_drawn
 
@@ -16,7 +17,7 @@ RUNS = [
 
 def test_tables_in_the_papers_layout(small_corpus, tmp_path):
     make_study(tmp_path, "mixed", small_corpus, [dict(r, model=False) for r in RUNS])
-    inputs = cp.load_study(tmp_path, "mixed")
+    inputs = cp.load(None, StudyRef(str(tmp_path), "mixed"), cp.ComparisonParams())
     t1, t2, t3 = cp.paper_tables(inputs["results"])
     assert (t1.name, t2.name, t3.name) == ("Table 1", "Table 2", "Table 3")
     assert t1.rows == [["LSTM", "1", "20.00", "50.00"], ["LSTM", "2", "18.00", "55.00"],
@@ -33,5 +34,5 @@ def test_tables_in_the_papers_layout(small_corpus, tmp_path):
 
 def test_only_the_tables_the_runs_allow(small_corpus, tmp_path):
     make_study(tmp_path, "t1", small_corpus, [dict(r, model=False) for r in RUNS[:4]])
-    assert [t.name for t in cp.paper_tables(cp.load_study(tmp_path, "t1")["results"])] == ["Table 1"]
-    assert cp.paper_tables(cp.load_study(tmp_path, "nothing")["results"]) == []
+    assert [t.name for t in cp.paper_tables(cp.load(None, StudyRef(str(tmp_path), "t1"), cp.ComparisonParams())["results"])] == ["Table 1"]
+    assert cp.paper_tables(cp.load(None, StudyRef(str(tmp_path), "nothing"), cp.ComparisonParams())["results"]) == []

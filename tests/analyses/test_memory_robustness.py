@@ -6,7 +6,6 @@ import polars as pl
 import pytest
 
 from analyses import memory_robustness as mr
-from analyses.common import record
 
 from analysis_helpers import FAST, capture_into, no_memory, perfect_memory, png_is_drawn, save_model
 
@@ -91,6 +90,6 @@ def test_rows_and_figure_of_a_real_capture(captured, tmp_path):
     per_layer = rows.filter(pl.col("layer") == 1)
     inside = per_layer.filter(pl.col("mean_abs_diff").is_nan())  # frames overlapping the segment
     assert n <= inside.height <= n + 3 and inside["frame"].min() == out.params["noise_start"]
-    written = record(store, out)
+    written = store.ingest_output(out)
     assert written["noise_impact"] == rows.height
     assert store.query("SELECT count(*) AS n FROM noise_impact WHERE checkpoint_id = ?", [cid])["n"][0] == rows.height

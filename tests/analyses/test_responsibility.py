@@ -69,7 +69,7 @@ def test_planted_unit_through_the_store(tmp_path):
     store = Store(tmp_path / "s.duckdb")
     df = planted().select(pl.lit("gru-2x12-planted").alias("checkpoint_id"),
                           pl.lit(SUMMARY_VERSION, dtype=pl.Int32).alias("analysis_version"), pl.all())
-    store.ingest_analysis("gru-2x12-planted", "capture", SUMMARY_VERSION, {"phone_responsibility": df},
+    store.ingest("gru-2x12-planted", "capture", SUMMARY_VERSION, {"phone_responsibility": df},
                           checkpoint={"arch": "gru", "layers": 2, "hidden": 12, "residual": False})
     params = rp.ResponsibilityParams(top=2)
     out = rp.run(rp.load(store, "gru-2x12-planted", params), params, tmp_path)

@@ -1,7 +1,6 @@
 """A study end to end through the command line: captures and analyses as Ray tasks, the store
 written by the driver alone, claims, and the HTML report opened in headless Chromium."""
 
-import argparse
 import json
 import re
 import shutil
@@ -9,7 +8,7 @@ import subprocess
 
 import pytest
 
-from analyses.cli import add_parsers
+from service.cli import main
 from service.store import Store
 
 from analysis_helpers import make_study
@@ -18,10 +17,7 @@ SETS = ["--set", "temporal_trace.tsne_iter=250", "--set", "memory_robustness.noi
 
 
 def gatelens(*argv):
-    parser = argparse.ArgumentParser(prog="gatelens")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+    return main([str(a) for a in argv])
 
 
 def open_in_chromium(page) -> str:
@@ -45,12 +41,12 @@ def test_study_claims_and_report(ray_cluster, small_corpus, tmp_path, capsys):
 
     assert gatelens("analyse", *common) == 0
     out = capsys.readouterr().out
-    assert "2 checkpoints, 11 analyses: 11 finished, 0 skipped, 0 failed" in out
+    assert "2 runs, 11 analyses: 11 finished, 0 skipped, 0 failed" in out
     store = Store(tmp_path / "store.duckdb")
     log = store.query("SELECT analysis, count(*) AS n, min(status) AS s FROM analyses GROUP BY ALL ORDER BY ALL")
     assert dict(zip(log["analysis"], log["n"])) == {
-        "capture": 2, "cell_distributions": 2, "comparisons": 1, "memory_robustness": 2, "noise": 2,
-        "range_shares": 2, "responsibility": 2, "temporal_trace": 2, "trace": 2}
+        "capture": 2, "cell_distributions": 2, "comparisons": 1, "memory_robustness": 2,
+        "range_shares": 2, "responsibility": 2, "temporal_trace": 2}
     assert set(log["s"]) == {"finished"}
     assert store.query("SELECT count(DISTINCT checkpoint_id) AS n FROM analysis_summary")["n"][0] == 3
 

@@ -6,7 +6,6 @@ import polars as pl
 import pytest
 
 from analyses import temporal_trace as tt
-from analyses.common import record
 
 from analysis_helpers import FAST, png_is_drawn
 
@@ -42,7 +41,7 @@ def test_trace_from_the_raw_sample(captured, tmp_path):
     assert traces.filter(pl.col("frame") > 0)["step"].is_nan().sum() == 0 and traces["x"].std() > 0
     per_utt = out.summary.filter((pl.col("metric") == "smoothness") & (pl.col("label") != ""))
     assert per_utt.height == 2 * 2 and ((per_utt["value"] > 0) & (per_utt["value"] < 1.5)).all()
-    written = record(store, out)
+    written = store.ingest_output(out)
     assert written["traces"] == traces.height
     assert store.query("SELECT count(*) AS n FROM traces WHERE checkpoint_id = ?", [cid])["n"][0] == traces.height
 

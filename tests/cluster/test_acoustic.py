@@ -229,14 +229,14 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, cell):
     model = model_for(cell, dtype=torch.float32, residual=True, precision="bf16")
     path = save_checkpoint(tmp_path / "ck" / "model.pt", model, IDENTITY, extra={"epoch": 3})
     loaded, meta = load_checkpoint(path)
-    assert isinstance(loaded, AcousticModel) and meta["config"] == model.config
+    assert isinstance(loaded, AcousticModel) and meta.config == model.config
     x = torch.randn(2, 7, 4)
     assert torch.equal(loaded(x, [7, 5]), model(x, [7, 5]))
     assert torch.equal(loaded.cmvn_std, model.cmvn_std)
-    assert meta["corpus"]["phones"] == ["SIL", "AA", "B"]
-    assert meta["corpus"]["cmvn_mean"] == [0.0, 1.0, 2.0, 3.0]           # numpy stored as plain lists
-    assert meta["extra"] == {"epoch": 3}
-    assert set(meta["code_version"]) == {"package", "git"} and meta["code_version"]["package"]
+    assert meta.corpus["phones"] == ["SIL", "AA", "B"]
+    assert meta.corpus["cmvn_mean"] == [0.0, 1.0, 2.0, 3.0]           # numpy stored as plain lists
+    assert meta.extra == {"epoch": 3}
+    assert set(meta.code_version) == {"package", "git"} and meta.code_version["package"]
     assert os.listdir(path.parent) == ["model.pt"]                      # no temp file left behind
 
 

@@ -1,7 +1,6 @@
 """Capture as Ray tasks: the merged summaries equal a brute-force pass over the same frames, the
 store receives them idempotently, and bad input names the file at fault."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,10 +9,11 @@ import polars as pl
 import pytest
 import torch
 
-from cluster.capture import (CaptureConfig, add_capture_parser, capture, choose_utterances, make_batches,
-                             model_file, plan_shards, sample_table)
+from cluster.capture import CaptureConfig, capture, choose_utterances, make_batches, plan_shards, sample_table
 from cluster.data.kaldi import read_corpus
+from cluster.models import model_file
 from cluster.summaries import QUANTITIES, default_histogram_specs
+from service.cli import main as gatelens
 from service.store import Store
 
 
@@ -96,13 +96,10 @@ def test_sharded_capture_equals_brute_force(ray_cluster, small_corpus, tmp_path)
 def test_capture_cli_ingests_idempotently(ray_cluster, small_corpus, tmp_path, capsys):
     ckpt = make_checkpoint(small_corpus, tmp_path / "ck" / "model.pt", cell="gru")
     store = tmp_path / "store.duckdb"
-    parser = argparse.ArgumentParser()
-    add_capture_parser(parser.add_subparsers())
     argv = ["capture", str(ckpt.parent), "--store", str(store), "--utterances", "6", "--sample", "1", "--shards", "2"]
     counts = []
     for _ in range(2):
-        args = parser.parse_args(argv)
-        assert args.func(args) == 0
+        assert gatelens(argv) == 0
         out = capsys.readouterr().out
         assert "checkpoint gru-2x8-" in out and "outside (-0.7, 0.7)" in out and "abs<0.5" in out
         counts.append(Store(store).query(
@@ -119,18 +116,15 @@ def test_capture_cli_ingests_idempotently(ray_cluster, small_corpus, tmp_path, c
 
 
 def test_bad_input_names_the_file(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_capture_parser(parser.add_subparsers())
-    args = parser.parse_args(["capture", str(tmp_path / "missing.pt"), "--store", str(tmp_path / "s.duckdb")])
-    assert args.func(args) == 2
+    assert gatelens(["capture", str(tmp_path / "missing.pt"), "--store", str(tmp_path / "s.duckdb")]) == 2
     assert "missing.pt" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    args = parser.parse_args(["capture", str(bad), "--store", str(tmp_path / "s.duckdb")])
-    assert args.func(args) == 2
+    assert gatelens(["capture", str(bad), "--store", str(tmp_path / "s.duckdb")]) == 2
     assert "bad.pt" in capsys.readouterr().err
-    args = parser.parse_args(["capture", str(bad), "--rule", "abs=3"])
-    assert args.func(args) == 2 and "abs=3" in capsys.readouterr().err
+    assert gatelens(["capture", str(bad), "--rule", "abs=3", "--store", str(tmp_path / "s.duckdb")]) == 2
+    assert "abs=3" in capsys.readouterr().err
+    assert not (tmp_path / "s.duckdb").exists()  # nothing was written for bad input
 
 
 @pytest.mark.slow

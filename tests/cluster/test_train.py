@@ -13,7 +13,8 @@ import pytest
 
 from cluster.grid import run_study, trial_configs, PROFILES
 from cluster.train import EPOCHS_FILE, RUN_FILE, TrainConfig, make_trainer
-from service.results import collect, format_table
+from cluster.runs import collect_results as collect
+from service.results import format_table
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from analyses.study import MODULES
-from service.scheduler import ACTOR_NAME, NAMESPACE, WatchConfig, deploy, discover, parse_every, run_pass
+from analyses.registry import checkpoint_analyses
+from cluster.errors import InputError
+from service.cli.watch import parse_every
+from service.scheduler import ACTOR_NAME, NAMESPACE, WatchConfig, deploy, discover, run_pass
 from service.store import Store
 from tests_helpers import make_checkpoint
 
@@ -60,7 +62,7 @@ def test_a_truncated_checkpoint_is_recorded_failed_and_the_good_ones_analysed(fi
         assert store.query("SELECT count(*) AS n FROM unit_stats WHERE checkpoint_id = ?", [cid])["n"][0] > 0
         figs = store.query("SELECT analysis, figure_paths FROM analyses WHERE checkpoint_id = ? "
                            "AND status = 'finished' AND figure_paths IS NOT NULL", [cid])
-        assert set(figs["analysis"]) == set(MODULES)
+        assert set(figs["analysis"]) == set(checkpoint_analyses())
         assert all(Path(p).is_file() for paths in figs["figure_paths"] for p in paths)
 
 
@@ -94,7 +96,7 @@ def test_killed_scheduler_leaves_a_consistent_store_and_the_next_pass_finishes(r
     back whole, holds no rows of unfinished work beyond what committed, and one more pass completes
     it with exactly the rows of an undisturbed run."""
     from service.cli import main as cli
-    from service.sql import EXIT_BUSY
+    from cluster.errors import EXIT_BUSY
 
     config, good, _ = watched
     store_path, figures = tmp_path / "store.duckdb", tmp_path / "figures"
@@ -140,7 +142,7 @@ def test_killed_scheduler_leaves_a_consistent_store_and_the_next_pass_finishes(r
 def test_every_parses_intervals():
     assert parse_every("10m") == 600 and parse_every("90s") == 90 and parse_every("1h") == 3600
     assert parse_every("5") == 5
-    with pytest.raises(ValueError, match="expected e.g."):
+    with pytest.raises(InputError, match="expected e.g."):
         parse_every("soon")
 
 

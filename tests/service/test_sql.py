@@ -13,9 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.capture import sample_table
+from cluster.errors import EXIT_BUSY, EXIT_INPUT as EXIT_REFUSED
 from cluster.summaries import QUANTITIES, IrregularityRule, UnitSummary
-from service.sql import EXIT_BUSY, EXIT_REFUSED, check_statement, main
-from service.store import TABLES, Store
+from service.cli import main as cli
+from service.schema import tables
+from service.sql import check_statement
+from service.store import Store
+
+
+def main(argv):
+    return cli(["sql", *argv])
 
 PHONES = ["<eps>", "SIL", "AA", "B"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +42,7 @@ def store(tmp_path_factory):
     st = Store(tmp_path_factory.mktemp("sql") / "gatelens.duckdb")
     frames, values, phones = capture_frames("ck")
     sample = sample_table("ck", 1, [("utt1", {k: v[:5] for k, v in values.items()}, phones[:5])], PHONES)
-    st.ingest_analysis("ck", "capture", 1, frames, sample=sample, checkpoint={"arch": "lstm"})
+    st.ingest("ck", "capture", 1, frames, sample=sample, checkpoint={"arch": "lstm"})
     st.ingest_run({"run_id": "r1", "arch": "lstm"}, pl.DataFrame({"epoch": [1], "split": ["dev"], "frame_acc": [0.5]}))
     return st
 
@@ -50,7 +57,7 @@ def sql(store, *args, stdin=None, capsys=None, monkeypatch=None):
 
 def snapshot(store):
     with store.reader() as con:
-        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in TABLES}
+        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in tables()}
     files = sorted(str(p) for p in store.path.parent.rglob("*"))
     return counts, files
 
@@ -234,7 +241,7 @@ def test_queries_during_repeated_ingests_are_answered_or_busy(store, capsys):
         print("start", flush=True)
         t0 = time.time()
         while time.time() - t0 < 4:
-            st.ingest_analysis("ck", "capture", 1, frames)
+            st.ingest("ck", "capture", 1, frames)
     """)
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     answered = busy = 0

@@ -14,7 +14,8 @@ import pytest
 
 from cluster.capture import sample_table
 from cluster.summaries import QUANTITIES, SUMMARY_VERSION, IrregularityRule, UnitSummary
-from service.store import TABLES, Store, StoreBusy, StoreError
+from service.schema import tables
+from service.store import Store, StoreBusy, StoreError
 
 PHONES = ["<eps>", "SIL", "AA", "B"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def capture_frames(checkpoint_id, seed=0, layers=(1, 2), hidden=4, n=60):
 
 
 def counts(store):
-    return {t: store.query(f"SELECT count(*) AS n FROM {t}")["n"][0] for t in TABLES}
+    return {t: store.query(f"SELECT count(*) AS n FROM {t}")["n"][0] for t in tables()}
 
 
 def table_rows(store, table):
@@ -43,10 +44,10 @@ def store(tmp_path):
 
 def test_double_ingest_leaves_identical_rows(store):
     frames = capture_frames("lstm-2x4-e3")
-    store.ingest_analysis("lstm-2x4-e3", "capture", SUMMARY_VERSION, frames, params={"utterances": 2})
+    store.ingest("lstm-2x4-e3", "capture", SUMMARY_VERSION, frames, params={"utterances": 2})
     first = counts(store)
     before = {t: table_rows(store, t) for t in ("unit_stats", "layer_stats", "unit_histograms", "phone_responsibility")}
-    store.ingest_analysis("lstm-2x4-e3", "capture", SUMMARY_VERSION, frames, params={"utterances": 2})
+    store.ingest("lstm-2x4-e3", "capture", SUMMARY_VERSION, frames, params={"utterances": 2})
     assert counts(store) == first
     for t, df in before.items():
         assert table_rows(store, t).equals(df)
@@ -54,13 +55,13 @@ def test_double_ingest_leaves_identical_rows(store):
 
 
 def test_reingest_replaces_only_that_checkpoint_and_version(store):
-    store.ingest_analysis("a", "capture", 1, capture_frames("a", seed=0) | {})
-    store.ingest_analysis("b", "capture", 1, capture_frames("b", seed=1))
+    store.ingest("a", "capture", 1, capture_frames("a", seed=0) | {})
+    store.ingest("b", "capture", 1, capture_frames("b", seed=1))
     v2 = {t: df.with_columns(pl.lit(2, dtype=pl.Int32).alias("analysis_version"))
           for t, df in capture_frames("a", seed=2, layers=(1,)).items()}
-    store.ingest_analysis("a", "capture", 2, v2)
+    store.ingest("a", "capture", 2, v2)
     # a new capture of a, version 1, with one layer only: a's older version-1 rows are gone
-    store.ingest_analysis("a", "capture", 1, capture_frames("a", seed=3, layers=(1,)))
+    store.ingest("a", "capture", 1, capture_frames("a", seed=3, layers=(1,)))
     n = store.query("SELECT checkpoint_id, analysis_version, count(*) AS n FROM unit_stats "
                     "GROUP BY ALL ORDER BY ALL").rows()
     assert n == [("a", 1, 24), ("a", 2, 24), ("b", 1, 48)]
@@ -69,28 +70,30 @@ def test_reingest_replaces_only_that_checkpoint_and_version(store):
 
 
 def test_bad_rows_are_refused_naming_the_store_and_checkpoint(store):
-    store.ingest_analysis("good", "capture", 1, capture_frames("good"))
+    store.ingest("good", "capture", 1, capture_frames("good"))
     before = counts(store)
     frames = capture_frames("ck")
     with pytest.raises(StoreError, match=r"gatelens.duckdb: rows for \w+ of checkpoint other .* of another checkpoint"):
-        store.ingest_analysis("other", "capture", 1, frames)
+        store.ingest("other", "capture", 1, frames)
     dup = dict(frames, unit_stats=pl.concat([frames["unit_stats"], frames["unit_stats"].head(1)]))
     with pytest.raises(StoreError, match="repeat the key"):
-        store.ingest_analysis("ck", "capture", 1, dup)
+        store.ingest("ck", "capture", 1, dup)
     bad = dict(frames, unit_stats=frames["unit_stats"].drop("variance"))
     with pytest.raises(StoreError, match=r"missing columns \['variance'\]"):
-        store.ingest_analysis("ck", "capture", 1, bad)
+        store.ingest("ck", "capture", 1, bad)
     with pytest.raises(StoreError, match="does not own"):
-        store.ingest_analysis("ck", "trace", 1, frames)
+        store.ingest("ck", "temporal_trace", 1, frames)
+    with pytest.raises(StoreError, match="unknown analysis .trace."):
+        store.ingest("ck", "trace", 1, frames)
     with pytest.raises(StoreError, match="checkpoint_id 'a b'"):
-        store.ingest_analysis("a b", "capture", 1, frames)
+        store.ingest("a b", "capture", 1, frames)
     assert counts(store) == before  # nothing was written by any of them
 
 
 def test_killed_ingest_leaves_no_partial_rows(store):
     """SIGKILL while a transaction has deleted the old rows and inserted half of the new ones:
     the store keeps exactly the rows it had before."""
-    store.ingest_analysis("ck", "capture", 1, capture_frames("ck", seed=0))
+    store.ingest("ck", "capture", 1, capture_frames("ck", seed=0))
     before = {t: table_rows(store, t) for t in ("unit_stats", "phone_responsibility")}
     script = textwrap.dedent(f"""
         import sys, time
@@ -148,7 +151,7 @@ def test_runs_checkpoints_and_epoch_metrics(store):
     store.register_checkpoint({"checkpoint_id": "r1-e3", "run_id": "r1", "epoch": 3, "arch": "gru",
                                "extra": {"metrics": {"frame_acc": 0.6}}})
     # a capture registering the same checkpoint does not overwrite what training wrote
-    store.ingest_analysis("r1-e3", "capture", 1, capture_frames("r1-e3"), checkpoint={"arch": "lstm", "path": "x"})
+    store.ingest("r1-e3", "capture", 1, capture_frames("r1-e3"), checkpoint={"arch": "lstm", "path": "x"})
     ck = store.query("SELECT * FROM checkpoints").row(0, named=True)
     assert (ck["arch"], ck["run_id"], ck["path"]) == ("gru", "r1", None)
     with pytest.raises(StoreError, match="no columns"):
@@ -161,7 +164,7 @@ def test_raw_sample_as_float16_parquet_behind_a_view(store):
     values = {f"L{l}.{q}": rng.standard_normal((t, h)).astype(np.float32) for l in (1, 2) for q in QUANTITIES}
     phones = rng.integers(1, len(PHONES), t)
     sample = sample_table("ck", SUMMARY_VERSION, [("utt1", values, phones)], PHONES)
-    store.ingest_analysis("ck", "capture", SUMMARY_VERSION, capture_frames("ck"), sample=sample)
+    store.ingest("ck", "capture", SUMMARY_VERSION, capture_frames("ck"), sample=sample)
     files = sorted(p.relative_to(store.samples_dir) for p in store.samples_dir.rglob("*.parquet"))
     assert files == [Path("ck") / f"v{SUMMARY_VERSION}.parquet"]
     import pyarrow.parquet as pq
@@ -182,13 +185,13 @@ def test_raw_sample_as_float16_parquet_behind_a_view(store):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(2 * t), "48"]
     # a capture without a sample replaces the earlier sample too; the view goes with the last one
-    store.ingest_analysis("ck", "capture", SUMMARY_VERSION, capture_frames("ck"))
+    store.ingest("ck", "capture", SUMMARY_VERSION, capture_frames("ck"))
     assert not list(store.samples_dir.rglob("*.parquet"))
     assert store.query("SELECT count(*) AS n FROM duckdb_views() WHERE view_name = 'raw_sample'")["n"][0] == 0
 
 
 def test_writer_waits_for_a_reader_then_reports_busy(store):
-    store.ingest_analysis("ck", "capture", 1, capture_frames("ck"))
+    store.ingest("ck", "capture", 1, capture_frames("ck"))
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import duckdb, time
         con = duckdb.connect({str(store.path)!r}, read_only=True)
@@ -199,11 +202,11 @@ def test_writer_waits_for_a_reader_then_reports_busy(store):
         assert holder.stdout.readline().strip() == "reading"
         impatient = Store(store.path, busy_timeout=0.3)
         with pytest.raises(StoreBusy, match=rf"{store.path.name} is busy: PID {holder.pid} holds it open"):
-            impatient.ingest_analysis("ck", "capture", 1, capture_frames("ck"))
+            impatient.ingest("ck", "capture", 1, capture_frames("ck"))
     finally:
         holder.kill()
         holder.wait()
-    Store(store.path).ingest_analysis("ck", "capture", 1, capture_frames("ck"))  # free again
+    Store(store.path).ingest("ck", "capture", 1, capture_frames("ck"))  # free again
 
 
 def test_reading_a_missing_store_says_where(tmp_path):
@@ -211,10 +214,11 @@ def test_reading_a_missing_store_says_where(tmp_path):
         Store(tmp_path / "nope.duckdb").query("SELECT 1")
 
 
-def test_schema_version_mismatch_is_refused(store):
+def test_a_store_of_a_newer_gatelens_is_refused_by_writers_and_readers(store):
     store.log_started("ck", "x", 1)
-    con = duckdb.connect(str(store.path))
-    con.execute("UPDATE store_meta SET value = '99' WHERE key = 'schema_version'")
+    con = duckdb.connect(str(store.path), config={"storage_compatibility_version": "v1.5.0"})
+    con.execute("INSERT INTO schema_migrations VALUES ('9999_from_the_future', now())")
     con.close()
-    with pytest.raises(StoreError, match="schema version 99"):
-        store.log_finished("ck", "x", 1)
+    for use in (lambda s: s.log_finished("ck", "x", 1), lambda s: s.query("FROM runs")):
+        with pytest.raises(StoreError, match="newer gatelens .migrations 9999_from_the_future"):
+            use(Store(store.path))

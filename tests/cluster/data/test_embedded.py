@@ -13,6 +13,7 @@ from cluster.data import embedded as E
 from cluster.data import phones as P
 from cluster.data.features import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE, Segment, fbank, frame_labels
 from cluster.data.kaldi import CorpusError, read_corpus
+from cluster.errors import InputError
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,7 @@ def test_plan_keeps_sentences_inside_their_split_at_any_size():
     by_split = {s: {p.sentence for p in planned if p.split == s} for s in E.SPLITS}
     assert not by_split["train"] & by_split["dev"] and not by_split["train"] & by_split["test"]
     assert [p.utt_id for p in planned] == [p.utt_id for p in E.plan(20000, seed=3)]
-    with pytest.raises(ValueError, match="at least 3"):
+    with pytest.raises(InputError, match="at least 3"):
         E.plan(2, seed=0)
 
 

@@ -1,0 +1,64 @@
+"""The registry of analyses: every module of this package that declares ``ANALYSIS``.
+
+The study driver, the watcher, the report and the store's schema all read it, so adding an
+analysis is one new module and nothing else: its figures appear in the report, its tables in
+the store, its name in ``gatelens analyse --analyses``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import lru_cache
+
+import torch
+
+import analyses
+from analyses.common import CHECKPOINT, STUDY, Analysis, AnalysisError, Output
+
+
+@lru_cache(maxsize=1)
+def _discover() -> dict[str, Analysis]:
+    found = []
+    for info in pkgutil.iter_modules(analyses.__path__):
+        module = importlib.import_module(f"analyses.{info.name}")
+        a = getattr(module, "ANALYSIS", None)
+        if isinstance(a, Analysis):
+            found.append(a)
+    found.sort(key=lambda a: (a.order, a.name))
+    names = [a.name for a in found]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"two analyses share a name: {names}")
+    return {a.name: a for a in found}
+
+
+def all_analyses() -> dict[str, Analysis]:
+    """Every analysis, in the paper's order."""
+    return dict(_discover())
+
+
+def checkpoint_analyses() -> dict[str, Analysis]:
+    return {n: a for n, a in _discover().items() if a.scope == CHECKPOINT}
+
+
+def study_analyses() -> dict[str, Analysis]:
+    return {n: a for n, a in _discover().items() if a.scope == STUDY}
+
+
+def get(name: str) -> Analysis:
+    reg = _discover()
+    if name not in reg:
+        raise AnalysisError(f"unknown analysis {name!r}; known: {', '.join(reg)}")
+    return reg[name]
+
+
+def owned_tables():
+    """(table, owning analysis) for every table an analysis declares."""
+    return [(t, a.name) for a in _discover().values() for t in a.tables]
+
+
+def run_analysis(name: str, inputs: dict, params: dict, fig_dir: str) -> Output:
+    """What a Ray task runs: one analysis of one checkpoint (or one study), figures and numbers."""
+    torch.set_num_threads(1)
+    a = get(name)
+    return a.run(inputs, a.params.from_dict(params), fig_dir)

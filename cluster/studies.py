@@ -1,0 +1,38 @@
+"""The paper's studies (Tables 1-3) and the profiles that size them: plain data, read by the
+grid (``cluster/grid.py``) and by the command line's help without importing torch or Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STUDIES: dict[str, list[dict]] = {
+    # Table 1: LSTM vs GRU by depth
+    "table1": [{"cell": c, "layers": n} for c in ("lstm", "gru") for n in (1, 2, 4, 6)],
+    # Table 2: LSTM without / with lazy cell update (final layer only, as the paper)
+    "table2": [{"cell": c, "layers": n} for c in ("lstm", "lstm_lazy") for n in (1, 2, 4)],
+    # Table 3: residual shortcuts at 4 and 6 layers
+    "table3": [{"cell": c, "layers": n, "residual": r} for c in ("lstm", "gru") for n in (4, 6) for r in (False, True)],
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    train: dict  # TrainConfig overrides
+    depths: tuple[int, ...] | None = None  # keep only these depths of a study
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    max_concurrent: int = 0  # 0: as resources allow
+
+
+PROFILES = {
+    # fits 2 CPU cores: table1 at depths 1, 2, 4 in about a quarter of an hour
+    "demo": Profile("demo", {"hidden": 128, "epochs": 3, "batch_size": 16, "lr": 2e-3, "patience": 2},
+                    depths=(1, 2, 4)),
+    # the paper's shapes, for a cluster of GPU machines
+    "paper": Profile("paper", {"hidden": 512, "epochs": 15, "batch_size": 32, "patience": 3,
+                               "threads_per_worker": 4}, gpus_per_worker=1.0),
+    # for tests and smoke runs: seconds per trial
+    "tiny": Profile("tiny", {"hidden": 16, "epochs": 1, "batch_size": 8, "max_train_utterances": 48,
+                             "max_eval_utterances": 12}),
+}

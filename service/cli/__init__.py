@@ -1,0 +1,39 @@
+"""The ``gatelens`` command line: one parser per sub-command (``parsers.py``), one handler module
+per group of commands, and one place where errors become exit statuses (``main``).
+
+Every error a person should read is a ``cluster.errors.GatelensError``: its message is printed on
+one line as ``gatelens COMMAND: MESSAGE`` and its ``exit_status`` is returned (2 for bad input, 3
+for a busy store, 1 otherwise); a missing file is bad input too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from cluster.errors import EXIT_INPUT, GatelensError
+from service.cli.parsers import build_parser
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, _, function = args.handler.partition(":")
+    try:
+        # deferred: a handler imports torch / Ray / DuckDB, which `gatelens --help` must not wait for
+        handler = getattr(importlib.import_module(module), function)
+        return handler(args)
+    except GatelensError as e:
+        print(f"gatelens {args.command}: {e.prefix}{e}", file=sys.stderr)
+        return e.exit_status
+    except FileNotFoundError as e:
+        print(f"gatelens {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"gatelens {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

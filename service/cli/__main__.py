@@ -1,0 +1,7 @@
+"""``python -m service.cli`` is ``gatelens``."""
+
+import sys
+
+from service.cli import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""``gatelens train``, ``grid``, ``results``, ``export-posteriors``: runs on Ray Train / Tune and
+what they produced."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cluster.data.kaldi import check_corpus
+from cluster.errors import InputError
+from cluster.export import export_loglikelihoods
+from cluster.grid import custom_grid, run_study
+from cluster.runs import collect_results
+from cluster.runtime import ensure_ray
+from cluster.settings import parse_assignment
+from cluster.train import TrainConfig, make_trainer, run_name
+from service.results import format_table, ingest_study
+from service.store import Store, StoreError
+
+
+def training_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs, typed by the TrainConfig field they name."""
+    return dict(parse_assignment(TrainConfig, item) for item in items)
+
+
+def check_corpus_first(corpus: str) -> None:
+    """Read every utterance through the corpus checks before any worker starts or any run
+    directory is made: a bad corpus is reported here, naming the file and utterance, and nothing
+    is written."""
+    print(f"checking corpus {corpus} ...", file=sys.stderr, flush=True)
+    check_corpus(corpus)
+
+
+def ingest_runs(store_path: str, storage: str, study: str) -> None:
+    """Runs and epoch metrics into the store, for SQL; a busy store is reported, not fatal."""
+    store = Store(store_path)
+    try:
+        n = ingest_study(store, storage, study)
+        print(f"{n} runs of {study} in store {store.path} (tables runs, epoch_metrics)")
+    except StoreError as e:
+        print(f"runs not written to the store: {e}; `gatelens results --ingest` retries", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        config = TrainConfig.from_dict({"corpus": args.corpus, "cell": args.cell, "layers": args.layers,
+                                        "hidden": args.hidden, "residual": args.residual, "epochs": args.epochs,
+                                        "precision": args.precision, "seed": args.seed,
+                                        **training_overrides(args.set)})
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    name = args.name or run_name(config)
+    storage = Path(args.storage).resolve() / "train"
+    check_corpus_first(config.corpus)
+    ensure_ray()
+    trainer = make_trainer(config, name, str(storage), workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+    result = trainer.fit()
+    m = result.metrics or {}
+    print(f"run {name}: test PER {100 * m.get('test_per', float('nan')):.2f}%  "
+          f"frame accuracy {100 * m.get('test_frame_acc', float('nan')):.2f}%  (best epoch {m.get('best_epoch')})")
+    print(f"  checkpoints and epochs.parquet under {storage / name}")
+    ingest_runs(args.store, args.storage, "train")
+    return 0
+
+
+def _bools(text: str) -> list[bool]:
+    out = []
+    for x in text.split(","):
+        low = x.strip().lower()
+        if low not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise InputError(f"--residual {text!r}: expected a comma-separated list of true/false")
+        out.append(low in ("1", "true", "yes", "on"))
+    return out
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    custom = None
+    if args.cells or args.layers_list:
+        try:
+            depths = [int(x) for x in (args.layers_list or "1,2").split(",")]
+        except ValueError:
+            raise InputError(f"--layers {args.layers_list!r}: expected comma-separated integers") from None
+        custom = custom_grid((args.cells or "lstm,gru").split(","), depths, _bools(args.residual_list))
+    overrides = training_overrides(args.set)
+    check_corpus_first(args.corpus)
+    configs, grid = run_study(args.study, args.profile, args.storage, corpus=args.corpus, overrides=overrides,
+                              custom=custom, rerun=args.rerun, workers=args.workers,
+                              gpus_per_worker=args.gpus_per_worker)
+    if grid is None:
+        print(f"all {len(configs)} runs of {args.study} already finished (--rerun trains them again)")
+    elif grid.errors:
+        for e in grid.errors:
+            print(f"trial failed: {e}", file=sys.stderr)
+    print(format_table(collect_results(args.storage, args.study), args.study))
+    ingest_runs(args.store, args.storage, args.study)
+    return 1 if grid is not None and grid.errors else 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    df = collect_results(args.storage, args.study)
+    if args.ingest:
+        ingest_runs(args.store, args.storage, args.study)
+    if args.format == "csv":
+        print(df.write_csv(), end="")
+    elif args.format == "json":
+        print(df.write_json())
+    else:
+        print(format_table(df, args.study))
+    return 0
+
+
+def cmd_export_posteriors(args: argparse.Namespace) -> int:
+    n = export_loglikelihoods(args.checkpoint, args.out, split=args.split, corpus=args.corpus,
+                              prior_scale=args.prior_scale, utterances=args.utterances)
+    print(f"wrote log-likelihoods of {n} utterances to {args.out} (+ .scp)")
+    return 0
