@@ -18,7 +18,7 @@ from cluster.models.checkpoint import load_checkpoint, model_file
 
 
 def export_loglikelihoods(checkpoint: str | Path, out: str | Path, split: str = "test", corpus: str | None = None,
-                          prior_scale: float = 1.0, utterances: int | None = None) -> int:
+                          prior_scale: float = 1.0, utterances: int | None = None, allow_pipes: bool = False) -> int:
     path = model_file(checkpoint)
     model, meta = load_checkpoint(path)
     if meta.decode_graph is None:
@@ -28,7 +28,7 @@ def export_loglikelihoods(checkpoint: str | Path, out: str | Path, split: str = 
     where = corpus or meta.trained_corpus
     if not where:
         raise CorpusError(f"{path}: the checkpoint does not say which corpus it was trained on; pass --corpus")
-    corpus_obj = read_corpus(where)
+    corpus_obj = read_corpus(where, allow_pipes=allow_pipes)
     if corpus_obj.num_targets != trained_on["num_targets"]:
         raise CorpusError(f"{corpus_obj.manifest_path}: {corpus_obj.num_targets} targets, but {path} was trained "
                           f"on {trained_on['num_targets']}")

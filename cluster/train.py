@@ -32,13 +32,28 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from cluster.batching import bucket_batches, pad_batch
 from cluster.data.kaldi import read_corpus
 from cluster.decode import estimate_graph, phone_error_rate, reference_phones, viterbi
-from cluster.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
-from cluster.models.checkpoint import MODEL_FILE
+from cluster.errors import GatelensError, InputError
+from cluster.models import CELLS, CheckpointError, ModelConfig, build_model, load_checkpoint, save_checkpoint
+from cluster.models.checkpoint import MAX_HIDDEN, MAX_LAYERS, MODEL_FILE
 from cluster.runs import EPOCHS_FILE, RUN_FILE, RunStamp
 from cluster.runtime import git_revision
 
 IGNORE = -100
 STATE_FILE = "train_state.pt"
+
+
+class TrainingDiverged(GatelensError):
+    """The loss became NaN or infinite; the message names the run, epoch and batch."""
+
+
+def load_train_state(path: Path) -> dict:
+    """A run's resume state (optimizer, scheduler, history, best weights): plain data only, loaded
+    with ``weights_only=True``, so a pickle planted in the storage cannot run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a plain-data training state (refused; it is never unpickled): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 @dataclass
@@ -64,15 +79,41 @@ class TrainConfig:
     max_train_utterances: int | None = None  # a subset, for quick runs
     max_eval_utterances: int | None = None
     threads_per_worker: int = 1
+    allow_pipes: bool = False  # Kaldi pipes in the corpus's scp files (the manifest must allow them too)
     run_dir: str = ""  # where run.json and epochs.parquet go (set by the launcher)
     pid_dir: str = ""  # each worker writes its pid here (used by the fault tests and `gatelens status`)
+
+    def __post_init__(self):
+        """Checked where the config is made (the command line, before any worker starts), not three
+        restarts later inside a Ray worker."""
+        def check(ok: bool, what: str) -> None:
+            if not ok:
+                raise InputError(f"training option {what}")
+
+        check(self.cell in CELLS, f"cell={self.cell!r}: one of {', '.join(CELLS)}")
+        check(1 <= self.layers <= MAX_LAYERS, f"layers={self.layers}: 1 to {MAX_LAYERS}")
+        check(1 <= self.hidden <= MAX_HIDDEN, f"hidden={self.hidden}: 1 to {MAX_HIDDEN}")
+        check(self.epochs >= 1, f"epochs={self.epochs}: at least 1")
+        check(self.batch_size >= 1, f"batch_size={self.batch_size}: at least 1")
+        check(self.patience >= 1, f"patience={self.patience}: at least 1")
+        check(self.threads_per_worker >= 1, f"threads_per_worker={self.threads_per_worker}: at least 1")
+        check(math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr}: a positive number")
+        check(math.isfinite(self.clip) and self.clip > 0, f"clip={self.clip}: a positive number")
+        check(0 <= self.momentum < 1, f"momentum={self.momentum}: in [0, 1)")
+        check(self.optimizer in ("adam", "sgd"), f"optimizer={self.optimizer!r}: adam or sgd")
+        check(self.schedule in ("plateau", "cosine", "none"), f"schedule={self.schedule!r}: plateau, cosine or none")
+        check(self.precision in ("fp32", "bf16"), f"precision={self.precision!r}: fp32 or bf16")
+        check(self.lazy_layers in ("last", "all"), f"lazy_layers={self.lazy_layers!r}: last or all")
+        for name in ("max_train_utterances", "max_eval_utterances"):
+            v = getattr(self, name)
+            check(v is None or v >= 1, f"{name}={v}: at least 1 (or none)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+            raise InputError(f"unknown training option(s): {', '.join(sorted(unknown))}")
         return cls(**d)
 
     def model_config(self, num_targets: int):
@@ -187,7 +228,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         Path(config.pid_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.pid_dir) / f"rank{rank}.pid").write_text(str(os.getpid()))
 
-    corpus = read_corpus(config.corpus)
+    corpus = read_corpus(config.corpus, allow_pipes=config.allow_pipes)
     train = load_split(corpus, "train", config.max_train_utterances)
     dev = load_split(corpus, "dev", config.max_eval_utterances)
     graph = estimate_graph(zip(train.phones, train.targets), corpus.num_targets, phone_symbols=corpus.phones)
@@ -203,7 +244,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         with ckpt.as_directory() as d:
             loaded, _ = load_checkpoint(Path(d) / MODEL_FILE)
             model.load_state_dict(loaded.state_dict())
-            state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+            state = load_train_state(Path(d) / STATE_FILE)
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])
@@ -230,6 +271,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
             x, lengths, y = x.to(device), lengths.to(device), y.to(device)
             logits = model(x, lengths)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE)
+            if not torch.isfinite(loss):
+                names = ", ".join(train.utt_ids[i] for i in b[:5]) + (" ..." if len(b) > 5 else "")
+                raise TrainingDiverged(f"{config.run_dir or 'run'}: epoch {epoch}: the loss is {loss.item()} on the "
+                                       f"batch of utterances {names}; lower --set lr=... or check the corpus")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)

@@ -107,6 +107,17 @@ def read_phones_txt(path: Path) -> dict[int, str]:
     return table
 
 
+def is_pipe(text: str) -> bool:
+    """A Kaldi rxfilename that runs a command (``cmd |`` or ``| cmd``) or reads stdin (``-``):
+    kaldiio hands such a name to a shell."""
+    t = text.strip()
+    return t.endswith("|") or t.startswith("|") or t == "-"
+
+
+PIPES_REFUSED = ("a Kaldi pipe runs a shell command, so it is refused unless the corpus manifest says "
+                 "allow_pipes = true and the command is given --allow-pipes")
+
+
 def _resolve_entry(entry: str, root: Path) -> str:
     """An scp value with a relative path made absolute against ``root`` (pipes left alone)."""
     if entry.rstrip().endswith("|") or entry.startswith("/"):
@@ -115,16 +126,23 @@ def _resolve_entry(entry: str, root: Path) -> str:
     return str(root / path) + sep + rest
 
 
-def read_scp(path: Path, root: Path) -> dict[str, str]:
+def read_scp(path: Path, root: Path, allow_pipes: bool = False) -> dict[str, str]:
+    """key -> rxfilename; pipes only when ``allow_pipes`` (see ``PIPES_REFUSED``)."""
     if not path.is_file():
         raise CorpusError(f"{path}: file not found")
     out: dict[str, str] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         key, _, value = line.strip().partition(" ")
         if not value:
             raise CorpusError(f"{path}:{n}: line has a key but no value: {line!r}")
+        if is_pipe(value) and not allow_pipes:
+            raise CorpusError(f"{path}:{n}: utterance {key}: {value.strip()!r}: {PIPES_REFUSED}")
         out[key] = _resolve_entry(value.strip(), root)
     if not out:
         raise CorpusError(f"{path}: empty scp (no utterances)")
@@ -141,14 +159,14 @@ def _load_entry(source: Path, key: str, entry: str) -> np.ndarray:
                           f"(truncated or corrupt archive?): {type(e).__name__}: {e}") from None
 
 
-def read_int_vectors(paths: list[Path], root: Path) -> dict[str, np.ndarray]:
+def read_int_vectors(paths: list[Path], root: Path, allow_pipes: bool = False) -> dict[str, np.ndarray]:
     """Per-frame int vectors (alignments) from ark or scp files, binary or text."""
     out: dict[str, np.ndarray] = {}
     for path in paths:
         if not path.is_file():
             raise CorpusError(f"{path}: file not found")
         if path.suffix == ".scp":
-            items = ((k, _load_entry(path, k, v)) for k, v in read_scp(path, root).items())
+            items = ((k, _load_entry(path, k, v)) for k, v in read_scp(path, root, allow_pipes).items())
         else:
             items = _iter_ark(path)
         n = 0
@@ -194,13 +212,13 @@ class Split:
 
     @cached_property
     def feats_scp(self) -> dict[str, str]:
-        return read_scp(self._paths("feats")[0], self.corpus.root)
+        return read_scp(self._paths("feats")[0], self.corpus.root, self.corpus.allow_pipes)
 
     @cached_property
     def alignments(self) -> dict[str, Alignment]:
         """Alignments of the utterances that have features, after the consistency checks on ids."""
-        targets = read_int_vectors(self._paths("targets"), self.corpus.root)
-        phones = read_int_vectors(self._paths("phones"), self.corpus.root)
+        targets = read_int_vectors(self._paths("targets"), self.corpus.root, self.corpus.allow_pipes)
+        phones = read_int_vectors(self._paths("phones"), self.corpus.root, self.corpus.allow_pipes)
         feats = self.feats_scp
         tgt_file, ph_file, ft_file = self._paths("targets")[0], self._paths("phones")[0], self._paths("feats")[0]
         problems = []
@@ -293,8 +311,24 @@ def _fit(labels: np.ndarray, t: int) -> np.ndarray:
     return np.concatenate([labels, np.full(t - len(labels), labels[-1], dtype=labels.dtype)])
 
 
+def _typed(manifest_path: Path, m: dict, field: str, kind, default=None):
+    """A manifest field of the right type, or a one-line CorpusError naming it."""
+    value = m.get(field, default)
+    ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
+    if value is not None and not ok:
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise CorpusError(f"{manifest_path}: field {field!r} must be {names}, not {type(value).__name__} {value!r}")
+    return value
+
+
+PATH_FIELDS = ("feats", "targets", "phones", "utt2spk", "spk2utt", "text", "wav")  # a split's files
+
+
 class Corpus:
-    def __init__(self, manifest_path: Path, skip_unaligned: bool | None = None):
+    """A corpus manifest and its splits. ``allow_pipes``: the caller's consent to Kaldi pipes in
+    its scp files; they run only when the manifest also says ``allow_pipes = true``."""
+
+    def __init__(self, manifest_path: Path, skip_unaligned: bool | None = None, allow_pipes: bool = False):
         self.manifest_path = manifest_path
         raw = manifest_path.read_bytes()
         try:
@@ -305,22 +339,46 @@ class Corpus:
                               f"manifest: {e}") from None
         self.sha256 = hashlib.sha256(raw).hexdigest()
         m = self.manifest
+        if not isinstance(m, dict):
+            raise CorpusError(f"{manifest_path}: a manifest is a table of fields, not a {type(m).__name__}")
         for field in ("phones", "num_targets", "splits"):
             if field not in m:
                 raise CorpusError(f"{manifest_path}: manifest lacks the field {field!r}")
+        for field in ("phones", "root", "name", "cmvn"):
+            _typed(manifest_path, m, field, str)
+        for field in ("num_targets", "feat_dim", "frame_tolerance"):
+            _typed(manifest_path, m, field, int)
+        _typed(manifest_path, m, "splits", dict)
+        _typed(manifest_path, m, "skip_unaligned", bool)
+        _typed(manifest_path, m, "allow_pipes", bool)
+        if m["num_targets"] < 1:
+            raise CorpusError(f"{manifest_path}: field 'num_targets' must be at least 1, not {m['num_targets']}")
         self.root = (manifest_path.parent / m.get("root", ".")).resolve()
         self.name = m.get("name", manifest_path.parent.name)
         self.num_targets = int(m["num_targets"])
         self.feat_dim = m.get("feat_dim")
         self.frame_tolerance = int(m.get("frame_tolerance", DEFAULT_FRAME_TOLERANCE))
         self.skip_unaligned = bool(m.get("skip_unaligned", False) if skip_unaligned is None else skip_unaligned)
+        self.allow_pipes = bool(allow_pipes) and m.get("allow_pipes") is True
         self.phone_table = read_phones_txt(self.path(m["phones"]))
         self.phone_ids = np.array(sorted(self.phone_table), dtype=np.int64)
+        for name, spec in m["splits"].items():
+            if not isinstance(spec, dict):
+                raise CorpusError(f"{manifest_path}: split {name!r} must be a table of fields, not {spec!r}")
+            for field, value in spec.items():
+                if field in PATH_FIELDS and value is not None and not (isinstance(value, str) or (
+                        isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                    raise CorpusError(f"{manifest_path}: split {name!r} field {field!r} must be a path or a list "
+                                      f"of paths, not {value!r}")
         self._splits = {name: Split(self, name, spec) for name, spec in m["splits"].items()}
         if "train" not in self._splits:
             raise CorpusError(f"{manifest_path}: manifest has no 'train' split")
 
     def path(self, rel: str) -> Path:
+        """A file the manifest names (never a pipe: those are for scp entries only)."""
+        if is_pipe(rel):
+            raise CorpusError(f"{self.manifest_path}: {rel!r} is a Kaldi pipe, not a file; a manifest names "
+                              f"files (pipes may stand only in scp entries, with allow_pipes)")
         return self.root / rel
 
     @property
@@ -387,19 +445,20 @@ class Corpus:
         }
 
 
-def read_corpus(path: str | os.PathLike, skip_unaligned: bool | None = None) -> Corpus:
+def read_corpus(path: str | os.PathLike, skip_unaligned: bool | None = None, allow_pipes: bool = False) -> Corpus:
     """A corpus from its directory (holding ``manifest.json``) or from a manifest file."""
     p = Path(path)
     if p.is_dir():
         p = p / MANIFEST
     if not p.is_file():
         raise CorpusError(f"{p}: corpus manifest not found")
-    return Corpus(p.resolve(), skip_unaligned)
+    return Corpus(p.resolve(), skip_unaligned, allow_pipes)
 
 
-def check_corpus(path: str | os.PathLike, skip_unaligned: bool | None = None, progress=None) -> dict:
+def check_corpus(path: str | os.PathLike, skip_unaligned: bool | None = None, progress=None,
+                 allow_pipes: bool = False) -> dict:
     """Read every utterance of every split through all checks; returns a summary."""
-    corpus = read_corpus(path, skip_unaligned)
+    corpus = read_corpus(path, skip_unaligned, allow_pipes)
     summary = {"name": corpus.name, "manifest": str(corpus.manifest_path), "phones": len(corpus.phone_table),
                "num_targets": corpus.num_targets, "splits": {}}
     for name in corpus.split_names:

@@ -31,6 +31,9 @@ from .acoustic import AcousticModel, ModelConfig, build_model
 FORMAT = "gatelens-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
+# What a checkpoint may ask to be built: far beyond the paper's 6 x 512, well below what would
+# exhaust a machine before its weights are even compared with the config.
+MAX_LAYERS, MAX_HIDDEN, MAX_FEAT_DIM, MAX_CONTEXT, MAX_TARGETS = 64, 8192, 4096, 64, 1_000_000
 
 
 class CheckpointError(InputError):
@@ -159,6 +162,32 @@ def save_checkpoint(path, model: AcousticModel, corpus_identity: dict, extra: di
     return path
 
 
+def _check_shapes(path: Path, config: ModelConfig, state) -> None:
+    """The config within bounds and every weight of the shape it implies, before anything real is
+    built: a file saying ``layers = 1000000`` must not make this process grow until killed. The
+    expected shapes come from building the model on the meta device (no memory behind it)."""
+    bounds = {"layers": MAX_LAYERS, "hidden": MAX_HIDDEN, "feat_dim": MAX_FEAT_DIM, "context": MAX_CONTEXT,
+              "num_targets": MAX_TARGETS}
+    for name, limit in bounds.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or not (0 if name == "context" else 1) <= value <= limit:
+            raise CheckpointError(f"{path}: config {name}={value!r} is outside 1..{limit}; refused before building")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: state_dict is not a mapping of tensors")
+    with torch.device("meta"):
+        expected = build_model(config, torch.zeros(config.feat_dim), torch.ones(config.feat_dim)).state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the config ({config.cell}, {config.layers} x "
+                              f"{config.hidden}): missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, t in expected.items():
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise CheckpointError(f"{path}: weight {name} has shape {tuple(state[name].shape)}, the config "
+                                  f"implies {tuple(t.shape)}")
+        if state[name].is_floating_point() and not bool(torch.isfinite(state[name]).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or Inf; the model cannot be analysed")
+
+
 def load_checkpoint(path, map_location="cpu") -> tuple[AcousticModel, CheckpointMeta]:
     """(model, meta) from a checkpoint (a model file or a directory holding ``model.pt``).
 
@@ -181,10 +210,13 @@ def load_checkpoint(path, map_location="cpu") -> tuple[AcousticModel, Checkpoint
     try:
         config = ModelConfig.from_dict(payload["config"])
         state = payload["state_dict"]
+        _check_shapes(path, config, state)
         model = build_model(config, state["cmvn_mean"], state["cmvn_std"])
         model.load_state_dict(state)
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: checkpoint does not rebuild a model: {e}") from e
+    except CheckpointError:
+        raise
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: checkpoint does not rebuild a model: {type(e).__name__}: {e}") from None
     model.to(state["cmvn_mean"].device)
     meta = CheckpointMeta(str(path), config, payload["corpus"], payload["code_version"], payload["extra"])
     return model, meta

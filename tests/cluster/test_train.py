@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import polars as pl
+import torch
 import pytest
 
+from cluster.errors import InputError
 from cluster.grid import run_study, trial_configs, PROFILES
 from cluster.train import EPOCHS_FILE, RUN_FILE, TrainConfig, make_trainer
 from cluster.runs import collect_results as collect
@@ -66,7 +68,7 @@ def test_study_grids_mirror_the_paper():
     assert len(t3) == 8 and {c.residual for c in t3} == {False, True}
     assert {(c.cell, c.layers) for c in trial_configs("table1", PROFILES["demo"])} == \
         {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4)}
-    with pytest.raises(ValueError, match="unknown training option"):
+    with pytest.raises(InputError, match="unknown training option"):
         TrainConfig.from_dict({"layrs": 3})
 
 
@@ -98,3 +100,28 @@ def test_killed_worker_resumes_from_its_last_checkpoint(small_corpus, tmp_path):
     assert epochs.filter(pl.col("split") == "dev")["epoch"].to_list() == [1, 2, 3]
     assert result.metrics["final"] and 0 <= result.metrics["test_frame_acc"] <= 1
     assert result.error is None
+
+
+def test_a_planted_pickle_in_the_training_state_is_refused_and_never_runs(tmp_path):
+    """train_state.pt loads as plain data only: a pickle that would create a file is refused."""
+    import os
+    import pickle
+
+    from cluster.models import CheckpointError
+    from cluster.train import load_train_state
+
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "train_state.pt"
+    torch.save({"epoch": 1, "payload": Planted()}, bad, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="train_state.pt: not a plain-data training state"):
+        load_train_state(bad)
+    assert not marker.exists()
+    good = tmp_path / "good.pt"
+    torch.save({"optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "epoch": 2, "history": [{"a": 1.0}],
+                "best_state": {"w": torch.ones(2)}, "scheduler": None, "best_acc": 0.5, "stale": 0}, good)
+    assert load_train_state(good)["epoch"] == 2

@@ -316,3 +316,23 @@ def test_installed_gatelens_command_exits_2_on_nan_features(tmp_path):
         f"data/train/feats.scp: utterance {utt}: frame 17 holds NaN (dim 4); "
         f"1 of {len(expect['train'][0][utt])} frames hold NaN or Inf"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_pipes_run_only_with_both_consents(tmp_path):
+    """A Kaldi pipe is a real feature: with ``allow_pipes = true`` in the manifest and the caller's
+    consent it reads through the shell; with either missing it is refused (test_hostile.py)."""
+    manifest, expect = make_kaldi_setup(tmp_path)
+    scp = tmp_path / "data" / "train" / "feats.scp"
+    marker = tmp_path / "pipe-ran"
+    lines = scp.read_text().splitlines()
+    key = lines[0].split(" ", 1)[0]
+    single = tmp_path / "one.mat"
+    kaldiio.save_mat(str(single), expect["train"][0][key])
+    lines[0] = f"{key} touch {marker}; cat {single} |"
+    scp.write_text("\n".join(lines) + "\n")
+    manifest.write_text("allow_pipes = true\n" + manifest.read_text())
+    with pytest.raises(CorpusError, match="a Kaldi pipe runs a shell command"):
+        read_corpus(manifest).split("train").feats_scp
+    assert not marker.exists()
+    got = read_corpus(manifest, allow_pipes=True).split("train").load(key)
+    assert marker.exists() and np.array_equal(got.feats, expect["train"][0][key])
