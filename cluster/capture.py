@@ -37,7 +37,7 @@ import torch
 from cluster.batching import pad_batch
 from cluster.data.kaldi import CorpusError, read_corpus
 from cluster.errors import InputError
-from cluster.models.checkpoint import CheckpointMeta, checkpoint_id, load_checkpoint, model_file
+from cluster.models.checkpoint import CheckpointError, CheckpointMeta, checkpoint_id, load_checkpoint, model_file
 from cluster.runtime import ensure_ray
 from cluster.summaries import (QUANTITIES, SUMMARY_VERSION, IrregularityRule, UnitSummary, is_gru,
                                paper_rule, parse_name)
@@ -57,6 +57,7 @@ class CaptureConfig:
     seed: int = 0  # which utterances, when the split has more than ``utterances``
     threads: int = 1  # torch threads per task
     checkpoint_id: str | None = None  # default: cluster.models.checkpoint_id(...)
+    allow_pipes: bool = False  # Kaldi pipes in the corpus's scp files (the manifest must allow them too)
 
 
 @dataclass
@@ -90,7 +91,7 @@ def open_corpus(config: CaptureConfig, meta: CheckpointMeta):
     where = config.corpus or meta.trained_corpus
     if not where:
         raise CorpusError(f"{path}: the checkpoint does not say which corpus it was trained on; pass --corpus")
-    corpus = read_corpus(where)
+    corpus = read_corpus(where, allow_pipes=config.allow_pipes)
     trained = meta.corpus or {}
     if trained.get("phones") is not None and list(trained["phones"]) != list(corpus.phones):
         raise CorpusError(f"{corpus.manifest_path}: phone table differs from the one {path} was trained on")
@@ -267,12 +268,28 @@ def sample_table(checkpoint_id: str, analysis_version: int, items: list[tuple], 
 # The driver
 
 
-def capture(config: CaptureConfig, progress=None) -> CaptureResult:
-    """Capture a checkpoint: sharded Ray tasks, merged summaries, frames ready for the store."""
-    t0 = time.perf_counter()
+@dataclass
+class CapturePlan:
+    """What a capture will do, checked before anything runs or is stored: a request that would be
+    refused (bad rules, unknown split, no utterances, a corpus of another phone table) is refused
+    here, so a refused capture never touches the store."""
+
+    config: CaptureConfig
+    meta: CheckpointMeta
+    corpus: object
+    checkpoint_id: str
+    rules: tuple[str, ...]
+    utt_ids: list[str]
+    sample_ids: list[str]
+
+
+def plan_capture(config: CaptureConfig) -> CapturePlan:
+    if config.utterances < 1 or config.sample < 0 or (config.shards is not None and config.shards < 1) \
+            or config.batch_size < 1 or config.max_frames < 1 or config.seed < 0:
+        raise InputError(f"capture of {config.checkpoint}: utterances, shards, batch size and max frames must be "
+                         f"at least 1, sample and seed at least 0")
     model, meta = load(config.checkpoint)
-    facts = meta.facts
-    arch = facts["arch"]
+    arch = meta.facts["arch"]
     corpus = open_corpus(config, meta)
     split = corpus.split(config.split)
     exposed = {parse_name(n)[1] for n in model.value_names()}
@@ -289,9 +306,19 @@ def capture(config: CaptureConfig, progress=None) -> CaptureResult:
     utt_ids = choose_utterances(split, config.utterances, config.seed)
     if not utt_ids:
         raise CorpusError(f"{corpus.manifest_path}: split {config.split} has no utterances")
-    sample_ids = utt_ids[:config.sample]
-    ck_id = config.checkpoint_id or checkpoint_id(config.checkpoint, facts)
-    del model
+    ck_id = config.checkpoint_id or checkpoint_id(config.checkpoint, meta.facts)
+    return CapturePlan(config, meta, corpus, ck_id, rules, utt_ids, utt_ids[:config.sample])
+
+
+def capture(config: CaptureConfig, progress=None, plan: CapturePlan | None = None) -> CaptureResult:
+    """Capture a checkpoint: sharded Ray tasks, merged summaries, frames ready for the store."""
+    t0 = time.perf_counter()
+    plan = plan or plan_capture(config)
+    meta, corpus, ck_id, rules, utt_ids, sample_ids = (plan.meta, plan.corpus, plan.checkpoint_id, plan.rules,
+                                                       plan.utt_ids, plan.sample_ids)
+    facts = meta.facts
+    arch = facts["arch"]
+    split = corpus.split(config.split)
 
     ensure_ray()
     shards = plan_shards(split, utt_ids, config.shards or max(1, int(ray.cluster_resources().get("CPU", 1))))
@@ -320,6 +347,7 @@ def capture(config: CaptureConfig, progress=None) -> CaptureResult:
         counted = UnitSummary.merge_all([s for s, _ in second])
         summary.thresholds = thresholds
         summary.irregular.update(counted.irregular)
+    _refuse_non_finite(summary, ck_id, model_file(config.checkpoint))
     frames = summary.frames_for_store(ck_id, corpus.phones)
     order = {u: k for k, u in enumerate(sample_ids)}
     samples.sort(key=lambda it: order[it[0]])
@@ -331,6 +359,16 @@ def capture(config: CaptureConfig, progress=None) -> CaptureResult:
     row = {"path": str(model_file(config.checkpoint).resolve()), **facts, "seed": meta.stamps.get("seed"),
            "corpus_name": corpus.name, "corpus_sha256": corpus.sha256}
     return CaptureResult(ck_id, arch, summary, frames, sample, row, params, time.perf_counter() - t0)
+
+
+def _refuse_non_finite(summary: UnitSummary, ck_id: str, path: Path) -> None:
+    """A model whose values went NaN (finite weights can still overflow) has nothing to analyse:
+    say where, instead of storing counts of zero."""
+    for (layer, q), st in sorted(summary.state.items()):
+        n_nan = int(np.sum(st.n_nan))
+        if n_nan:
+            raise CheckpointError(f"{path}: checkpoint {ck_id} computes NaN for L{layer}.{q} on {n_nan} values "
+                                  f"of the captured frames; nothing was stored")
 
 
 def describe(result: CaptureResult) -> str:

@@ -51,6 +51,7 @@ class WatchConfig:
     sample: int = 3  # utterances kept frame by frame (temporal trace)
     analyses: list[str] | None = None  # default: all per-checkpoint analyses
     corpus: str | None = None  # default: each checkpoint's training corpus
+    allow_pipes: bool = False  # the watcher never runs Kaldi pipes unless its own configuration says so
 
     def resolved(self) -> "WatchConfig":
         return WatchConfig(**{**asdict(self), "storage": str(Path(self.storage).resolve()),
@@ -108,13 +109,20 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
     names = config.analyses or list(analyses)
     try:
         known = _known_ids(store)
+        failures = store.watch_failures()
         files = discover(config.storage)
         report.found = len(files)
         for path in files:
-            if time.time() - path.stat().st_mtime < config.settle:
+            st = path.stat()
+            if time.time() - st.st_mtime < config.settle:
                 report.settling += 1
                 continue
-            cid = known.get(str(path.resolve()))
+            key = str(path.resolve())
+            earlier = failures.get(key)
+            if earlier is not None and earlier[:2] == (st.st_size, st.st_mtime):
+                report.failed[str(path)] = f"failed earlier, file unchanged: {earlier[2]}"
+                continue  # not loaded, not hashed, not captured again until the file changes
+            cid = known.get(key)
             try:
                 if cid is None:
                     _, meta = load_checkpoint(path)
@@ -123,24 +131,28 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
                          [_status(store, cid, n, registry.get(n).version) for n in names]
                 if all(s == "finished" for s in states):
                     report.up_to_date += 1
-                    continue
-                if "failed" in states and all(s in ("finished", "failed") for s in states):
-                    report.failed[str(path)] = "failed earlier at this version (file unchanged)"
+                    if earlier is not None:
+                        store.clear_watch_failure(key)
                     continue
                 ensure_captured(store, RunDir.of_checkpoint(path), path, cid, utterances=config.utterances,
-                                sample=config.sample, corpus=config.corpus, progress=progress)
+                                sample=config.sample, corpus=config.corpus, allow_pipes=config.allow_pipes,
+                                progress=progress)
                 jobs = analyse(store, [cid], config.figures, names, progress=progress)
                 bad = [j.error for j in jobs if j.status == "failed"]
                 if bad:
                     report.failed[str(path)] = "; ".join(bad)
+                    store.record_watch_failure(key, st.st_size, st.st_mtime, cid, "; ".join(bad))
                 else:
                     report.done.append(cid)
+                    if earlier is not None:
+                        store.clear_watch_failure(key)
             except Exception as e:  # one checkpoint's failure must not stop the pass
                 error = f"{path}: {type(e).__name__}: {e}"
                 report.failed[str(path)] = error
                 fail_id = cid or f"unloadable-{file_digest(path)}"
                 if _status(store, fail_id, CAPTURE, SUMMARY_VERSION) != "failed":
                     store.log_failed(fail_id, CAPTURE, SUMMARY_VERSION, error)
+                store.record_watch_failure(key, st.st_size, st.st_mtime, fail_id, error)
                 progress(f"  failed: {error}")
     except Exception as e:
         report.error = f"{type(e).__name__}: {e}"
@@ -164,7 +176,7 @@ class Watcher:
         while not self.stopping.is_set():
             try:
                 self.reports = (self.reports + [run_pass(self.config)])[-20:]
-            except BaseException:  # run_pass catches everything; this is the belt to its braces
+            except Exception:  # run_pass catches everything; this is the belt to its braces
                 log.error("pass crashed:\n%s", traceback.format_exc())
             self.stopping.wait(self.config.every)
 
@@ -212,8 +224,9 @@ def pending_and_failed(config: WatchConfig) -> tuple[list[str], dict[str, str]]:
         if cid is None or not all(_status(store, cid, n, v) == "finished" for n, v in
                                   [(CAPTURE, SUMMARY_VERSION)] + [(n, registry.get(n).version) for n in names]):
             pending.append(str(path))
-    failed = {}
+    failed = {f"{path} (not retried until the file changes)": error
+              for path, (_, _, error) in store.watch_failures().items()}
     if Path(store.path).is_file():
         df = store.query("SELECT checkpoint_id, analysis, error FROM analyses WHERE status = 'failed' ORDER BY finished_at")
-        failed = {f"{r['checkpoint_id']} ({r['analysis']})": r["error"] for r in df.iter_rows(named=True)}
+        failed |= {f"{r['checkpoint_id']} ({r['analysis']})": r["error"] for r in df.iter_rows(named=True)}
     return pending, failed

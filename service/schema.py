@@ -60,11 +60,16 @@ ANALYSES_LOG = keyed(
     C("params", "VARCHAR", "JSON: split, utterances, rules, ..."), C("rows", "BIGINT", "rows the analysis wrote"),
     C("started_at", "TIMESTAMP"), C("finished_at", "TIMESTAMP"), C("figure_paths", "VARCHAR[]"),
     primary_key=True)
+WATCH_FAILURES = keyed(
+    "watch_failures", "checkpoint files the watcher failed on: not tried again until the file changes",
+    C("path", "VARCHAR", "the checkpoint file", key=True), C("size", "BIGINT", "bytes, when it failed"),
+    C("mtime", "DOUBLE", "modification time (s), when it failed"), C("checkpoint_id", "VARCHAR"),
+    C("error", "VARCHAR"), C("failed_at", "TIMESTAMP"), primary_key=True)
 SCHEMA_MIGRATIONS = keyed("schema_migrations", "the migrations applied to this store, in order",
                           C("name", "VARCHAR", key=True), C("applied_at", "TIMESTAMP"), primary_key=True)
 SAMPLE_VIEW = "raw_sample"  # a view over Parquet files beside the store, made when the first sample lands
 
-CORE = (RUNS, CHECKPOINTS, EPOCH_METRICS, ANALYSES_LOG)
+CORE = (RUNS, CHECKPOINTS, EPOCH_METRICS, ANALYSES_LOG, WATCH_FAILURES)
 
 
 def _registry():

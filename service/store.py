@@ -39,6 +39,8 @@ from cluster.tables import ANALYSIS_SUMMARY as SUMMARY, CAPTURE, QUANTITIES, Tab
 from service import schema
 from service.schema import SAMPLE_VIEW
 
+INCOMING = ".incoming"  # samples written, not yet published (outside the views' file lists)
+
 DEFAULT_STORE = Path("data/gatelens.duckdb")
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer or reader waits for the other side
 # New files are written in the v1.5.0 storage format (2.0 writes a newer one by default), so DuckDB
@@ -144,9 +146,12 @@ class Store:
             con.close()
 
     @contextlib.contextmanager
-    def reader(self, timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def reader(self, timeout: float | None = None,
+               settings: dict[str, str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection that can read nothing outside the store and its samples, with
-        its configuration locked (what ``gatelens sql`` runs queries on)."""
+        its configuration locked (what ``gatelens sql`` runs queries on). ``settings`` (DuckDB
+        name -> value, e.g. memory_limit) are applied before the lock, so no query can change them;
+        a value DuckDB refuses raises ``duckdb.Error``."""
         if not self.path.is_file():
             raise StoreError(f"{self.path}: no store here yet (a capture or a training run creates it; "
                              f"--store or $GATELENS_STORE point elsewhere)")
@@ -154,6 +159,13 @@ class Store:
                       config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
             self._check_reader(con)
+            view = self._sample_view_sql(temp=True)
+            if view:
+                con.execute(view)
+            for name, value in (settings or {}).items():
+                if not re.fullmatch(r"[a-z_]+", name):
+                    raise StoreError(f"not a DuckDB setting name: {name!r}")
+                con.execute(f"SET {name} = {_sql_str(str(value))}")
             con.execute(f"SET allowed_directories = [{_sql_str(str(self.samples_dir) + os.sep)}]")
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
@@ -301,6 +313,7 @@ class Store:
                 con.execute(t.ddl())  # tables declared since (a new table needs no migration)
             con.commit()
         _check_declared(self.path, con, declared)
+        self._repair_samples(con)
         self._refresh_sample_view(con)
         self._schema_checked = True
         return applied
@@ -315,18 +328,53 @@ class Store:
                              f"{', '.join(pending)}, which any writing command applies "
                              f"(`gatelens migrate --store {self.path}`)")
 
+    def sample_files(self) -> list[Path]:
+        """The published raw-sample files: <samples>/<checkpoint_id>/v<version>.parquet."""
+        if not self.samples_dir.is_dir():
+            return []
+        return sorted(p for p in self.samples_dir.glob("*/v*.parquet") if p.parent.name != INCOMING)
+
+    def _sample_view_sql(self, temp: bool) -> str | None:
+        """The raw-sample view over this store's files, listed one by one (a glob would break on a
+        store path holding '[' or '*', and would read whatever else matched)."""
+        files = self.sample_files()
+        if not files:
+            return None
+        listed = ", ".join(_sql_str(str(f)) for f in files)
+        return (f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW {SAMPLE_VIEW} AS "
+                f"SELECT * FROM read_parquet([{listed}], union_by_name = true)")
+
     def _refresh_sample_view(self, con) -> None:
-        """Point the raw-sample view at this store's samples folder: the view holds an absolute glob,
-        and a store that was copied or moved would otherwise read another store's samples, or none."""
-        glob = str(self.samples_dir / "*" / "v*.parquet")
-        row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [SAMPLE_VIEW]).fetchone()
-        has_files = any(self.samples_dir.glob("*/v*.parquet"))
-        if row and (not has_files or _sql_str(glob) not in row[0]):
-            con.execute(f"DROP VIEW {SAMPLE_VIEW}")
-            row = None
-        if has_files and not row:
-            con.execute(f"CREATE VIEW {SAMPLE_VIEW} AS "
-                        f"SELECT * FROM read_parquet({_sql_str(glob)}, union_by_name = true)")
+        """The stored view (what other DuckDB clients read) lists this store's sample files; gatelens's
+        own readers make a temporary one at every open instead, so a store that was copied or moved
+        reads its own samples even before a writer has opened it."""
+        sql = self._sample_view_sql(temp=False)
+        row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ? AND NOT temporary",
+                          [SAMPLE_VIEW]).fetchone()
+        if sql is None:
+            if row:
+                con.execute(f"DROP VIEW {SAMPLE_VIEW}")
+        elif not row or row[0].split(" AS ", 1)[-1] != sql.split(" AS ", 1)[-1]:
+            con.execute(sql)
+
+    def _repair_samples(self, con) -> None:
+        """Finish what a writer killed between its commit and the sample's rename left: a sample
+        whose capture the log calls finished (naming that file) is published; other leftovers older
+        than an hour (no live writer holds them that long) are removed."""
+        incoming = self.samples_dir / INCOMING
+        for tmp in sorted(incoming.glob("*.parquet")) if incoming.is_dir() else []:
+            cid, _, rest = tmp.name.partition(".v")
+            version = rest.split(".", 1)[0]
+            row = con.execute("SELECT 1 FROM analyses WHERE checkpoint_id = ? AND analysis = ? AND "
+                              "analysis_version = TRY_CAST(? AS INTEGER) AND status = 'finished' AND "
+                              "json_extract_string(params, '$.sample_file') = ?",
+                              [cid, CAPTURE, version, tmp.name]).fetchone()
+            if row:
+                final = self.samples_dir / cid / f"v{version}.parquet"
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
+            elif time.time() - tmp.stat().st_mtime > 3600:
+                tmp.unlink(missing_ok=True)
 
     # -- training: runs, checkpoints, epoch metrics ---------------------------------------------
 
@@ -398,6 +446,8 @@ class Store:
         if summary is not None:
             _check_summary(self.path, summary, checkpoint_id, analysis, analysis_version)
         tmp = self._write_sample_tmp(sample, checkpoint_id, analysis_version) if sample is not None else None
+        if tmp is not None:  # the log names the file: a crash before its rename is repaired on the next open
+            params = {**(params or {}), "sample_file": tmp.name}
         written = {}
         try:
             with self.transaction() as con:
@@ -463,10 +513,28 @@ class Store:
             o_started or now, now if finish else None,
             list(figure_paths) if figure_paths is not None else o_figs])
 
+    # -- the watcher's failures -------------------------------------------------------------------
+
+    def record_watch_failure(self, path: Path, size: int, mtime: float, checkpoint_id: str | None, error: str) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO watch_failures VALUES (?, ?, ?, ?, ?, ?)",
+                        [str(path), size, mtime, checkpoint_id, error, _now()])
+
+    def clear_watch_failure(self, path: Path) -> None:
+        with self.transaction() as con:
+            con.execute("DELETE FROM watch_failures WHERE path = ?", [str(path)])
+
+    def watch_failures(self) -> dict[str, tuple[int, float, str]]:
+        """path -> (size, mtime, error) of the files the watcher failed on."""
+        if not self.path.is_file() or not self.has_relation("watch_failures"):
+            return {}
+        df = self.query("SELECT path, size, mtime, error FROM watch_failures ORDER BY failed_at")
+        return {r[0]: (r[1], r[2], r[3]) for r in df.iter_rows()}
+
     # -- raw sample -----------------------------------------------------------------------------
 
     def _write_sample_tmp(self, sample: pa.Table, checkpoint_id: str, version: int) -> Path:
-        tmp_dir = self.samples_dir / ".incoming"  # outside the view's glob
+        tmp_dir = self.samples_dir / INCOMING
         tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = tmp_dir / f"{checkpoint_id}.v{version}.{uuid.uuid4().hex}.parquet"
         pq.write_table(sample, tmp, compression="zstd")
@@ -476,8 +544,7 @@ class Store:
         final = self.samples_dir / checkpoint_id / f"v{version}.parquet"
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
-        # The view binds its columns when created, so it is created once a file exists; it reads
-        # every sample file by glob (absolute path, so the file also works from another cwd).
+        # The view binds its columns when created, so it is created once a file exists.
         with self.transaction() as con:
             self._refresh_sample_view(con)
 
@@ -509,6 +576,11 @@ class Store:
 
 def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
+
+
+def check_id(value, what: str) -> str:
+    """``value`` if it can name store rows and sample files, else a StoreError saying why."""
+    return _check_id(value, what)
 
 
 def _check_id(value, what: str) -> str:

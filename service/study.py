@@ -33,7 +33,8 @@ import ray
 
 from analyses import registry
 from analyses.common import CHECKPOINT, AnalysisError, StudyRef
-from cluster.capture import CaptureConfig, capture
+from cluster.capture import CaptureConfig, capture, plan_capture
+from cluster.errors import InputError
 from cluster.runs import RunDir, iter_runs
 from cluster.runtime import ensure_ray
 from cluster.summaries import SUMMARY_VERSION
@@ -65,18 +66,24 @@ def _log_row(store: Store, checkpoint_id: str, analysis: str, version: int) -> d
 
 
 def ensure_captured(store: Store, run: RunDir, path: Path, checkpoint_id: str, utterances: int = 500,
-                    sample: int = 3, rules: tuple[str, ...] = (), corpus: str | None = None, progress=print) -> bool:
+                    sample: int = 3, rules: tuple[str, ...] = (), corpus: str | None = None,
+                    allow_pipes: bool = False, progress=print) -> bool:
     """Capture a checkpoint file of ``run`` unless the store holds a finished capture of it at the
     current summary version. True if it ran."""
     row = _log_row(store, checkpoint_id, CAPTURE, SUMMARY_VERSION)
     if row and row["status"] == "finished":
         return False
     config = CaptureConfig(checkpoint=str(path), corpus=corpus, utterances=utterances, rules=tuple(rules),
-                           sample=sample, checkpoint_id=checkpoint_id)
+                           sample=sample, checkpoint_id=checkpoint_id, allow_pipes=allow_pipes)
     progress(f"capturing {run.name} ({checkpoint_id}) ...")
+    try:
+        plan = plan_capture(config)  # a request refused here has no finished capture to spoil (returned above)
+    except InputError as e:
+        store.log_failed(checkpoint_id, CAPTURE, SUMMARY_VERSION, f"{path}: {e}")
+        raise
     store.log_started(checkpoint_id, CAPTURE, SUMMARY_VERSION, params=asdict(config))
     try:
-        result = capture(config)
+        result = capture(config, plan=plan)
         store.ingest(checkpoint_id, CAPTURE, SUMMARY_VERSION, result.frames, params=result.params,
                      sample=result.sample, checkpoint={**result.checkpoint_row, "run_id": run.run_id,
                                                        "extra": {"study": run.study, "run_dir": str(run.path)}})

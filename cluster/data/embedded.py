@@ -78,10 +78,20 @@ def kaldi_text(sentence: str) -> str:
     return " ".join(re.sub(r"[^A-Za-z' ]+", " ", sentence).upper().split())
 
 
+# The largest corpus generated in one go: its plan (one record per utterance) and every shard's
+# result stay in this process's memory until the tables are written.
+MAX_UTTERANCES = 1_000_000
+
+
 def plan(utterances: int, seed: int) -> list[Planned]:
     """Every utterance of the corpus, in the fixed order in which it is generated."""
     if utterances < len(SPLITS):
         raise InputError(f"--utterances must be at least {len(SPLITS)} (one per split), got {utterances}")
+    if utterances > MAX_UTTERANCES:
+        raise InputError(f"--utterances {utterances}: at most {MAX_UTTERANCES:,} (~{MAX_UTTERANCES * 2.6 / 3600:,.0f} h "
+                         f"of speech; the plan and the CMVN statistics are held in memory)")
+    if seed < 0:
+        raise InputError(f"--seed {seed}: a seed is a non-negative integer")
     rng = np.random.default_rng(seed)
     sentences = load_sentences()
     order = rng.permutation(len(sentences))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from cluster.errors import EXIT_INPUT, GatelensError
+from cluster.errors import EXIT_ERROR, EXIT_INPUT, GatelensError
 from service.cli.parsers import build_parser
 
 __all__ = ["build_parser", "main"]
@@ -27,9 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     except GatelensError as e:
         print(f"gatelens {args.command}: {e.prefix}{e}", file=sys.stderr)
         return e.exit_status
-    except FileNotFoundError as e:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"gatelens {args.command}: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except OSError as e:  # disk full, I/O error: one line, not a traceback
+        print(f"gatelens {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"gatelens {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

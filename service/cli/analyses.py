@@ -50,7 +50,8 @@ def study_args(args: argparse.Namespace) -> StudyArgs:
     if not studies:
         raise AnalysisError("give --study (e.g. --study table1)")
     out = Path(args.out) if args.out else Path("data/reports") / "+".join(studies)
-    capture = {"utterances": args.utterances, "sample": args.sample, "rules": tuple(args.rule), "corpus": args.corpus}
+    capture = {"utterances": args.utterances, "sample": args.sample, "rules": tuple(args.rule), "corpus": args.corpus,
+               "allow_pipes": args.allow_pipes}
     return StudyArgs(Store(args.store), studies, out, parse_sets(args.set), capture)
 
 

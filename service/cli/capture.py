@@ -6,12 +6,12 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from cluster.capture import CaptureConfig, capture, describe, load
-from cluster.models.checkpoint import checkpoint_id, model_file
+from cluster.capture import CaptureConfig, capture, describe, plan_capture
+from cluster.errors import InputError
+from cluster.models.checkpoint import model_file
 from cluster.summaries import SUMMARY_VERSION, IrregularityRule
 from cluster.tables import CAPTURE
-from cluster.errors import InputError
-from service.store import Store, StoreError
+from service.store import Store, StoreError, check_id
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     config = CaptureConfig(checkpoint=args.checkpoint, corpus=args.corpus, split=args.split,
                            utterances=args.utterances, rules=tuple(args.rule), sample=args.sample,
                            shards=args.shards, batch_size=args.batch_size, max_frames=args.max_frames, seed=args.seed,
-                           checkpoint_id=args.checkpoint_id)
+                           checkpoint_id=args.checkpoint_id, allow_pipes=args.allow_pipes)
     for r in config.rules:
         try:
             IrregularityRule.parse(r)
@@ -29,14 +29,16 @@ def cmd_capture(args: argparse.Namespace) -> int:
     def progress(label, done, total, elapsed):
         print(f"  {label}: shard {done}/{total} done ({elapsed:.1f} s)", file=sys.stderr, flush=True)
 
-    _, meta = load(config.checkpoint)
-    config.checkpoint_id = config.checkpoint_id or checkpoint_id(config.checkpoint, meta.facts)
+    if config.checkpoint_id is not None:
+        check_id(config.checkpoint_id, "--checkpoint-id")
+    plan = plan_capture(config)  # everything that can refuse the request, before the store is touched
+    config.checkpoint_id = plan.checkpoint_id
     print(f"capturing {model_file(args.checkpoint)} as {config.checkpoint_id} on {args.utterances} "
           f"{args.split} utterances ...", file=sys.stderr, flush=True)
     # The log says "running" while the tasks run, "failed" with the error if they fail.
     store.log_started(config.checkpoint_id, CAPTURE, SUMMARY_VERSION, params=asdict(config))
     try:
-        result = capture(config, progress)
+        result = capture(config, progress, plan)
         written = store.ingest(result.checkpoint_id, CAPTURE, SUMMARY_VERSION, result.frames, params=result.params,
                                sample=result.sample, checkpoint=result.checkpoint_row)
     except Exception as e:

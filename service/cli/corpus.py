@@ -43,7 +43,8 @@ def _check(args: argparse.Namespace) -> int:
         if k == n or k % 500 == 0:
             print(f"  {split}: {k}/{n} utterances checked", file=sys.stderr, flush=True)
 
-    summary = check_corpus(args.manifest, skip_unaligned=args.skip_unaligned or None, progress=progress)
+    summary = check_corpus(args.manifest, skip_unaligned=args.skip_unaligned or None, progress=progress,
+                           allow_pipes=args.allow_pipes)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

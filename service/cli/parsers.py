@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 from cluster.studies import PROFILES
 
@@ -28,6 +29,38 @@ environment:
   GATELENS_STORAGE  training storage: runs and checkpoints (default %s)
   GATELENS_CORPUS   the corpus that train, grid and corpus use (default %s)
 """ % (DEFAULT_STORE, DEFAULT_STORAGE, DEFAULT_CORPUS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers: checked when parsed, before anything is opened (argparse says which argument is wrong)
+
+
+def _number(kind, low: float, inclusive: bool):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (value >= low if inclusive else value > low) or value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {'at least' if inclusive else 'more than'} {low}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+positive_int, count = _number(int, 1, True), _number(int, 0, True)
+positive_float, nonnegative_float = _number(float, 0, False), _number(float, 0, True)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def name(text: str) -> str:
+    """A study or run name: it becomes a folder, so no separators, no '..', nothing hidden."""
+    for part in text.split(","):  # --study takes comma-separated names
+        if not _NAME.match(part) or ".." in part:
+            raise argparse.ArgumentTypeError(f"{part!r}: a name is letters, digits and . _ - (at most 100), "
+                                             f"starting with a letter or digit")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,6 +86,9 @@ def add_corpus(p: argparse.ArgumentParser, override: bool = False) -> None:
     else:
         p.add_argument("--corpus", default=os.environ.get("GATELENS_CORPUS", DEFAULT_CORPUS),
                        help=f"corpus directory or manifest (default: $GATELENS_CORPUS or {DEFAULT_CORPUS})")
+    p.add_argument("--allow-pipes", action="store_true",
+                   help="let Kaldi pipes ('cmd |') in the corpus's scp files run; the manifest must say "
+                        "allow_pipes = true as well (default: refused)")
 
 
 def _command(sub, handler: str, name: str, *, study: bool = False, **kwargs) -> argparse.ArgumentParser:
@@ -66,22 +102,23 @@ def _command(sub, handler: str, name: str, *, study: bool = False, **kwargs) -> 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     add_storage(p, "where runs and checkpoints go")
-    p.add_argument("--workers", type=int, default=None, help="Ray Train workers per run (ScalingConfig)")
-    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (0: CPU, gloo)")
+    p.add_argument("--workers", type=positive_int, default=None, help="Ray Train workers per run (ScalingConfig)")
+    p.add_argument("--gpus-per-worker", type=nonnegative_float, default=None, help="GPUs per worker (0: CPU, gloo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training option, e.g. --set lr=0.002 --set batch_size=32")
     add_store(p, "the store that receives runs and epoch metrics")
 
 
 def _add_study_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", action="append", default=[], help="study name (repeatable, or comma-separated)")
+    p.add_argument("--study", action="append", default=[], type=name,
+                   help="study name (repeatable, or comma-separated)")
     add_storage(p)
     add_store(p)
     p.add_argument("--out", help="figures and report folder (default: data/reports/<study>)")
     p.add_argument("--set", action="append", default=[], metavar="ANALYSIS.KEY=VALUE",
                    help="analysis parameter, e.g. --set temporal_trace.utterances=5 --set memory_robustness.snr_db=5")
-    p.add_argument("--utterances", type=int, default=500, help="utterances a capture summarises (default: %(default)s)")
-    p.add_argument("--sample", type=int, default=3,
+    p.add_argument("--utterances", type=positive_int, default=500, help="utterances a capture summarises (default: %(default)s)")
+    p.add_argument("--sample", type=count, default=3,
                    help="utterances a capture keeps whole, for the temporal trace (default: %(default)s)")
     p.add_argument("--rule", action="append", default=[], help="irregularity rule for captures (default: the paper's)")
     add_corpus(p, override=True)
@@ -106,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", nargs="?", help="for check: corpus directory or manifest (.json/.toml)")
     p.add_argument("--out", default=os.environ.get("GATELENS_CORPUS", DEFAULT_CORPUS),
                    help=f"output directory (default: $GATELENS_CORPUS or {DEFAULT_CORPUS})")
-    p.add_argument("--utterances", type=int, default=3000, help="utterances over all splits (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed: same seed, same bytes (default: %(default)s)")
-    p.add_argument("--shard-size", type=int, default=500, help="utterances per Ray task (default: %(default)s)")
+    p.add_argument("--utterances", type=positive_int, default=3000, help="utterances over all splits (default: %(default)s)")
+    p.add_argument("--seed", type=count, default=0, help="seed: same seed, same bytes (default: %(default)s)")
+    p.add_argument("--shard-size", type=positive_int, default=500, help="utterances per Ray task (default: %(default)s)")
     p.add_argument("--keep-wavs", choices=["none", "test", "all"], default="test",
                    help="store 16 kHz wavs (for noise analyses) for these splits (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus once the new one is complete")
@@ -117,25 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-unaligned", action="store_true",
                    help="for check: use only utterances with both features and alignments")
     p.add_argument("--json", action="store_true", help="for check: print the summary as JSON")
+    p.add_argument("--allow-pipes", action="store_true",
+                   help="for check: let Kaldi pipes in scp files run (the manifest must say allow_pipes = true too)")
 
     p = _command(sub, "service.cli.runs:cmd_train", "train", help="train one model on Ray Train",
                  description="Train one acoustic model (TorchTrainer; DDP over --workers).")
     add_corpus(p)
     p.add_argument("--cell", default="lstm", choices=CELLS)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=positive_int, default=2)
+    p.add_argument("--hidden", type=positive_int, default=128)
     p.add_argument("--residual", action="store_true", help="shortcut connections (Sec. 5.2)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", help="run name (default: from the configuration)")
+    p.add_argument("--seed", type=count, default=0)
+    p.add_argument("--name", type=name, help="run name (default: from the configuration)")
     _add_run_options(p)
     p.set_defaults(workers=1, gpus_per_worker=0.0)
 
     p = _command(sub, "service.cli.runs:cmd_grid", "grid", help="run a study (the paper's tables) on Ray Tune",
                  description="Run the trials of a study: table1 (LSTM/GRU x depth), table2 (lazy update), table3 "
                              "(residual), or a custom grid (--cells/--layers/--residual).")
-    p.add_argument("--study", default="table1", help="table1, table2, table3, or a name for a custom grid")
+    p.add_argument("--study", default="table1", type=name, help="table1, table2, table3, or a name for a custom grid")
     p.add_argument("--profile", default="demo", choices=list(PROFILES))
     add_corpus(p)
     p.add_argument("--cells", help="custom grid: comma-separated cells")
@@ -145,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
 
     p = _command(sub, "service.cli.runs:cmd_results", "results", help="print a study's results as the paper's table")
-    p.add_argument("--study", default="table1")
+    p.add_argument("--study", default="table1", type=name)
     add_storage(p)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--ingest", action="store_true", help="also write the runs and epoch metrics into the store")
@@ -153,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "service.cli.head:cmd_up", "up",
                  help="start a local Ray head with the dashboard (wraps ray start --head)")
-    p.add_argument("--port", type=int, default=6379)
-    p.add_argument("--dashboard-port", type=int, default=8265)
-    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--port", type=positive_int, default=6379)
+    p.add_argument("--dashboard-port", type=positive_int, default=8265)
+    p.add_argument("--num-cpus", type=positive_int, default=None)
 
     p = _command(sub, "service.cli.head:cmd_down", "down", help="stop the local Ray head (wraps ray stop)")
     p.add_argument("--force", action="store_true")
@@ -168,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output ark path (an .scp is written beside it)")
     p.add_argument("--split", default="test")
     add_corpus(p, override=True)
-    p.add_argument("--prior-scale", type=float, default=1.0)
-    p.add_argument("--utterances", type=int, default=None)
+    p.add_argument("--prior-scale", type=nonnegative_float, default=1.0)
+    p.add_argument("--utterances", type=positive_int, default=None)
 
     p = _command(sub, "service.cli.capture:cmd_capture", "capture",
                  help="run a checkpoint with capture and store per-unit summaries",
@@ -179,17 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="model file or checkpoint directory (holding model.pt)")
     add_corpus(p, override=True)
     p.add_argument("--split", default="test", help="split to capture on (default: %(default)s)")
-    p.add_argument("--utterances", type=int, default=500, help="utterances (default: %(default)s, as the paper)")
+    p.add_argument("--utterances", type=positive_int, default=500, help="utterances (default: %(default)s, as the paper)")
     p.add_argument("--rule", action="append", default=[], metavar="RULE",
                    help="irregularity rule, repeatable: abs>10, abs<0.5, pct>99, pct<5 "
                         "(default: abs>10 for LSTM, abs<0.5 for GRU, Sec. 4.2)")
-    p.add_argument("--sample", type=int, default=0,
+    p.add_argument("--sample", type=count, default=0,
                    help="keep the per-frame values of this many utterances as a raw sample (default: %(default)s)")
-    p.add_argument("--shards", type=int, help="Ray tasks (default: one per CPU of the cluster)")
-    p.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass (default: %(default)s)")
-    p.add_argument("--max-frames", type=int, default=4096,
+    p.add_argument("--shards", type=positive_int, help="Ray tasks (default: one per CPU of the cluster)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="utterances per forward pass (default: %(default)s)")
+    p.add_argument("--max-frames", type=positive_int, default=4096,
                    help="padded frames per forward pass: bounds each task's memory (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=count, default=0,
                    help="which utterances, when the split has more (default: %(default)s)")
     p.add_argument("--checkpoint-id", help="id in the store (default: <arch>-<layers>x<hidden>-<sha256 prefix>)")
     add_store(p)
@@ -204,9 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",
                    help="output format (default: %(default)s)")
     p.add_argument("--out", help="write the result to this file instead of stdout (required for parquet on a terminal)")
-    p.add_argument("--max-rows", type=int, default=100, help="rows shown by --format table (default: %(default)s)")
-    p.add_argument("--wait", type=float, default=10.0,
+    p.add_argument("--max-rows", type=positive_int, default=100, help="rows shown by --format table (default: %(default)s)")
+    p.add_argument("--wait", type=nonnegative_float, default=10.0,
                    help="seconds to wait while a writer holds the store (default: %(default)s)")
+    p.add_argument("--timeout", type=positive_float, default=60.0,
+                   help="seconds a query may run before it is stopped (default: %(default)s)")
+    p.add_argument("--memory-limit", default="2GB",
+                   help="memory a query may use, as DuckDB writes it, e.g. 500MB, 4GB (default: %(default)s)")
 
     p = _command(sub, "service.cli.sql:cmd_migrate", "migrate",
                  help="bring an older store up to this version's schema",
@@ -249,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage(p, "training storage to watch")
     add_store(p)
     p.add_argument("--figures", default="data/figures", help="where figures go (default: %(default)s)")
-    p.add_argument("--utterances", type=int, default=500, help="utterances captured per checkpoint")
-    p.add_argument("--settle", type=float, default=10.0, help="seconds a file must be unchanged before it is read")
+    p.add_argument("--utterances", type=positive_int, default=500, help="utterances captured per checkpoint")
+    p.add_argument("--settle", type=nonnegative_float, default=10.0, help="seconds a file must be unchanged before it is read")
     p.add_argument("--analyses", help="comma-separated subset of the analyses")
     add_corpus(p, override=True)
     return parser

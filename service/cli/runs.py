@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from cluster.data.kaldi import check_corpus
-from cluster.errors import InputError
+from cluster.errors import EXIT_ERROR, InputError
 from cluster.export import export_loglikelihoods
 from cluster.grid import custom_grid, run_study
-from cluster.runs import collect_results
+from cluster.runs import RUNS, collect_results, study_dir
 from cluster.runtime import ensure_ray
 from cluster.settings import parse_assignment
 from cluster.train import TrainConfig, make_trainer, run_name
@@ -24,22 +23,25 @@ def training_overrides(items: list[str]) -> dict:
     return dict(parse_assignment(TrainConfig, item) for item in items)
 
 
-def check_corpus_first(corpus: str) -> None:
+def check_corpus_first(corpus: str, allow_pipes: bool = False) -> None:
     """Read every utterance through the corpus checks before any worker starts or any run
     directory is made: a bad corpus is reported here, naming the file and utterance, and nothing
     is written."""
     print(f"checking corpus {corpus} ...", file=sys.stderr, flush=True)
-    check_corpus(corpus)
+    check_corpus(corpus, allow_pipes=allow_pipes)
 
 
 def ingest_runs(store_path: str, storage: str, study: str) -> None:
-    """Runs and epoch metrics into the store, for SQL; a busy store is reported, not fatal."""
+    """Runs and epoch metrics into the store, for SQL. A store that cannot take them (busy, say)
+    ends the command with its status after everything else was printed: the runs themselves are
+    safe in the storage, and ``gatelens results --ingest`` writes them later."""
     store = Store(store_path)
     try:
         n = ingest_study(store, storage, study)
-        print(f"{n} runs of {study} in store {store.path} (tables runs, epoch_metrics)")
     except StoreError as e:
-        print(f"runs not written to the store: {e}; `gatelens results --ingest` retries", file=sys.stderr)
+        e.args = (f"runs not written to the store: {e}; `gatelens results --ingest` retries",)
+        raise
+    print(f"{n} runs of {study} in store {store.path} (tables runs, epoch_metrics)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -47,12 +49,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig.from_dict({"corpus": args.corpus, "cell": args.cell, "layers": args.layers,
                                         "hidden": args.hidden, "residual": args.residual, "epochs": args.epochs,
                                         "precision": args.precision, "seed": args.seed,
-                                        **training_overrides(args.set)})
+                                        "allow_pipes": args.allow_pipes, **training_overrides(args.set)})
     except ValueError as e:
         raise InputError(str(e)) from None
     name = args.name or run_name(config)
-    storage = Path(args.storage).resolve() / "train"
-    check_corpus_first(config.corpus)
+    storage = study_dir(args.storage, "train") / RUNS  # where iter_runs (and the ingest) look
+    check_corpus_first(config.corpus, config.allow_pipes)
     ensure_ray()
     trainer = make_trainer(config, name, str(storage), workers=args.workers, gpus_per_worker=args.gpus_per_worker)
     result = trainer.fit()
@@ -82,8 +84,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
         except ValueError:
             raise InputError(f"--layers {args.layers_list!r}: expected comma-separated integers") from None
         custom = custom_grid((args.cells or "lstm,gru").split(","), depths, _bools(args.residual_list))
-    overrides = training_overrides(args.set)
-    check_corpus_first(args.corpus)
+    overrides = training_overrides(args.set) | {"allow_pipes": args.allow_pipes}
+    check_corpus_first(args.corpus, args.allow_pipes)
     configs, grid = run_study(args.study, args.profile, args.storage, corpus=args.corpus, overrides=overrides,
                               custom=custom, rerun=args.rerun, workers=args.workers,
                               gpus_per_worker=args.gpus_per_worker)
@@ -94,7 +96,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
             print(f"trial failed: {e}", file=sys.stderr)
     print(format_table(collect_results(args.storage, args.study), args.study))
     ingest_runs(args.store, args.storage, args.study)
-    return 1 if grid is not None and grid.errors else 0
+    return EXIT_ERROR if grid is not None and grid.errors else 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -112,6 +114,6 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_export_posteriors(args: argparse.Namespace) -> int:
     n = export_loglikelihoods(args.checkpoint, args.out, split=args.split, corpus=args.corpus,
-                              prior_scale=args.prior_scale, utterances=args.utterances)
+                              prior_scale=args.prior_scale, utterances=args.utterances, allow_pipes=args.allow_pipes)
     print(f"wrote log-likelihoods of {n} utterances to {args.out} (+ .scp)")
     return 0

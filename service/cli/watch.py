@@ -32,7 +32,7 @@ def parse_every(text: str) -> float:
 def cmd_watch(args: argparse.Namespace) -> int:
     config = WatchConfig(storage=args.storage, store=args.store, figures=args.figures, utterances=args.utterances,
                          settle=args.settle, analyses=args.analyses.split(",") if args.analyses else None,
-                         corpus=args.corpus)
+                         corpus=args.corpus, allow_pipes=args.allow_pipes)
     if args.every:
         config.every = parse_every(args.every)
     for name in config.analyses or []:

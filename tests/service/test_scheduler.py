@@ -75,6 +75,43 @@ def test_a_second_pass_changes_nothing(first_pass, watched):
     assert counts(store) == before
 
 
+def test_a_failing_file_is_not_reloaded_until_it_changes(watched, tmp_path, monkeypatch):
+    import service.scheduler as scheduler
+
+    _, good, _ = watched
+    bad = tmp_path / "runs" / "s" / "runs" / "broken" / "checkpoint_000000" / "model.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(good[0].read_bytes()[:3000])
+    os.utime(bad, (time.time() - 120, time.time() - 120))
+    config = WatchConfig(storage=str(tmp_path / "runs"), store=str(tmp_path / "s.duckdb"),
+                         figures=str(tmp_path / "f"), settle=5.0).resolved()
+    loads = []
+    real = scheduler.load_checkpoint
+    monkeypatch.setattr(scheduler, "load_checkpoint", lambda p: (loads.append(p), real(p))[1])
+    assert "truncated" in run_pass(config, progress=print).failed[str(bad)] and len(loads) == 1
+    report = run_pass(config, progress=print)
+    assert len(loads) == 1 and "failed earlier, file unchanged" in report.failed[str(bad)]
+    pending, failed = scheduler.pending_and_failed(config)
+    assert any(str(bad.resolve()) in k and "not retried" in k for k in failed)
+    # the file changes (still broken): tried once more, then left alone again
+    bad.write_bytes(good[0].read_bytes()[:2000])
+    os.utime(bad, (time.time() - 120, time.time() - 120))
+    run_pass(config, progress=print)
+    run_pass(config, progress=print)
+    assert len(loads) == 2
+
+
+def test_the_watcher_loop_lets_ctrl_c_through(monkeypatch):
+    import service.scheduler as scheduler
+
+    def interrupted(config, progress=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scheduler, "run_pass", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.Watcher({"every": 0.01}).loop()
+
+
 def test_a_checkpoint_still_being_written_is_not_read(first_pass, watched, tmp_path):
     config, good, _ = watched
     fresh = Path(config.storage) / "s" / "runs" / "fresh_run" / "checkpoint_000000" / "model.pt"

@@ -1,6 +1,7 @@
 """The store: schema, idempotent ingest, atomicity under SIGKILL, the analyses log, raw samples."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +189,42 @@ def test_raw_sample_as_float16_parquet_behind_a_view(store):
     store.ingest("ck", "capture", SUMMARY_VERSION, capture_frames("ck"))
     assert not list(store.samples_dir.rglob("*.parquet"))
     assert store.query("SELECT count(*) AS n FROM duckdb_views() WHERE view_name = 'raw_sample'")["n"][0] == 0
+
+
+def _sample(t=4, h=3, seed=0):
+    rng = np.random.default_rng(seed)
+    values = {f"L{l}.{q}": rng.standard_normal((t, h)).astype(np.float32) for l in (1, 2) for q in QUANTITIES}
+    return sample_table("ck", SUMMARY_VERSION, [("utt1", values, rng.integers(1, len(PHONES), t))], PHONES)
+
+
+def test_a_sample_whose_rename_a_crash_cut_off_is_published_on_the_next_open(store, monkeypatch):
+    def crash(*a, **k):
+        raise SystemExit("killed between the commit and the rename")
+
+    monkeypatch.setattr(Store, "_publish_sample", crash)
+    with pytest.raises(SystemExit):
+        store.ingest("ck", "capture", SUMMARY_VERSION, capture_frames("ck"), sample=_sample())
+    assert store.query("SELECT status FROM analyses")["status"].to_list() == ["finished"]
+    assert not store.sample_files()
+    monkeypatch.undo()
+    again = Store(store.path)
+    again.log_started("other", "capture", 1)  # any writer repairs on opening
+    assert again.query("SELECT count(*) AS n FROM raw_sample")["n"][0] == 2 * 4
+    assert not list((again.samples_dir / ".incoming").iterdir())
+
+
+def test_a_copied_store_reads_its_own_samples_even_with_glob_characters_in_its_path(store, tmp_path):
+    store.ingest("ck", "capture", SUMMARY_VERSION, capture_frames("ck"), sample=_sample())
+    dest = tmp_path / "copy [1] *" / "gatelens.duckdb"
+    dest.parent.mkdir()
+    shutil.copy2(store.path, dest)
+    shutil.copytree(store.samples_dir, Store(dest).samples_dir)
+    shutil.rmtree(store.samples_dir)  # the original's files are gone: the copy must not need them
+    reader = Store(dest)
+    assert reader.query("SELECT count(*) AS n FROM raw_sample")["n"][0] == 2 * 4
+    reader.log_started("x", "capture", 1)  # a writer repoints the stored view too (for other clients)
+    with duckdb.connect(str(dest), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM raw_sample").fetchone()[0] == 2 * 4
 
 
 def test_writer_waits_for_a_reader_then_reports_busy(store):
