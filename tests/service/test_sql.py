@@ -2,22 +2,27 @@
 
 import io
 import json
+import os
+import signal
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from cluster.capture import sample_table
-from cluster.errors import EXIT_BUSY, EXIT_INPUT as EXIT_REFUSED
+from cluster.errors import EXIT_BUSY, EXIT_INPUT as EXIT_REFUSED, InputError
 from cluster.summaries import QUANTITIES, IrregularityRule, UnitSummary
 from service.cli import main as cli
 from service.schema import tables
-from service.sql import check_statement
+from service.sql import check_statement, limited_reader, run_query
 from service.store import Store
 
 
@@ -101,6 +106,11 @@ ATTACKS = {
     "prepare": "PREPARE p AS SELECT 1",
     "explain analyze": "EXPLAIN ANALYZE DELETE FROM runs",
     "explain insert": "EXPLAIN INSERT INTO runs (run_id) VALUES ('x')",
+    "explain (analyze)": "EXPLAIN (ANALYZE) DELETE FROM runs",
+    "explain (analyze false)": "EXPLAIN (FORMAT json, ANALYZE false) DELETE FROM runs",  # DuckDB 2.0 runs it anyway
+    "explain analyse": "EXPLAIN ANALYSE DELETE FROM runs",
+    "explain (format json) delete": "EXPLAIN (FORMAT json) DELETE FROM runs",
+    "update extensions": "UPDATE EXTENSIONS",
     "two statements": "SELECT 1; DROP TABLE runs",
     "two selects": "SELECT 1; SELECT 2",
     "hidden second": "SELECT 1 /* ; */ ; -- comment\n DELETE FROM runs",
@@ -160,6 +170,8 @@ def test_every_attack_is_refused_by_duckdb_too(store):
     "PRAGMA table_info('unit_stats')",
     "-- a comment\nPRAGMA show_tables",
     "EXPLAIN SELECT * FROM runs",
+    "EXPLAIN (FORMAT json) SELECT * FROM runs",
+    "explain ( format /* the plan as */ 'html' ) FROM runs",
     "SELECT layer, count(*) AS n FROM raw_sample GROUP BY layer ORDER BY layer",
 ])
 def test_reading_statements_are_allowed(q, store):
@@ -260,3 +272,168 @@ def test_queries_during_repeated_ingests_are_answered_or_busy(store, capsys):
         p.kill()
         p.wait()
     assert answered + busy > 0
+
+
+# -- limits: time, memory, Ctrl-C ------------------------------------------------------------------
+
+RUNAWAY = "SELECT count(*) FROM range(100000000) a, range(100000000) b"
+
+
+def test_a_runaway_query_is_stopped_at_the_timeout(store, capsys):
+    t0 = time.monotonic()
+    rc, out, err = sql(store, RUNAWAY, "--timeout", "1", capsys=capsys)
+    took = time.monotonic() - t0
+    assert rc == 1 and out == ""
+    assert err == "gatelens sql: error: the query ran longer than 1 s and was stopped (--timeout raises the limit)\n"
+    assert took < 1 + 8, took  # interrupted, not run to its end
+    rc, out, _ = sql(store, "SELECT count(*) AS n FROM runs", "--format", "csv", capsys=capsys)
+    assert (rc, out) == (0, "n\n1\n")  # the next query is unaffected
+
+
+def test_the_limits_are_set_before_the_lock(store):
+    import duckdb
+
+    with limited_reader(store, memory_limit="300MB") as con:
+        got = con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory'), "
+                          "current_setting('enable_external_access'), current_setting('lock_configuration')").fetchall()
+        assert got == [("286.1 MiB", "", False, True)]  # 300 MB in MiB; no spilling; sandboxed; locked
+        for q in ("SET memory_limit = '100GB'", "SET temp_directory = '/tmp/spill'", "RESET memory_limit",
+                  "SET max_temp_directory_size = '1TB'"):
+            with pytest.raises(duckdb.Error, match="locked"):
+                con.execute(q)
+
+
+def test_bad_limits_are_refused(store, capsys):
+    rc, out, err = sql(store, "SELECT 1", "--memory-limit", "2 lemons", capsys=capsys)
+    assert rc == EXIT_REFUSED and err.startswith("gatelens sql: error: --memory-limit '2 lemons': DuckDB refuses it")
+    assert err.count("\n") == 1
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="--timeout must be a positive number of seconds"):
+            run_query("SELECT 1", store, timeout=bad)
+
+
+def test_ctrl_c_stops_a_running_query(store):
+    p = subprocess.Popen([sys.executable, "-m", "service.cli", "sql", RUNAWAY, "--store", str(store.path)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        fds = Path(f"/proc/{p.pid}/fd")
+        while not any(os.path.realpath(fd) == str(store.path.resolve()) for fd in _links(fds)):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the store is open: the query is running now
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == 130, err
+    assert err == "gatelens sql: interrupted; nothing half-written was kept\n" and out == ""
+    assert took < 10, took
+
+
+def _links(fds: Path) -> list[str]:
+    try:
+        return [str(fd) for fd in fds.iterdir()]
+    except FileNotFoundError:
+        return []
+
+
+# -- --out: never the store, always whole ----------------------------------------------------------
+
+def test_an_existing_out_file_survives_a_failed_query_or_write(store, capsys, tmp_path):
+    out = tmp_path / "result.csv"
+    out.write_text("the old result\n")
+    out.chmod(0o640)
+    for args in (["SELECT nope FROM runs"],  # a failed query
+                 [RUNAWAY, "--timeout", "0.5"],  # stopped at the limit
+                 ["SELECT 1 AS a, 2 AS a"]):  # polars cannot write duplicate column names
+        rc, _, err = sql(store, *args, "--format", "csv", "--out", str(out), capsys=capsys)
+        assert rc == 1 and "Traceback" not in err, err
+        assert out.read_text() == "the old result\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["result.csv"]  # no temporary file left
+    rc, _, _ = sql(store, "SELECT count(*) AS n FROM runs", "--format", "csv", "--out", str(out), capsys=capsys)
+    assert rc == 0 and out.read_text() == "n\n1\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # replaced, with the old file's permissions
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.csv"]
+    new = tmp_path / "new.json"
+    rc, _, _ = sql(store, "SELECT 1 AS a", "--format", "json", "--out", str(new), capsys=capsys)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert rc == 0 and json.loads(new.read_text()) == [{"a": 1}]
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask  # as any new file, not mkstemp's 0600
+
+
+def test_out_refuses_the_store_and_its_samples(store, capsys, tmp_path):
+    link = tmp_path / "link.duckdb"
+    link.symlink_to(store.path)
+    before = snapshot(store)
+    for target, why in ((store.path, "that is the store itself"), (link, "that is the store itself"),
+                        (Path(str(store.path) + ".wal"), "that is the store itself"),
+                        (store.samples_dir / "ck" / "v9.parquet", "inside the store's samples folder"),
+                        (store.samples_dir, "is a directory")):
+        rc, out, err = sql(store, "SELECT 1 AS a", "--format", "parquet", "--out", str(target), capsys=capsys)
+        assert rc == EXIT_REFUSED and why in err and err.count("\n") == 1, err
+    assert snapshot(store) == before
+    rc, _, _ = sql(store, "SELECT 1 AS a", "--format", "csv", "--out", "/dev/null", capsys=capsys)
+    assert rc == 0 and Path("/dev/null").is_char_device()  # a device is written in place, not replaced
+
+
+def test_a_non_utf8_query_on_stdin_is_refused(store, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"SELECT '\xff'")))
+    rc, out, err = sql(store, capsys=capsys)
+    assert rc == EXIT_REFUSED and out == ""
+    assert err == "gatelens sql: the statement on stdin is not UTF-8 text (byte 0xff at offset 8); save it as UTF-8\n"
+
+
+# -- statements and column types the writers had no answer for --------------------------------------
+
+def test_explain_with_a_format_returns_the_plan(store, capsys):
+    q = "EXPLAIN (FORMAT json) SELECT quantity, max(mean) FROM unit_stats GROUP BY quantity"
+    rc, out, err = sql(store, q, "--format", "json", capsys=capsys)
+    assert rc == 0, err
+    (row,) = json.loads(out)
+    assert row["explain_key"] == "physical_plan"
+    plan = json.dumps(json.loads(row["explain_value"]))  # the plan, as JSON
+    assert "GROUP_BY" in plan and "unit_stats" in plan.lower(), plan
+
+
+ODD = ("SELECT 1::VARIANT AS v, union_value(num := 2)::UNION(num INT, str VARCHAR) AS u, MAP {'a': 1} AS m, "
+       "{'a': 1, 'b': [1, 2]} AS s, '\\xAA\\x00'::BLOB AS b, INTERVAL 3 DAY AS i, "
+       "170141183460469231731687303715884105727::HUGEINT AS h, '00000000-0000-0000-0000-000000000001'::UUID AS id, "
+       "340282366920938463463374607431768211455::UHUGEINT AS uh, 'infinity'::DATE AS d, [INTERVAL 1 DAY] AS li")
+BIG = "170141183460469231731687303715884105727"  # HUGEINT's largest
+UBIG = "340282366920938463463374607431768211455"  # UHUGEINT's largest (Arrow's decimal128 would wrap it)
+UUID1 = "00000000-0000-0000-0000-000000000001"
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json", "parquet"])
+def test_unusual_column_types_are_written_in_every_format(fmt, store, capsys, tmp_path):
+    out_file = tmp_path / f"odd.{fmt}"
+    rc, out, err = sql(store, ODD, "--format", fmt, "--out", str(out_file), capsys=capsys)
+    assert rc == 0 and err == "", err
+    if fmt == "table":
+        text = out_file.read_text()
+        assert all(v in text for v in ("3 days", "infinity", "\\xAA\\x00", '{"num":2}')), text
+    elif fmt == "csv":  # nested values as JSON text, the rest as DuckDB writes them
+        (row,) = pl.read_csv(out_file, infer_schema=False).to_dicts()
+        assert row == {"v": "1", "u": '{"num":2}', "m": '{"a":1}', "s": '{"a":1,"b":[1,2]}', "b": "\\xAA\\x00",
+                       "i": "3 days", "h": BIG, "id": UUID1, "uh": UBIG, "d": "infinity", "li": '["1 day"]'}
+    elif fmt == "json":
+        (row,) = json.loads(out_file.read_text())
+        assert row == {"v": 1, "u": {"num": 2}, "m": [["a", 1]], "s": {"a": 1, "b": [1, 2]}, "b": "\\xAA\\x00",
+                       "i": "3 days", "h": BIG, "id": UUID1, "uh": UBIG, "d": "infinity", "li": ["1 day"]}
+    else:
+        t = pq.read_table(out_file)
+        row = t.drop_columns(["d"]).to_pylist()[0]
+        assert row["v"] == "1" and row["u"] == '{"num":2}' and row["m"] == [("a", 1)] and row["b"] == b"\xaa\x00"
+        assert row["i"] == "3 days" and str(row["h"]) == BIG and row["uh"] == UBIG and row["li"] == '["1 day"]'
+        assert t.schema.field("d").type == pa.date32()  # Parquet holds DuckDB's dates as they are
+
+
+def test_variant_and_friends_on_stdout(store, capsys):
+    for fmt in ("table", "csv", "json"):
+        rc, out, err = sql(store, "SELECT 1::VARIANT AS v", "--format", fmt, capsys=capsys)
+        assert rc == 0 and err == "" and "1" in out, (fmt, out, err)
