@@ -23,6 +23,7 @@ import polars as pl
 
 from analyses.common import (STUDY, Analysis, FigureSpec, Output, Params, StudyRef, figure_path, grid, save,
                              summary_frame)
+from analyses.stats import over_seeds
 from cluster.runs import collect_results
 
 NAME = "comparisons"
@@ -66,10 +67,24 @@ def _find(df: pl.DataFrame, **kw) -> dict | None:
     return df.row(0, named=True) if df.height else None
 
 
+def _cell(r: dict | None, metric: str) -> str:
+    """A table cell: the mean over seeds, +- the half-width of its 95 % interval when there are
+    several seeds."""
+    if r is None:
+        return "-"
+    mean, low, high = r[metric], r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+    if r.get("n_seeds", 1) > 1 and low is not None and np.isfinite(low):
+        return f"{_pct(mean)} +- {100 * (high - low) / 2:.2f}"
+    return _pct(mean)
+
+
 def paper_tables(df: pl.DataFrame) -> list[Table]:
-    """Tables 1-3 from collected results (the ones the runs allow)."""
+    """Tables 1-3 from collected results (the ones the runs allow); each cell is a grid point's
+    mean over its seeds (``analyses.stats.over_seeds``)."""
     if df.is_empty():
         return []
+    if "seed" in df.columns:
+        df = over_seeds(df)
     tables = []
     plain = df.filter(~pl.col("residual") & (pl.col("cell") != "lstm_lazy"))
     if plain.height:
@@ -78,7 +93,7 @@ def paper_tables(df: pl.DataFrame) -> list[Table]:
         for cell in [c for c in SYSTEM if c in set(plain["cell"])]:
             for n in sorted(set(plain.filter(pl.col("cell") == cell)["layers"])):
                 r = _find(plain, cell=cell, layers=n)
-                t.rows.append([SYSTEM[cell], str(n), _pct(r["test_per"]), _pct(r["test_frame_acc"])])
+                t.rows.append([SYSTEM[cell], str(n), _cell(r, "test_per"), _cell(r, "test_frame_acc")])
         tables.append(t)
     lazy = df.filter(~pl.col("residual") & pl.col("cell").is_in(["lstm", "lstm_lazy"]))
     if "lstm_lazy" in set(lazy["cell"]):
@@ -87,7 +102,7 @@ def paper_tables(df: pl.DataFrame) -> list[Table]:
                    [("", 1), ("PER %", 1), ("Acc. %", 1), ("PER %", 1), ("Acc. %", 1)]])
         for n in sorted(set(lazy["layers"])):
             b, z = _find(lazy, cell="lstm", layers=n), _find(lazy, cell="lstm_lazy", layers=n)
-            t.rows.append([str(n)] + [_pct(r[k]) if r else "-" for r in (b, z) for k in ("test_per", "test_frame_acc")])
+            t.rows.append([str(n)] + [_cell(r, k) for r in (b, z) for k in ("test_per", "test_frame_acc")])
         tables.append(t)
     if df["residual"].any():
         t = Table("Table 3", "Performance of LSTM / GRU without / with residual shortcuts (test set)",
@@ -97,7 +112,7 @@ def paper_tables(df: pl.DataFrame) -> list[Table]:
         for cell in [c for c in SYSTEM if c in set(res.filter(pl.col("residual"))["cell"])]:
             for n in sorted(set(res.filter((pl.col("cell") == cell) & pl.col("residual"))["layers"])):
                 b, r_ = _find(res, cell=cell, layers=n, residual=False), _find(res, cell=cell, layers=n, residual=True)
-                t.rows.append([SYSTEM[cell], str(n)] + [_pct(r[k]) if r else "-" for r in (b, r_)
+                t.rows.append([SYSTEM[cell], str(n)] + [_cell(r, k) for r in (b, r_)
                                                         for k in ("test_per", "test_frame_acc")])
         tables.append(t)
     return tables

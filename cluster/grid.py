@@ -26,14 +26,21 @@ from cluster.train import TrainConfig, make_trainer, run_name
 
 
 def trial_configs(study: str, profile: Profile, overrides: dict | None = None,
-                  custom: list[dict] | None = None) -> list[TrainConfig]:
+                  custom: list[dict] | None = None, seeds: tuple[int, ...] | None = None) -> list[TrainConfig]:
+    """Every run of the study: its grid points (at the profile's depths) x the seeds (the
+    profile's unless given). Seeds are a study dimension: run names carry them (``..._s1``)."""
     if custom is None and study not in STUDIES:
         raise InputError(f"unknown study {study!r}: choose {', '.join(STUDIES)} or give a custom grid")
     points = custom if custom is not None else STUDIES[study]
     if profile.depths is not None and custom is None:
         points = [p for p in points if p["layers"] in profile.depths]
+    if not seeds and "seed" in (overrides or {}):  # --set seed=N: that one seed
+        seeds = (overrides["seed"],)
+    seeds = tuple(seeds) if seeds else profile.seeds
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise InputError(f"--seeds {','.join(map(str, seeds))}: distinct non-negative integers")
     base = {**profile.train, **(overrides or {})}
-    return [TrainConfig.from_dict({**base, **p}) for p in points]
+    return [TrainConfig.from_dict({**base, **p, "seed": s}) for p in points for s in seeds]
 
 
 def custom_grid(cells: list[str], layers: list[int], residual: list[bool]) -> list[dict]:
@@ -51,12 +58,12 @@ def _trial(space: dict) -> None:
 
 def run_study(study: str, profile: str = "demo", storage: str | Path = "data/runs", corpus: str | None = None,
               overrides: dict | None = None, custom: list[dict] | None = None, rerun: bool = False,
-              workers: int | None = None, gpus_per_worker: float | None = None):
+              workers: int | None = None, gpus_per_worker: float | None = None, seeds: tuple[int, ...] | None = None):
     """Run every trial of ``study`` that has not finished yet; returns (configs, ResultGrid or None)."""
     prof = PROFILES[profile]
     if corpus:
         overrides = {**(overrides or {}), "corpus": corpus}
-    configs = trial_configs(study, prof, overrides, custom)
+    configs = trial_configs(study, prof, overrides, custom, seeds)
     sdir = study_dir(storage, study)
     runs_dir = sdir / "runs"
     todo = [c for c in configs if rerun or not RunDir(study, run_name(c), runs_dir / run_name(c)).finished]

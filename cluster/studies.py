@@ -23,6 +23,7 @@ class Profile:
     workers: int = 1
     gpus_per_worker: float = 0.0
     max_concurrent: int = 0  # 0: as resources allow
+    seeds: tuple[int, ...] = (0,)  # every grid point is trained once per seed (``--seeds`` overrides)
 
 
 PROFILES = {
@@ -31,7 +32,7 @@ PROFILES = {
                     depths=(1, 2, 4)),
     # the paper's shapes, for a cluster of GPU machines
     "paper": Profile("paper", {"hidden": 512, "epochs": 15, "batch_size": 32, "patience": 3,
-                               "threads_per_worker": 4}, gpus_per_worker=1.0),
+                               "threads_per_worker": 4}, gpus_per_worker=1.0, seeds=(0, 1, 2)),
     # for tests and smoke runs: seconds per trial
     "tiny": Profile("tiny", {"hidden": 16, "epochs": 1, "batch_size": 8, "max_train_utterances": 48,
                              "max_eval_utterances": 12}),

@@ -9,17 +9,30 @@ from pathlib import Path
 
 import polars as pl
 
+from analyses.stats import over_seeds
 from cluster.runs import RunDir, iter_runs
-
 
 SYSTEM = {"lstm": "LSTM", "gru": "GRU", "lstm_lazy": "LSTM", "lstm_fused": "LSTM (nn.LSTM)"}
 
 
-def format_table(df: pl.DataFrame, study: str) -> str:
+def _interval(r: dict, metric: str) -> str:
+    """'11.08 [10.52, 11.64]' (test %, mean over seeds and its 95 % interval), or the mean alone."""
+    mean, low, high = r[metric], r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+    if low is None or low != low:
+        return f"{100 * mean:6.2f}" + " " * 16
+    return f"{100 * mean:6.2f} [{100 * low:6.2f}, {100 * high:6.2f}]"
+
+
+def format_table(df: pl.DataFrame, study: str, per_seed: bool = False) -> str:
     """The paper's layout: Table 1 by system and depth, Table 2 baseline vs lazy update, Table 3
-    baseline vs residual; PER and frame accuracy (test, %) per cell."""
+    baseline vs residual; PER and frame accuracy (test, %). A grid point trained with several seeds
+    shows its mean over seeds with the 95 % interval (``analyses.stats``); ``per_seed`` lists
+    every run instead."""
     if df.is_empty():
         return f"no finished runs for study {study!r}"
+    runs = df.height
+    if not per_seed:
+        df = over_seeds(df)
 
     def cell(r: dict | None) -> str:
         return "      -        " if r is None else f"{100 * r['test_per']:6.2f} {100 * r['test_frame_acc']:6.2f}"
@@ -41,14 +54,22 @@ def format_table(df: pl.DataFrame, study: str) -> str:
             for n in sorted(set(df.filter(pl.col("cell") == c)["layers"])):
                 lines.append(f"{SYSTEM[c]:<6} {n:>6}  {cell(find(cell=c, layers=n, residual=False)):>18}  "
                              f"{cell(find(cell=c, layers=n, residual=True)):>18}")
+    elif per_seed:
+        lines.append(f"{'System':<8} {'Layers':>6} {'Residual':>8} {'Seed':>4}  {'PER%':>6} {'Acc%':>6}  {'best epoch':>10}")
+        for r in df.sort(["cell", "residual", "layers", "seed"]).iter_rows(named=True):
+            name = SYSTEM.get(r["cell"], r["cell"]) + (" lazy" if r["cell"] == "lstm_lazy" else "")
+            lines.append(f"{name:<8} {r['layers']:>6} {('yes' if r['residual'] else 'no'):>8} {r['seed']:>4}  "
+                         f"{100 * r['test_per']:6.2f} {100 * r['test_frame_acc']:6.2f}  {r['best_epoch']!s:>10}")
     else:
-        lines.append(f"{'System':<8} {'Layers':>6} {'Residual':>8}  {'PER%':>6} {'Acc%':>6}  {'best epoch':>10}")
+        lines.append(f"{'System':<8} {'Layers':>6} {'Residual':>8} {'Seeds':>5}  {'PER% [95% interval]':<22}  "
+                     f"{'Acc% [95% interval]':<22}")
         for r in df.sort(["cell", "residual", "layers"]).iter_rows(named=True):
             name = SYSTEM.get(r["cell"], r["cell"]) + (" lazy" if r["cell"] == "lstm_lazy" else "")
-            lines.append(f"{name:<8} {r['layers']:>6} {('yes' if r['residual'] else 'no'):>8}  "
-                         f"{100 * r['test_per']:6.2f} {100 * r['test_frame_acc']:6.2f}  {r['best_epoch']!s:>10}")
+            lines.append(f"{name:<8} {r['layers']:>6} {('yes' if r['residual'] else 'no'):>8} {r['n_seeds']:>5}  "
+                         f"{_interval(r, 'test_per'):<22}  {_interval(r, 'test_frame_acc'):<22}")
+    what = "every run" if per_seed else "mean over seeds, Student's t 95 % interval (none with one seed)"
     lines.append(f"(test set, best-on-dev weights; PER from Viterbi decoding over a phone loop, SIL excluded; "
-                 f"frame accuracy on the frame targets; {df.height} runs)")
+                 f"frame accuracy on the frame targets; {what}; {runs} runs)")
     return "\n".join(lines)
 
 

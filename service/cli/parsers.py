@@ -54,6 +54,17 @@ positive_float, nonnegative_float = _number(float, 0, False), _number(float, 0, 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    """'0,1,2' -> (0, 1, 2): distinct non-negative integers."""
+    try:
+        seeds = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: distinct non-negative integers")
+    return seeds
+
+
 def name(text: str) -> str:
     """A study or run name: it becomes a folder, so no separators, no '..', nothing hidden."""
     for part in text.split(","):  # --study takes comma-separated names
@@ -180,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", help="custom grid: comma-separated cells")
     p.add_argument("--layers", dest="layers_list", help="custom grid: comma-separated depths")
     p.add_argument("--residual", dest="residual_list", default="false", help="custom grid: e.g. false,true")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="train every grid point once per seed, e.g. 0,1,2 (default: the profile's seeds)")
     p.add_argument("--rerun", action="store_true", help="train finished runs again")
     _add_run_options(p)
 
@@ -188,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage(p)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--ingest", action="store_true", help="also write the runs and epoch metrics into the store")
+    p.add_argument("--per-seed", action="store_true",
+                   help="one row per run instead of each grid point's mean over seeds with its 95%% interval")
     add_store(p)
 
     p = _command(sub, "service.cli.head:cmd_up", "up",

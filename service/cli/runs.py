@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+import polars as pl
+
+from analyses.stats import over_seeds
 from cluster.data.kaldi import check_corpus
 from cluster.errors import EXIT_ERROR, InputError
 from cluster.export import export_loglikelihoods
@@ -88,7 +91,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     check_corpus_first(args.corpus, args.allow_pipes)
     configs, grid = run_study(args.study, args.profile, args.storage, corpus=args.corpus, overrides=overrides,
                               custom=custom, rerun=args.rerun, workers=args.workers,
-                              gpus_per_worker=args.gpus_per_worker)
+                              gpus_per_worker=args.gpus_per_worker, seeds=args.seeds)
     if grid is None:
         print(f"all {len(configs)} runs of {args.study} already finished (--rerun trains them again)")
     elif grid.errors:
@@ -103,12 +106,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     df = collect_results(args.storage, args.study)
     if args.ingest:
         ingest_runs(args.store, args.storage, args.study)
+    rows = df if args.per_seed or df.is_empty() else over_seeds(df)
     if args.format == "csv":
-        print(df.write_csv(), end="")
+        print(rows.with_columns(pl.col(c).list.eval(pl.element().cast(pl.String)).list.join(" ")
+                                for c, t in rows.schema.items() if t.is_nested()).write_csv(), end="")
     elif args.format == "json":
-        print(df.write_json())
+        print(rows.write_json())
     else:
-        print(format_table(df, args.study))
+        print(format_table(df, args.study, per_seed=args.per_seed))
     return 0
 
 

@@ -65,7 +65,12 @@ def test_study_grids_mirror_the_paper():
     t2 = trial_configs("table2", PROFILES["demo"])
     assert {(c.cell, c.layers) for c in t2} == {(c, n) for c in ("lstm", "lstm_lazy") for n in (1, 2, 4)}
     t3 = trial_configs("table3", PROFILES["paper"])
-    assert len(t3) == 8 and {c.residual for c in t3} == {False, True}
+    assert len({(c.cell, c.layers, c.residual) for c in t3}) == 8 and {c.residual for c in t3} == {False, True}
+    assert len(t3) == 8 * 3 and {c.seed for c in t3} == {0, 1, 2}  # the paper profile's seeds
+    assert {c.seed for c in trial_configs("table1", PROFILES["demo"], seeds=(3, 4))} == {3, 4}
+    assert {c.seed for c in trial_configs("table1", PROFILES["demo"], overrides={"seed": 7})} == {7}
+    with pytest.raises(InputError, match="distinct"):
+        trial_configs("table1", PROFILES["demo"], seeds=(1, 1))
     assert {(c.cell, c.layers) for c in trial_configs("table1", PROFILES["demo"])} == \
         {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4)}
     with pytest.raises(InputError, match="unknown training option"):
@@ -125,3 +130,25 @@ def test_a_planted_pickle_in_the_training_state_is_refused_and_never_runs(tmp_pa
     torch.save({"optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "epoch": 2, "history": [{"a": 1.0}],
                 "best_state": {"w": torch.ones(2)}, "scheduler": None, "best_acc": 0.5, "stale": 0}, good)
     assert load_train_state(good)["epoch"] == 2
+
+
+def test_a_tiny_grid_with_two_seeds_keeps_both_and_results_aggregate_them(small_corpus, tmp_path, capsys):
+    from service.cli import main as gatelens
+
+    common = ["--storage", tmp_path / "runs", "--store", tmp_path / "s.duckdb"]
+    assert gatelens([str(a) for a in ["grid", "--study", "seeded", "--profile", "tiny", "--cells", "gru", "--layers",
+                                      "1", "--seeds", "0,1", "--corpus", small_corpus, *common]]) == 0
+    table = collect(tmp_path / "runs", "seeded")
+    assert sorted(table["run"]) == ["gru_L1_H16_s0", "gru_L1_H16_s1"] and sorted(table["seed"]) == [0, 1]
+    assert table["test_per"][0] != table["test_per"][1] or table["test_frame_acc"][0] != table["test_frame_acc"][1]
+    capsys.readouterr()
+    assert gatelens([str(a) for a in ["results", "--study", "seeded", *common]]) == 0
+    out = capsys.readouterr().out
+    assert "Seeds" in out and "[" in out and "mean over seeds" in out
+    line = next(l for l in out.splitlines() if l.startswith("GRU"))
+    assert line.split()[3] == "2"
+    assert gatelens([str(a) for a in ["results", "--study", "seeded", "--per-seed", "--format", "csv", *common]]) == 0
+    assert pl.read_csv(__import__("io").StringIO(capsys.readouterr().out)).height == 2
+    from service.store import Store
+
+    assert Store(tmp_path / "s.duckdb").query("SELECT seed FROM runs ORDER BY seed")["seed"].to_list() == [0, 1]
