@@ -707,6 +707,22 @@ def reference_phones(frame_phones: Sequence[int] | np.ndarray, frame_targets: Se
     return ph[np.r_[True, cut]].tolist()
 
 
+def utterance_errors(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]],
+                     ignore: Iterable[int] = (SIL_ID,)) -> list[dict[str, int]]:
+    """Per utterance: ``ref_len``, ``sub``, ``ins``, ``del`` of ``kaldialign.edit_distance`` after
+    removing the phones in ``ignore`` from both sides (what ``phone_error_rate`` sums)."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    drop = set(int(x) for x in ignore)
+    out = []
+    for r, h in zip(refs, hyps):
+        r = [int(x) for x in r if int(x) not in drop]
+        h = [int(x) for x in h if int(x) not in drop]
+        d = kaldialign.edit_distance(r, h)
+        out.append({"ref_len": int(d["ref_len"]), "sub": int(d["sub"]), "ins": int(d["ins"]), "del": int(d["del"])})
+    return out
+
+
 def phone_error_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]],
                      ignore: Iterable[int] = (SIL_ID,)) -> dict[str, float | int]:
     """Corpus phone error rate with ``kaldialign.edit_distance`` (unit costs, Levenshtein).
@@ -718,16 +734,10 @@ def phone_error_rate(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]
     ref_len (``nan`` for an empty reference set, where no rate is defined), ``ins``, ``del``,
     ``sub`` and ``utterances``.
     """
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    drop = set(int(x) for x in ignore)
     tot = {"ins": 0, "del": 0, "sub": 0, "ref_len": 0}
-    for r, h in zip(refs, hyps):
-        r = [int(x) for x in r if int(x) not in drop]
-        h = [int(x) for x in h if int(x) not in drop]
-        d = kaldialign.edit_distance(r, h)
+    for d in utterance_errors(refs, hyps, ignore):
         for k in tot:
-            tot[k] += int(d[k])
+            tot[k] += d[k]
     errors = tot["ins"] + tot["del"] + tot["sub"]
     per = errors / tot["ref_len"] if tot["ref_len"] else math.nan
     return {"errors": errors, "ref_len": tot["ref_len"], "per": per, "ins": tot["ins"], "del": tot["del"],

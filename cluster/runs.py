@@ -4,6 +4,7 @@ Layout (what ``cluster/train.py`` and Ray Train write; ``cluster/grid.py`` choos
 
     <storage>/<study>/runs/<run>/
         run.json                  the run's stamps: config, seed, corpus, packages, git revision
+        utterances.parquet        per test utterance: reference length, substitutions, insertions, deletions
         epochs.parquet            one row per epoch on dev, one final row on test (written last)
         checkpoint_NNNNNN/model.pt  one per report; the last is the final one (best-on-dev weights,
                                   scored on test: its metrics say ``final``)
@@ -35,6 +36,7 @@ from cluster.models.checkpoint import MODEL_FILE, CheckpointMeta, checkpoint_id,
 
 RUN_FILE = "run.json"
 EPOCHS_FILE = "epochs.parquet"
+UTTERANCES_FILE = "utterances.parquet"  # per scored utterance: ref_len, sub, ins, del (written before epochs)
 RUNS = "runs"
 
 
@@ -109,6 +111,12 @@ class RunDir:
 
     def epochs(self) -> pl.DataFrame:
         return pl.read_parquet(self.path / EPOCHS_FILE)
+
+    def utterance_errors(self) -> pl.DataFrame | None:
+        """split, utt_id, ref_len, sub, ins, del of every scored utterance (None for runs trained
+        before gatelens wrote them)."""
+        path = self.path / UTTERANCES_FILE
+        return pl.read_parquet(path) if path.is_file() else None
 
     def checkpoint_files(self) -> list[Path]:
         """Every reported checkpoint's model file, oldest first."""

@@ -31,11 +31,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster.batching import bucket_batches, pad_batch
 from cluster.data.kaldi import read_corpus
-from cluster.decode import estimate_graph, phone_error_rate, reference_phones, viterbi
+from cluster.decode import estimate_graph, phone_error_rate, reference_phones, utterance_errors, viterbi
 from cluster.errors import GatelensError, InputError
 from cluster.models import CELLS, CheckpointError, ModelConfig, build_model, load_checkpoint, save_checkpoint
 from cluster.models.checkpoint import MAX_HIDDEN, MAX_LAYERS, MODEL_FILE
-from cluster.runs import EPOCHS_FILE, RUN_FILE, RunStamp
+from cluster.runs import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, RunStamp
 from cluster.runtime import git_revision
 
 IGNORE = -100
@@ -162,12 +162,14 @@ def load_split(corpus, name: str, limit: int | None = None) -> SplitData:
 # ----------------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate(model, data: SplitData, graph, config: TrainConfig, device, rank: int = 0, world: int = 1) -> dict:
+def evaluate(model, data: SplitData, graph, config: TrainConfig, device, rank: int = 0, world: int = 1,
+             per_utterance: bool = False) -> dict:
     """Frame cross-entropy, frame accuracy and phone error rate (Viterbi decoding) on this rank's
-    share of ``data``, summed across ranks."""
+    share of ``data``, summed across ranks; with ``per_utterance``, also "utterances": every
+    utterance's reference length and substitutions / insertions / deletions (gathered from all ranks)."""
     model.eval()
     ce = correct = frames = 0.0
-    refs, hyps = [], []
+    refs, hyps, ids = [], [], []
     idx = np.arange(rank, len(data.feats), world)
     order = idx[np.argsort(data.lengths[idx])]
     for k in range(0, len(order), config.batch_size):
@@ -185,7 +187,14 @@ def evaluate(model, data: SplitData, graph, config: TrainConfig, device, rank: i
             hyps.append(viterbi(logp[j, : lengths[j]], graph, lm_weight=config.lm_weight,
                                 prior_scale=config.prior_scale))
             refs.append(reference_phones(data.phones[i], data.targets[i], graph))
+            ids.append(data.utt_ids[i])
     per = phone_error_rate(refs, hyps, ignore=graph.silence)
+    utts = [{"utt_id": u, **e} for u, e in zip(ids, utterance_errors(refs, hyps, ignore=graph.silence))] \
+        if per_utterance else []
+    if per_utterance and world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, utts)
+        utts = [u for part in gathered for u in part]
     sums = torch.tensor([ce, correct, frames, per["errors"], per["ref_len"]], dtype=torch.float64)
     if world > 1:
         # gloo reduces on CPU tensors; nccl needs them on the device
@@ -194,8 +203,11 @@ def evaluate(model, data: SplitData, graph, config: TrainConfig, device, rank: i
         sums = t.cpu()
     ce, correct, frames, errors, ref_len = sums.tolist()
     model.train()
-    return {"frame_ce": ce / max(frames, 1), "frame_acc": correct / max(frames, 1),
-            "per": errors / max(ref_len, 1), "frames": int(frames)}
+    out = {"frame_ce": ce / max(frames, 1), "frame_acc": correct / max(frames, 1),
+           "per": errors / max(ref_len, 1), "frames": int(frames)}
+    if per_utterance:
+        out["utterances"] = sorted(utts, key=lambda u: u["utt_id"])
+    return out
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -304,11 +316,14 @@ def train_loop_per_worker(config_dict: dict) -> None:
     test = load_split(corpus, "test", config.max_eval_utterances)
     if best_state is not None:
         core.load_state_dict(best_state)
-    final = {f"test_{k}": v for k, v in evaluate(core, test, graph, config, device, rank, world).items()}
+    scored = evaluate(core, test, graph, config, device, rank, world, per_utterance=True)
+    utterances = scored.pop("utterances")
+    final = {f"test_{k}": v for k, v in scored.items()}
     best = max(history, key=lambda h: h["dev_frame_acc"]) if history else {}
     final.update({"epoch": epoch, "final": True, "best_epoch": best.get("epoch"),
                   **{f"best_{k}": v for k, v in best.items() if k.startswith("dev_")}})
-    if rank == 0 and config.run_dir:
+    if rank == 0 and config.run_dir:  # the utterances first: a run with epochs.parquet is finished
+        _write_parquet(Path(config.run_dir) / UTTERANCES_FILE, [{"split": "test", **u} for u in utterances])
         _write_epochs(Path(config.run_dir), history, final)
     _report(final, core, corpus.identity, run_stamps, None, rank, graph)
 
@@ -340,11 +355,15 @@ def epoch_rows(history: list[dict], final: dict) -> list[dict]:
     return [row("dev", "dev_", h) for h in history] + [row("test", "test_", final)]
 
 
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    """A Parquet file the store ingests, written whole, then renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    pl.DataFrame(rows).write_parquet(tmp)
+    os.replace(tmp, path)
+
+
 def _write_epochs(run_dir: Path, history: list[dict], final: dict) -> None:
-    """The Parquet file per run that the store ingests (written whole, then renamed)."""
-    tmp = run_dir / (EPOCHS_FILE + ".tmp")
-    pl.DataFrame(epoch_rows(history, final)).write_parquet(tmp)
-    os.replace(tmp, run_dir / EPOCHS_FILE)
+    _write_parquet(run_dir / EPOCHS_FILE, epoch_rows(history, final))
 
 
 # ----------------------------------------------------------------------------------- launching

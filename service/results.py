@@ -73,8 +73,9 @@ def format_table(df: pl.DataFrame, study: str, per_seed: bool = False) -> str:
     return "\n".join(lines)
 
 
-def run_rows(run: RunDir) -> tuple[dict, pl.DataFrame]:
-    """A finished run as store rows: its ``runs`` row and its ``epoch_metrics`` rows."""
+def run_rows(run: RunDir) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
+    """A finished run as store rows: its ``runs`` row, its ``epoch_metrics`` rows and its
+    ``utterance_errors`` rows (None for runs trained before they were written)."""
     stamp = run.stamp
     cfg = stamp.config
     epochs = run.epochs()
@@ -88,7 +89,11 @@ def run_rows(run: RunDir) -> tuple[dict, pl.DataFrame]:
            "residual": cfg["residual"], "seed": stamp.seed, "corpus_name": stamp.corpus["name"],
            "corpus_sha256": stamp.corpus["manifest_sha256"], "config": stamp.to_dict(), "status": "finished",
            "storage_path": str(run.path.resolve())}
-    return row, rows
+    utts = run.utterance_errors()
+    if utts is not None:
+        utts = utts.with_columns(pl.lit(run.run_id).alias("run_id"),
+                                 pl.lit(run.final_checkpoint.checkpoint_id).alias("checkpoint_id"))
+    return row, rows, utts
 
 
 def ingest_study(store, storage: str | Path, study: str) -> int:

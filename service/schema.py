@@ -51,6 +51,12 @@ EPOCH_METRICS = keyed(
     C("per", "DOUBLE", "phone error rate"), C("frames", "BIGINT"),
     C("seconds", "DOUBLE", "wall time of the epoch (train) or the evaluation"), C("lr", "DOUBLE"),
     C("extra", "VARCHAR", "JSON"), primary_key=True)
+UTTERANCE_ERRORS = keyed(
+    "utterance_errors", "per scored utterance: the phone errors behind a run's PER (recompute any comparison in SQL)",
+    C("run_id", "VARCHAR", key=True), C("split", "VARCHAR", "the split scored (test: best-on-dev weights)", key=True),
+    C("utt_id", "VARCHAR", key=True), C("checkpoint_id", "VARCHAR", "the checkpoint scored (the run's final one)"),
+    C("ref_len", "BIGINT", "reference phones (SIL removed)"), C("sub", "BIGINT", "substitutions"),
+    C("ins", "BIGINT", "insertions"), C("del", "BIGINT", "deletions"), primary_key=True)
 ANALYSES_LOG = keyed(
     "analyses", "log: every capture and analysis of every checkpoint, its status, error, times, figures",
     C("checkpoint_id", "VARCHAR", key=True),
@@ -69,7 +75,7 @@ SCHEMA_MIGRATIONS = keyed("schema_migrations", "the migrations applied to this s
                           C("name", "VARCHAR", key=True), C("applied_at", "TIMESTAMP"), primary_key=True)
 SAMPLE_VIEW = "raw_sample"  # a view over Parquet files beside the store, made when the first sample lands
 
-CORE = (RUNS, CHECKPOINTS, EPOCH_METRICS, ANALYSES_LOG, WATCH_FAILURES)
+CORE = (RUNS, CHECKPOINTS, EPOCH_METRICS, UTTERANCE_ERRORS, ANALYSES_LOG, WATCH_FAILURES)
 
 
 def _registry():

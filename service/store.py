@@ -378,11 +378,14 @@ class Store:
 
     # -- training: runs, checkpoints, epoch metrics ---------------------------------------------
 
-    def ingest_run(self, run_row: dict, epochs: pl.DataFrame | None = None) -> None:
-        """Insert or replace a run and (if given) all its epoch metrics, in one transaction.
+    def ingest_run(self, run_row: dict, epochs: pl.DataFrame | None = None,
+                   utterances: pl.DataFrame | None = None) -> None:
+        """Insert or replace a run and (if given) all its epoch metrics and per-utterance errors, in
+        one transaction.
 
         run_row: columns of ``runs`` (run_id required; dicts/lists in ``config`` become JSON).
         epochs: rows of ``epoch_metrics`` (run_id filled in when absent); replaces the run's rows.
+        utterances: rows of ``utterance_errors`` of this run; replaces the run's rows.
         """
         run_id = _check_id(run_row.get("run_id"), "run_id")
         row = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in run_row.items()}
@@ -395,6 +398,11 @@ class Store:
                     raise StoreError(f"{self.path}: epoch metrics of run {run_id} name other runs")
                 con.execute("DELETE FROM epoch_metrics WHERE run_id = ?", [run_id])
                 _insert(con, "epoch_metrics", _jsonify(epochs, "extra"))
+            if utterances is not None:
+                if utterances.filter(pl.col("run_id") != run_id).height:
+                    raise StoreError(f"{self.path}: utterance errors of run {run_id} name other runs")
+                con.execute("DELETE FROM utterance_errors WHERE run_id = ?", [run_id])
+                _insert(con, "utterance_errors", utterances)
 
     def add_epoch_metrics(self, epochs: pl.DataFrame) -> None:
         """Insert or replace some (run_id, epoch, split) rows, e.g. after each epoch."""

@@ -53,6 +53,14 @@ def test_tiny_grid_end_to_end_and_results_equal_what_trials_reported(small_corpu
     for row in table.iter_rows(named=True):
         test_row = stored.filter((pl.col("run_id") == f"mini:{row['run']}") & (pl.col("split") == "test"))
         assert test_row["per"][0] == pytest.approx(row["test_per"])
+    # every scored test utterance's errors are in the store, and they sum to the run's PER
+    per_utt = store.query("SELECT run_id, count(*) AS n, sum(sub + ins + del) / sum(ref_len) AS per, "
+                          "any_value(checkpoint_id) AS ck FROM utterance_errors WHERE split = 'test' GROUP BY run_id")
+    assert per_utt.height == 2
+    for row in table.iter_rows(named=True):
+        r = per_utt.filter(pl.col("run_id") == f"mini:{row['run']}").row(0, named=True)
+        assert r["n"] == 12 and r["per"] == pytest.approx(row["test_per"])
+        assert r["ck"].startswith(f"{row['cell']}-1x16-")
     # a second call finds both runs finished and trains nothing
     _, again = run_study("mini", "tiny", tmp_path, corpus=str(small_corpus), custom=custom)
     assert again is None
