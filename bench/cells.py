@@ -31,14 +31,15 @@ CELLS = ("lstm_fused", "lstm", "gru", "lstm_lazy")
 PRECISIONS = ("fp32", "bf16")
 
 
-def make_case(cell, precision, layers, hidden, batch, frames, seed=0):
+def make_case(cell, precision, layers, hidden, batch, frames, seed=0, device="cpu"):
+    """(model, {"train", "fwd", "capture": calls}) at the given shape, on ``device``."""
     torch.manual_seed(seed)
     cfg = ModelConfig(cell=cell, layers=layers, hidden=hidden, num_targets=120, precision=precision,
                       lazy_layers="all")
-    model = build_model(cfg, torch.zeros(40), torch.ones(40))
-    x = torch.randn(batch, frames, 40)
-    y = torch.randint(0, 120, (batch, frames))
-    lengths = torch.full((batch,), frames)
+    model = build_model(cfg, torch.zeros(40), torch.ones(40)).to(device)
+    x = torch.randn(batch, frames, 40, device=device)
+    y = torch.randint(0, 120, (batch, frames), device=device)
+    lengths = torch.full((batch,), frames, device=device)
 
     def train():
         logits = model(x, lengths)
@@ -53,7 +54,7 @@ def make_case(cell, precision, layers, hidden, batch, frames, seed=0):
     def capture():
         model.capture(x, lengths, dtype=torch.float16)
 
-    return {"train": train, "fwd": forward, "capture": None if cell == "lstm_fused" else capture}
+    return model, {"train": train, "fwd": forward, "capture": None if cell == "lstm_fused" else capture}
 
 
 def timed(fn) -> float:
@@ -63,7 +64,8 @@ def timed(fn) -> float:
 
 
 def bench(layers, args):
-    cases = {(c, p): make_case(c, p, layers, args.hidden, args.batch, args.frames) for c in CELLS for p in PRECISIONS}
+    cases = {(c, p): make_case(c, p, layers, args.hidden, args.batch, args.frames)[1]
+             for c in CELLS for p in PRECISIONS}
     times = {(key, kind): [] for key in cases for kind in ("train", "fwd", "capture")}
     for rnd in range(args.warmup + args.reps):
         for key, fns in cases.items():

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 # before bench/, whose service.py would shadow the service package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cells import make_case  # noqa: E402  (bench/cells.py: the same cases, timed the same way)
 from cluster.models import ModelConfig, build_model  # noqa: E402
 
 CELLS = ("lstm", "gru", "lstm_lazy")
@@ -193,28 +194,7 @@ SPEED_CELLS = ("lstm_fused",) + CELLS
 def speed_case(cell, precision, shape, device, seed=0):
     """bench/cells.py's case on `device`: the model, and its train / fwd / capture calls."""
     hidden, layers, batch, frames = shape
-    torch.manual_seed(seed)
-    cfg = ModelConfig(cell=cell, layers=layers, hidden=hidden, num_targets=NUM_TARGETS, precision=precision,
-                      lazy_layers="all")
-    model = build_model(cfg, torch.zeros(40), torch.ones(40)).to(device)
-    x = torch.randn(batch, frames, 40, device=device)
-    y = torch.randint(0, NUM_TARGETS, (batch, frames), device=device)
-    lengths = torch.full((batch,), frames, device=device)
-
-    def train():
-        logits = model(x, lengths)
-        loss = F.cross_entropy(logits.reshape(-1, NUM_TARGETS), y.reshape(-1))
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-
-    def forward():
-        with torch.no_grad():
-            model(x, lengths)
-
-    def capture():
-        model.capture(x, lengths, dtype=torch.float16)
-
-    return model, {"train": train, "fwd": forward, "capture": None if cell == "lstm_fused" else capture}
+    return make_case(cell, precision, layers, hidden, batch, frames, seed=seed, device=device)
 
 
 def clock(device: torch.device, fn) -> float:

@@ -122,6 +122,16 @@ class RunDir:
         """Every reported checkpoint's model file, oldest first."""
         return sorted(d / MODEL_FILE for d in self.path.glob("checkpoint_*") if (d / MODEL_FILE).is_file())
 
+    def final_checkpoint_id(self) -> str | None:
+        """The store id of the run's last checkpoint file, from the run's stamp and the file's digest
+        alone (no model is loaded: what the ingest of a whole study needs); None without checkpoints."""
+        files = self.checkpoint_files()
+        if not files:
+            return None
+        cfg = self.stamp.config
+        facts = {"arch": cfg["cell"], "layers": cfg["layers"], "hidden": cfg["hidden"], "residual": bool(cfg["residual"])}
+        return checkpoint_id(files[-1], facts)
+
     @cached_property
     def final_checkpoint(self) -> FinalCheckpoint:
         """The run's final report (loaded once: its metadata and its id)."""

@@ -696,7 +696,7 @@ class UnitSummary:
 
     def frames_for_store(self, checkpoint_id: str, phone_symbols: list[str],
                          analysis_version: int = SUMMARY_VERSION) -> dict[str, pl.DataFrame]:
-        """{table name: rows} for ``Store.ingest_analysis``."""
+        """{table name: rows} for ``Store.ingest``."""
         out = {"phone_responsibility": self.responsibility_frame(checkpoint_id, phone_symbols, analysis_version)}
         if self.values:
             out["unit_stats"] = self.stats_frame(checkpoint_id, analysis_version)

@@ -179,8 +179,10 @@ def write_report(store, storage, studies: list[str], out_dir, analyse: bool = Tr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if analyse:
-        analyse_study(store, storage, studies, out_dir, params=params, capture=capture, rerun=rerun, progress=progress)
-    runs = study_runs(storage, studies)
+        runs, _ = analyse_study(store, storage, studies, out_dir, params=params, capture=capture, rerun=rerun,
+                                progress=progress)
+    else:
+        runs = study_runs(storage, studies)  # each run's final checkpoint is then loaded (and hashed) once
     ck_ids = list(dict.fromkeys(run.final_checkpoint.checkpoint_id for run in runs))
     study_ids = [StudyRef(str(storage), s).subject_id for s in studies]
     ids = ck_ids + study_ids

@@ -92,7 +92,7 @@ def run_rows(run: RunDir) -> tuple[dict, pl.DataFrame, pl.DataFrame | None]:
     utts = run.utterance_errors()
     if utts is not None:
         utts = utts.with_columns(pl.lit(run.run_id).alias("run_id"),
-                                 pl.lit(run.final_checkpoint.checkpoint_id).alias("checkpoint_id"))
+                                 pl.lit(run.final_checkpoint_id()).alias("checkpoint_id"))
     return row, rows, utts
 
 

@@ -116,6 +116,7 @@ class Store:
         self.path = Path(path) if path is not None else default_store_path()
         self.busy_timeout = busy_timeout
         self._schema_checked = False
+        self._reader_checked = False
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -146,12 +147,14 @@ class Store:
             con.close()
 
     @contextlib.contextmanager
-    def reader(self, timeout: float | None = None,
-               settings: dict[str, str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def reader(self, timeout: float | None = None, settings: dict[str, str] | None = None,
+               samples: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection that can read nothing outside the store and its samples, with
         its configuration locked (what ``gatelens sql`` runs queries on). ``settings`` (DuckDB
         name -> value, e.g. memory_limit) are applied before the lock, so no query can change them;
-        a value DuckDB refuses raises ``duckdb.Error``."""
+        a value DuckDB refuses raises ``duckdb.Error``. ``samples``: make the raw-sample view of
+        this store's own files (a listing of its samples folder; skipped by queries that don't
+        read it)."""
         if not self.path.is_file():
             raise StoreError(f"{self.path}: no store here yet (a capture or a training run creates it; "
                              f"--store or $GATELENS_STORE point elsewhere)")
@@ -159,7 +162,7 @@ class Store:
                       config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
             self._check_reader(con)
-            view = self._sample_view_sql(temp=True)
+            view = self._sample_view_sql(temp=True) if samples else None
             if view:
                 con.execute(view)
             for name, value in (settings or {}).items():
@@ -175,12 +178,14 @@ class Store:
 
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
         """Run a (trusted) read-only query; for analyses and figures."""
-        with self.reader() as con:
+        with self.reader(samples=SAMPLE_VIEW in sql) as con:
             return con.sql(sql, params=params or None).pl()
 
     def has_relation(self, name: str) -> bool:
         """Whether the store holds a table or view of that name (the sample view appears only once
         a sample was written)."""
+        if name == SAMPLE_VIEW:  # the readers' own view exists exactly when sample files do
+            return self.path.is_file() and bool(self.sample_files())
         df = self.query("SELECT count(*) AS n FROM (SELECT table_name AS name FROM duckdb_tables() UNION ALL "
                         "SELECT view_name FROM duckdb_views()) WHERE name = ?", [name])
         return bool(df["n"][0])
@@ -319,11 +324,14 @@ class Store:
         return applied
 
     def _check_reader(self, con) -> None:
-        """A reader never changes the file: on a store that needs migrating it says so."""
-        if self._schema_checked:
+        """A reader never changes the file: on a store that needs migrating it says so. Checked
+        once per Store object (the writer's check covers it too)."""
+        if self._schema_checked or self._reader_checked:
             return
         pending, fresh = self._pending(con)
-        if pending and not fresh:
+        if not pending:
+            self._reader_checked = True
+        elif not fresh:
             raise StoreError(f"{self.path}: written by an older gatelens; it needs the migrations "
                              f"{', '.join(pending)}, which any writing command applies "
                              f"(`gatelens migrate --store {self.path}`)")

@@ -5,6 +5,7 @@ help and read-only SQL start without torch."""
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
 from pathlib import Path
@@ -69,34 +70,10 @@ def test_layers_import_downward_only():
 
 def test_no_import_cycles():
     graph = {m: {t for t, _, _ in imports(m)} for m in MODULES}
-    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
-
-    def visit(v):  # Tarjan's strongly connected components
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                cycles.append(sorted(comp))
-
-    for m in graph:
-        if m not in index:
-            visit(m)
-    assert not cycles, f"modules that import each other in a circle: {cycles}"
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        pytest.fail(f"modules that import each other in a circle: {' -> '.join(e.args[1])}")
 
 
 def test_imports_inside_functions_say_why():
@@ -124,6 +101,15 @@ def test_the_layer_test_sees_a_violation(tmp_path, monkeypatch):
     assert [t for t, _, _ in imports("cluster.bad")] == ["service.store"]
     with pytest.raises(AssertionError, match="cluster.bad imports service.store"):
         test_layers_import_downward_only()
+
+
+def test_the_cycle_test_sees_a_cycle(tmp_path, monkeypatch):
+    for me, other in (("a", "b"), ("b", "a")):
+        path = tmp_path / f"cyc_{me}.py"
+        path.write_text(f"from cluster.cyc_{other} import x\n")
+        monkeypatch.setitem(MODULES, f"cluster.cyc_{me}", path)
+    with pytest.raises(pytest.fail.Exception, match="cluster.cyc_a -> cluster.cyc_b|cluster.cyc_b -> cluster.cyc_a"):
+        test_no_import_cycles()
 
 
 @pytest.mark.parametrize("code", [

@@ -15,7 +15,7 @@ from cluster.export import export_loglikelihoods
 from cluster.grid import custom_grid, run_study
 from cluster.runs import RUNS, collect_results, study_dir
 from cluster.runtime import ensure_ray
-from cluster.settings import parse_assignment
+from cluster.settings import parse_assignment, typed_value
 from cluster.train import TrainConfig, make_trainer, run_name
 from service.results import format_table, ingest_study
 from service.store import Store, StoreError
@@ -41,9 +41,8 @@ def ingest_runs(store_path: str, storage: str, study: str) -> None:
     store = Store(store_path)
     try:
         n = ingest_study(store, storage, study)
-    except StoreError as e:
-        e.args = (f"runs not written to the store: {e}; `gatelens results --ingest` retries",)
-        raise
+    except StoreError as e:  # the same class, so a busy store still exits 3
+        raise type(e)(f"runs not written to the store: {e}; `gatelens results --ingest` retries") from None
     print(f"{n} runs of {study} in store {store.path} (tables runs, epoch_metrics)")
 
 
@@ -70,13 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _bools(text: str) -> list[bool]:
-    out = []
-    for x in text.split(","):
-        low = x.strip().lower()
-        if low not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise InputError(f"--residual {text!r}: expected a comma-separated list of true/false")
-        out.append(low in ("1", "true", "yes", "on"))
-    return out
+    return [typed_value(bool, x, f"--residual {text!r}") for x in text.split(",")]
 
 
 def cmd_grid(args: argparse.Namespace) -> int:

@@ -168,6 +168,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
               f" (1.x clients read {STORAGE_VERSION}+)")
         return 0
     applied = store.migrate()
+    version = store.storage_version()
+    if version not in (None, f"{STORAGE_VERSION}+"):  # a copy of every table: say so before it starts
+        size = store.path.stat().st_size / 2**20
+        print(f"rewriting {store.path} ({size:,.0f} MiB, storage format {version}) as {STORAGE_VERSION} ...",
+              file=sys.stderr, flush=True)
     converted = store.convert_storage()
     print(f"store {store.path}: " + (f"applied {', '.join(applied)}" if applied else "schema up to date")
           + (f"; rewritten in storage format {STORAGE_VERSION} for DuckDB 1.5+ clients" if converted else ""))

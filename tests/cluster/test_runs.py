@@ -52,6 +52,7 @@ def test_stamp_results_and_final_checkpoint(tmp_path):
     final = run.final_checkpoint
     assert final.path.parent.name == "checkpoint_000001" and final.meta.is_final
     assert final.checkpoint_id == checkpoint_id(final.path, final.meta.facts) and final.checkpoint_id.startswith("gru-1x4-")
+    assert run.final_checkpoint_id() == final.checkpoint_id  # from the stamp and digest, no model loaded
     assert final.meta.trained_corpus == "/c" and final.meta.stamps["seed"] == 3
     row = collect_results(tmp_path, "s").row(0, named=True)
     assert (row["run"], row["cell"], row["seed"], row["test_per"], row["best_epoch"]) == ("gru_L1", "gru", 3, 0.25, 1)

@@ -100,7 +100,7 @@ def test_a_migrated_store_opens_in_a_duckdb_1x_client(old_store):
     assert out.stdout.splitlines() == ["arch,layer,ok", "gru,1,true", "lstm,1,true"]
 
 
-def test_a_new_store_records_every_migration_and_is_1x_readable(tmp_path):
+def test_a_new_store_records_every_migration_and_is_written_in_the_1_5_format(tmp_path):
     store = Store(tmp_path / "new.duckdb")
     store.log_started("ck", "capture", 1)
     assert store.pending_migrations() == [] and store.storage_version() == f"{STORAGE_VERSION}+"
