@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from analyses import registry
-from analyses.claims import evaluate, gather
+from analyses.claims import effect_text, evaluate, forest_plot, gather, study_utterances
 from analyses.common import StudyRef
 from analyses.comparisons import paper_tables
 from cluster.runs import RunDir, studies_results
@@ -46,7 +46,8 @@ td.l, th.l { text-align: left; }
 figure { margin: 0.5em 0 1.5em; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #555; }
 .verdict { font-weight: bold; padding: 0 0.4em; border-radius: 3px; }
-.holds { background: #d8f0d8; } .does-not-hold { background: #f6d6d6; } .not-measured { background: #e8e8e8; }
+.holds { background: #d8f0d8; } .contradicted { background: #f6d6d6; } .undecided { background: #fbe3c8; }
+.not-measured { background: #e8e8e8; }
 .claim { margin-bottom: 1em; } .claim ul { margin: 0.2em 0; font-size: 0.9em; } .rule { font-size: 0.85em; color: #555; }
 pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; font-size: 0.8em; } .error { color: #a00; }
 img.missing { outline: 3px solid #c00; }
@@ -90,9 +91,13 @@ def _table_html(t) -> str:
 def _claim_html(c) -> str:
     cls = c.verdict.replace(" ", "-")
     items = "".join(f"<li>{_e(n)}</li>" for n in c.numbers)
-    return (f'<div class="claim" data-claim="{_e(c.key)}"><span class="verdict {cls}">{_e(c.verdict)}</span> '
-            f'{_e(c.statement)}{f" <small>({_e(c.summary)})</small>" if c.summary else ""}'
-            f'<div class="rule">rule: {_e(c.rule)}</div>{f"<ul>{items}</ul>" if items else ""}</div>')
+    test = (f"test: {_e(c.test)}; {c.n_seeds} seeds" + (f", {c.n_utterances} utterances" if c.n_utterances else "")
+            if c.test else "")
+    return (f'<div class="claim" data-claim="{_e(c.key)}" data-verdict="{_e(c.verdict)}">'
+            f'<span class="verdict {cls}">{_e(c.verdict)}</span> {_e(c.statement)}'
+            f'<div class="rule">effect: {_e(c.effect_name)} = <b>{_e(effect_text(c))}</b></div>'
+            f'{f"<div class=rule>{test}</div>" if test else ""}'
+            f'{f"<details><summary>numbers</summary><ul>{items}</ul></details>" if items else ""}</div>')
 
 
 def _place(src: str, out_dir: Path) -> str | None:
@@ -137,6 +142,9 @@ def build_html(studies: list[str], runs: list[RunDir], log: pl.DataFrame, tables
     parts += [img(p, "error by depth") for p in study_figures]
 
     parts.append("<h2>Claims</h2>")
+    if claims:
+        parts.append(img(str(forest_plot(claims, out_dir / "figures" / "claims_forest.png").path),
+                         "claims: effect sizes with their 95 % intervals"))
     parts += [_claim_html(c) for c in claims]
 
     sections = [(a.name, f) for a in registry.checkpoint_analyses().values() for f in a.figures]
@@ -195,7 +203,7 @@ def write_report(store, storage, studies: list[str], out_dir, analyse: bool = Tr
                           f"ORDER BY analysis_version DESC) = 1", ids)
     results = studies_results(storage, studies)
     tables = paper_tables(results)
-    claims = evaluate(gather(store, ck_ids, results if results.height else None))
+    claims = evaluate(gather(store, ck_ids, results if results.height else None, study_utterances(storage, studies)))
     study_names = list(registry.study_analyses())
     study_figs = [p for paths in log.filter(pl.col("checkpoint_id").is_in(study_ids)
                                             & pl.col("analysis").is_in(study_names))["figure_paths"].to_list()
