@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the corpus, the table1 demo study (a progress line per trial and epoch, then its table), its
+# captures and analyses (a line per checkpoint), the claims, and the report's path; Ray's own
+# messages go to the log files each step names first
 demo: $(STAMP)
 	$(BIN)/gatelens corpus --out $(CORPUS) --utterances $(UTTERANCES) --reuse
 	$(BIN)/gatelens grid --study table1 --profile demo --corpus $(CORPUS) --storage data/runs
-	$(BIN)/gatelens report --study table1 --storage data/runs
+	$(BIN)/gatelens report --study table1 --storage data/runs --claims
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest

@@ -11,10 +11,15 @@ a finished run (``cluster.runs.RunDir.finished``) is not trained again unless as
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import shutil
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
+import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -47,6 +52,57 @@ def custom_grid(cells: list[str], layers: list[int], residual: list[bool]) -> li
     return [{"cell": c, "layers": n, "residual": r} for c, n, r in itertools.product(cells, layers, residual)]
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress(tune.Callback):
+    """One line per trial and epoch on the console (dev accuracy, epoch time, ETA), one when it
+    finishes (its test scores) and one when it fails (its error and where the trial's log is).
+    The ETA assumes every remaining epoch runs: early stopping can only make it shorter."""
+
+    def __init__(self, configs: dict[str, TrainConfig]):
+        self.configs, self.t0, self.done = configs, time.time(), 0  # no stream held: Tune may pickle its callbacks
+
+    def _say(self, text: str) -> None:
+        print(f"[{_clock(time.time() - self.t0):>7}] {text}", file=sys.stderr, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        name = trial.config["point"]["name"]
+        cfg = self.configs.get(name)
+        if result.get("final"):
+            self.done += 1
+            self._say(f"{name:<22} done ({self.done}/{len(self.configs)}): test PER {100 * result['test_per']:.2f} %, "
+                      f"frame accuracy {100 * result['test_frame_acc']:.2f} % (best epoch {result.get('best_epoch')})")
+            return
+        if "dev_frame_acc" not in result or cfg is None:
+            return
+        epoch, secs = int(result["epoch"]), float(result.get("epoch_seconds") or 0.0)
+        left = max(cfg.epochs - epoch, 0) * secs
+        self._say(f"{name:<22} epoch {epoch}/{cfg.epochs}  dev accuracy {100 * result['dev_frame_acc']:.2f} %  "
+                  f"{secs:.0f} s/epoch  ETA {_clock(left)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        name = trial.config["point"]["name"]
+        err = trial.get_error()
+        first = str(err).strip().splitlines()[-1] if err is not None and str(err).strip() else type(err).__name__
+        self._say(f"{name:<22} FAILED: {first}  (trial log: {trial.error_file or trial.path})")
+
+
+def concurrency(profile: Profile, workers: int, gpus_per_worker: float, threads: int) -> int:
+    """Trials at once: a trial holds no resources itself (its trainer's workers do), so without a
+    cap Tune starts every trial and their trainers wait for workers until they time out. The cap
+    is what the cluster can run: its CPUs (or GPUs) over one trial's."""
+    if profile.max_concurrent:
+        return profile.max_concurrent
+    res = ray.cluster_resources()
+    if gpus_per_worker > 0:
+        return max(1, math.floor(res.get("GPU", 0) / (workers * gpus_per_worker)))
+    return max(1, math.floor(res.get("CPU", 1) / (workers * threads)))
+
+
 def _trial(space: dict) -> None:
     """One Tune trial: build and fit the Ray Train run of one grid point."""
     trial = space["point"]
@@ -59,7 +115,8 @@ def _trial(space: dict) -> None:
 def run_study(study: str, profile: str = "demo", storage: str | Path = "data/runs", corpus: str | None = None,
               overrides: dict | None = None, custom: list[dict] | None = None, rerun: bool = False,
               workers: int | None = None, gpus_per_worker: float | None = None, seeds: tuple[int, ...] | None = None):
-    """Run every trial of ``study`` that has not finished yet; returns (configs, ResultGrid or None)."""
+    """Run every trial of ``study`` that has not finished yet; returns (configs, ResultGrid or None).
+    Tune's own tables are off: ``Progress`` prints a line per trial and epoch."""
     prof = PROFILES[profile]
     if corpus:
         overrides = {**(overrides or {}), "corpus": corpus}
@@ -77,13 +134,17 @@ def run_study(study: str, profile: str = "demo", storage: str | Path = "data/run
             shutil.rmtree(runs_dir / run_name(c), ignore_errors=True)
     points = [{"train": {**asdict(c), "corpus": str(Path(c.corpus).resolve())}, "name": run_name(c),
                "runs_dir": str(runs_dir), "workers": w, "gpus_per_worker": g} for c in todo]
+    at_once = concurrency(prof, w, g, max(c.threads_per_worker for c in todo))
+    # the legacy reporter, whose verbose=0 is silent (the new one prints its experiment box regardless)
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     tuner = tune.Tuner(
         tune.with_resources(_trial, {"memory": 512 * 1024 ** 2}),
         param_space={"point": tune.grid_search(points)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=prof.max_concurrent or None,
+        tune_config=tune.TuneConfig(max_concurrent_trials=at_once,
                                     trial_name_creator=lambda t: t.config["point"]["name"],
                                     trial_dirname_creator=lambda t: t.config["point"]["name"]),
-        run_config=tune.RunConfig(name="tune", storage_path=str(sdir), verbose=1),
+        run_config=tune.RunConfig(name="tune", storage_path=str(sdir), verbose=0,
+                                  callbacks=[Progress({run_name(c): c for c in todo})]),
     )
     grid = tuner.fit()
     return configs, grid

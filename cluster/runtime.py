@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _started_local = False
+_log_to_driver = True
+_session_dir: str | None = None
+
+
+def log_ray_to(folder: str | os.PathLike, what: str) -> Path:
+    """Send Ray's, Tune's and Train's own messages (banners, token-auth notes, trial tables) to a
+    file ``<folder>/<what>-<UTC time>.log`` instead of the console, and keep the workers' output
+    in Ray's session logs (not forwarded to this process); returns the file. Errors are not
+    hidden by this: a command still prints a failed trial's or task's error and where its log is.
+    Call it before ``ensure_ray``; a process that joined Ray earlier keeps its forwarding."""
+    global _log_to_driver
+    path = Path(folder) / f"{what}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "py.warnings"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        logger.addHandler(handler)
+        logger.propagate = False
+    logging.captureWarnings(True)
+    _log_to_driver = False
+    return path
+
+
+def session_dir() -> str | None:
+    """Ray's session folder of this process's cluster (its ``logs/`` hold every worker's output)."""
+    return _session_dir
 
 
 def head_address() -> str | None:
@@ -38,19 +69,32 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
 
     if ray.is_initialized():
         return _started_local
+
+    def init(**kw) -> None:
+        global _session_dir
+        ctx = ray.init(log_to_driver=_log_to_driver, **kw)
+        _session_dir = ctx.address_info.get("session_dir")
+        if not _log_to_driver:
+            logging.getLogger("ray").warning("worker output: %s/logs", _session_dir)
+
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        init(address=os.environ["RAY_ADDRESS"])
         return False
     head = head_address()
     if head:
         try:
-            ray.init(address=head, log_to_driver=True)
+            init(address=head)
             return False
         except (ConnectionError, RuntimeError, ValueError):
             pass  # a stale file from a head that is gone
     if connect_only:
         return True
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    # Tune's trial actors and Train's controllers hold no CPU, so a grid runs about three processes
+    # per CPU by design; Ray's default cap on starting workers (the CPU count) throttles them and
+    # warns on the console at four times it
+    cpus = num_cpus or os.cpu_count() or 1
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, 4 * cpus)))
+    init(address="local", num_cpus=num_cpus, include_dashboard=False)
     _started_local = True
     return True
 

@@ -162,6 +162,10 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
                 # study results come from the runs, which change without the store knowing: always rerun
                 submit(ref.subject_id, a, p, lambda a=a, ref=ref, p=p: a.load(store, ref, a.params.from_dict(p)),
                        False)
+    left = {}  # subject -> its tasks still running: one progress line per subject, when its last ends
+    for job, _, _ in pending.values():
+        left[job.checkpoint_id] = left.get(job.checkpoint_id, 0) + 1
+    started = time.perf_counter()
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         job, version, t0 = pending.pop(done[0])
@@ -175,8 +179,14 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
             store.log_failed(job.checkpoint_id, job.analysis, version, job.error)
             if not isinstance(getattr(e, "cause", e), AnalysisError):
                 progress(traceback.format_exc(limit=3))
-        progress(f"  {job.analysis} of {job.checkpoint_id}: {job.status} ({job.seconds:.1f} s)"
-                 + (f": {job.error}" if job.error else ""))
+            progress(f"  failed: {job.error}")
+        left[job.checkpoint_id] -= 1
+        if not left[job.checkpoint_id]:
+            mine = [j for j in jobs if j.checkpoint_id == job.checkpoint_id and j.status != "skipped"]
+            counts = ", ".join(f"{sum(j.status == st for j in mine)} {st}" for st in ("finished", "failed")
+                               if any(j.status == st for j in mine))
+            progress(f"  {job.checkpoint_id}: {counts} ({', '.join(j.analysis for j in mine)}) "
+                     f"after {time.perf_counter() - started:.0f} s")
     return jobs
 
 

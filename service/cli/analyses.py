@@ -16,6 +16,7 @@ from analyses import registry
 from analyses.claims import evaluate, format_claims, gather_studies, to_json
 from analyses.common import AnalysisError
 from cluster.settings import parse_assignment
+from service.cli.console import quiet_ray
 from service.report import write_report
 from service.store import Store
 from service.study import analyse_study
@@ -69,6 +70,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     names = [n for item in args.analyses for n in item.split(",") if n] or None
     for n in names or []:
         registry.get(n)
+    quiet_ray(s.out / "logs", "analyse")
     runs, jobs = analyse_study(s.store, args.storage, s.studies, s.out, analyses=names, params=s.params,
                                capture=s.capture, rerun=args.rerun, progress=_progress)
     failed = [j for j in jobs if j.status == "failed"]
@@ -89,7 +91,11 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     s = study_args(args)
-    path = write_report(s.store, args.storage, s.studies, s.out, analyse=not args.no_analyse, params=s.params,
+    if not args.no_analyse:
+        quiet_ray(s.out / "logs", "report")
+    path, claims = write_report(s.store, args.storage, s.studies, s.out, analyse=not args.no_analyse, params=s.params,
                         capture=s.capture, rerun=args.rerun, progress=_progress)
+    if args.claims:
+        print(format_claims(claims))
     print(f"report: {path.resolve()}  (open file://{path.resolve()})")
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from cluster.data.embedded import describe, prepare_embedded
 from cluster.data.kaldi import check_corpus
 from cluster.errors import InputError
+from service.cli.console import quiet_ray
 
 
 def _progress_shards(done: int, total: int, elapsed: float) -> None:
@@ -29,6 +30,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         print(f"{out} holds a corpus of another seed or size; regenerating", file=sys.stderr)
         args.overwrite = True
     print(f"generating {args.utterances} utterances (seed {args.seed}) into {out} ...", file=sys.stderr, flush=True)
+    quiet_ray(out.resolve().parent / "logs", "corpus")
     manifest = prepare_embedded(out, args.utterances, args.seed, shard_size=args.shard_size,
                                 keep_wavs=args.keep_wavs, overwrite=args.overwrite, progress=_progress_shards)
     print(describe(manifest, out))

@@ -293,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                  description="Run the study's missing captures and analyses, then write one HTML page with the "
                              "paper's tables, the claims and every figure; it opens from disk.")
     p.add_argument("--no-analyse", action="store_true", help="draw only what the store already holds")
+    p.add_argument("--claims", action="store_true", help="also print the claims (as `gatelens claims` does)")
 
     p = _command(sub, "service.cli.watch:cmd_watch", "watch",
                  help="analyse every new checkpoint: a scheduler on the Ray cluster",

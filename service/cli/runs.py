@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import polars as pl
 
@@ -17,6 +18,7 @@ from cluster.runs import RUNS, collect_results, study_dir
 from cluster.runtime import ensure_ray
 from cluster.settings import parse_assignment, typed_value
 from cluster.train import TrainConfig, make_trainer, run_name
+from service.cli.console import quiet_ray
 from service.results import format_table, ingest_study
 from service.store import Store, StoreError
 
@@ -82,12 +84,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
         custom = custom_grid((args.cells or "lstm,gru").split(","), depths, _bools(args.residual_list))
     overrides = training_overrides(args.set) | {"allow_pipes": args.allow_pipes}
     check_corpus_first(args.corpus, args.allow_pipes)
+    quiet_ray(study_dir(args.storage, args.study) / "logs", "grid")
+    t0 = time.time()
     configs, grid = run_study(args.study, args.profile, args.storage, corpus=args.corpus, overrides=overrides,
                               custom=custom, rerun=args.rerun, workers=args.workers,
                               gpus_per_worker=args.gpus_per_worker, seeds=args.seeds)
     if grid is None:
         print(f"all {len(configs)} runs of {args.study} already finished (--rerun trains them again)")
-    elif grid.errors:
+    else:
+        print(f"trained {len(grid)} runs in {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
         for e in grid.errors:
             print(f"trial failed: {e}", file=sys.stderr)
     print(format_table(collect_results(args.storage, args.study), args.study))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -70,7 +71,7 @@ def test_study_grids_mirror_the_paper():
     t1 = trial_configs("table1", PROFILES["paper"])
     assert {(c.cell, c.layers) for c in t1} == {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4, 6)}
     assert all(c.hidden == 512 for c in t1)
-    t2 = trial_configs("table2", PROFILES["demo"])
+    t2 = trial_configs("table2", PROFILES["study"])
     assert {(c.cell, c.layers) for c in t2} == {(c, n) for c in ("lstm", "lstm_lazy") for n in (1, 2, 4)}
     t3 = trial_configs("table3", PROFILES["paper"])
     assert len({(c.cell, c.layers, c.residual) for c in t3}) == 8 and {c.residual for c in t3} == {False, True}
@@ -79,8 +80,11 @@ def test_study_grids_mirror_the_paper():
     assert {c.seed for c in trial_configs("table1", PROFILES["demo"], overrides={"seed": 7})} == {7}
     with pytest.raises(InputError, match="distinct"):
         trial_configs("table1", PROFILES["demo"], seeds=(1, 1))
-    assert {(c.cell, c.layers) for c in trial_configs("table1", PROFILES["demo"])} == \
-        {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4)}
+    demo = trial_configs("table1", PROFILES["demo"])  # make demo: 2 seeds of every point, so claims have intervals
+    assert {(c.cell, c.layers, c.seed) for c in demo} == {(c, n, s) for c in ("lstm", "gru") for n in (1, 2) for s in (0, 1)}
+    study = trial_configs("table1", PROFILES["study"])
+    assert {(c.cell, c.layers) for c in study} == {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4)}
+    assert {c.seed for c in study} == {0, 1, 2} and all(c.patience == 2 and c.max_train_utterances is None for c in study)
     with pytest.raises(InputError, match="unknown training option"):
         TrainConfig.from_dict({"layrs": 3})
 
@@ -149,7 +153,14 @@ def test_a_tiny_grid_with_two_seeds_keeps_both_and_results_aggregate_them(small_
     table = collect(tmp_path / "runs", "seeded")
     assert sorted(table["run"]) == ["gru_L1_H16_s0", "gru_L1_H16_s1"] and sorted(table["seed"]) == [0, 1]
     assert table["test_per"][0] != table["test_per"][1] or table["test_frame_acc"][0] != table["test_frame_acc"][1]
-    capsys.readouterr()
+    # the console: the log file named first, a line per trial and epoch and per finished trial, no Tune tables
+    err = capsys.readouterr().err
+    log = Path(re.search(r"Ray's messages: (\S+)", err).group(1))
+    assert log.parent == tmp_path / "runs" / "seeded" / "logs" and log.is_file()
+    for run in ("gru_L1_H16_s0", "gru_L1_H16_s1"):
+        assert re.search(rf"\] {run} +epoch 1/1  dev accuracy [\d.]+ %", err), err
+        assert re.search(rf"\] {run} +done \([12]/2\): test PER [\d.]+ %", err), err
+    assert "Trial status" not in err and "Configuration for experiment" not in err and "trained 2 runs in" in err
     assert gatelens([str(a) for a in ["results", "--study", "seeded", *common]]) == 0
     out = capsys.readouterr().out
     assert "Seeds" in out and "[" in out and "mean over seeds" in out
