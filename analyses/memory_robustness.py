@@ -153,14 +153,27 @@ def impact_duration(mean_diff: np.ndarray, end: int, fraction: float, floor: flo
 # ---------------------------------------------------------------------------------------------
 
 
-def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
-    ck = inputs["checkpoint"]
-    cid = ck["checkpoint_id"]
+@dataclass
+class NoisyPair:
+    """One utterance run clean and with the noise segment inserted: {name: c [frames, H]} of each,
+    the alignment (``ref``), the segment's first frame ``s``, and ``end`` (the first frame whose
+    spliced input holds no noise). Shared with the per-unit memory analysis."""
+
+    clean: dict
+    noisy: dict
+    ref: np.ndarray
+    s: int
+    end: int
+    utt_id: str
+    label: str
+    wav: Path
+    params: dict  # what was done, for the log
+
+
+def noisy_pair(model, meta, corpus_path: str | None, checkpoint_path: str, params: RobustnessParams) -> NoisyPair:
     if params.noise not in KINDS:
         raise AnalysisError(f"noise {params.noise!r}: choose one of {', '.join(KINDS)}")
-    torch.set_num_threads(1)
-    model, meta = load_model(ck["path"])
-    corpus = open_corpus(CaptureConfig(checkpoint=ck["path"], corpus=inputs["corpus"]), meta)
+    corpus = open_corpus(CaptureConfig(checkpoint=checkpoint_path, corpus=corpus_path), meta)
     split = corpus.split(params.split)
     wavs = wav_paths(corpus, params.split)
     utt_id = params.utt_id or max((u for u in split.utt_ids if u in wavs),
@@ -190,15 +203,35 @@ def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
     if len(noisy_f) != len(ref):
         raise AnalysisError(f"{wavs[utt_id]}: {len(noisy_f)} noisy frames, expected {len(ref)}")
     end = e + model.config.context
-    label = f"{utt_id}:{params.noise}:{params.snr_db:g}dB"
+    return NoisyPair(c_clean, c_noisy, ref, s, end, utt_id, f"{utt_id}:{params.noise}:{params.snr_db:g}dB",
+                     wavs[utt_id], {"utt_id": utt_id, "at_samples": at, "noise_frames": frames_inserted,
+                                    "noise_start": s, "noise_end": end, "feature_check_max_abs_diff": feat_diff})
+
+
+def aligned_diff(pair: NoisyPair, name: str) -> np.ndarray:
+    """|c_noisy - c_clean| [noisy frames, H] of one layer (NaN where no clean frame compares)."""
+    clean, noisy = pair.clean[name].numpy().astype(np.float64), pair.noisy[name].numpy().astype(np.float64)
+    d = np.full(noisy.shape, np.nan)
+    ok = pair.ref >= 0
+    d[ok] = np.abs(noisy[ok] - clean[pair.ref[ok]])
+    return d
+
+
+def checkpoint_pair(inputs: dict, params: RobustnessParams) -> tuple[str, object, NoisyPair]:
+    """(checkpoint id, model, its ``NoisyPair``) of a loaded analysis input (one thread: a Ray task)."""
+    ck = inputs["checkpoint"]
+    torch.set_num_threads(1)
+    model, meta = load_model(ck["path"])
+    return ck["checkpoint_id"], model, noisy_pair(model, meta, inputs["corpus"], ck["path"], params)
+
+
+def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
+    cid, model, pair = checkpoint_pair(inputs, params)
+    c_clean, s, end, utt_id, label = pair.clean, pair.s, pair.end, pair.utt_id, pair.label
     rows, impact_rows, diffs, durations = [], [], {}, []
     for name in sorted(c_clean, key=lambda n: int(n[1:].split(".")[0])):
         layer = int(name[1:].split(".")[0])
-        clean, noisy = c_clean[name].numpy().astype(np.float64), c_noisy[name].numpy().astype(np.float64)
-        d = np.full(noisy.shape, np.nan)
-        ok = ref >= 0
-        d[ok] = np.abs(noisy[ok] - clean[ref[ok]])
-        diffs[layer] = d
+        d = diffs[layer] = aligned_diff(pair, name)
         mean, mx, rms = _rowstat(d, np.mean), _rowstat(d, np.max), np.sqrt(_rowstat(d ** 2, np.mean))
         stats = impact_duration(mean, end, params.fraction, params.floor)
         stats["pre_noise_max"] = float(np.max(mean[:max(s - model.config.context, 0)], initial=0.0))
@@ -206,18 +239,17 @@ def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
         rows += [{"label": label, "layer": layer, "metric": m, "value": v} for m, v in stats.items()]
         impact_rows.append(pl.DataFrame({
             "utt_id": utt_id, "noise": params.noise, "snr_db": float(params.snr_db), "noise_start": int(s),
-            "noise_frames": frames_inserted, "layer": np.full(len(mean), layer, np.int32),
+            "noise_frames": pair.params["noise_frames"], "layer": np.full(len(mean), layer, np.int32),
             "frame": np.arange(len(mean), dtype=np.int32), "mean_abs_diff": mean, "max_abs_diff": mx,
             "rms_diff": rms}))
         if stats["pre_noise_max"] > 1e-2:
             raise AnalysisError(f"checkpoint {cid}: cells differ by {stats['pre_noise_max']:g} before the noise "
-                                f"({wavs[utt_id]}): the clean and noisy streams are misaligned")
+                                f"({pair.wav}): the clean and noisy streams are misaligned")
     rows.append({"label": label, "metric": "impact_frames", "value": float(np.mean(durations))})
     table = pl.concat(impact_rows).with_columns(pl.col("noise_start", "noise_frames").cast(pl.Int32)).select(
         pl.lit(cid).alias("checkpoint_id"), pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"), pl.all())
     figure = _draw(diffs, rows, s, end, cid, label, fig_dir)
-    p = params.to_dict() | {"utt_id": utt_id, "at_samples": at, "noise_frames": frames_inserted, "noise_start": s,
-                            "noise_end": end, "feature_check_max_abs_diff": feat_diff}
+    p = params.to_dict() | pair.params
     return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure], p,
                   tables={NOISE_IMPACT.name: table})
 

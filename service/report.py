@@ -91,8 +91,7 @@ def _table_html(t) -> str:
 def _claim_html(c) -> str:
     cls = c.verdict.replace(" ", "-")
     items = "".join(f"<li>{_e(n)}</li>" for n in c.numbers)
-    test = (f"test: {_e(c.test)}; {c.n_seeds} seeds" + (f", {c.n_utterances} utterances" if c.n_utterances else "")
-            if c.test else "")
+    test = f"test: {_e(c.test)}" if c.test else ""
     return (f'<div class="claim" data-claim="{_e(c.key)}" data-verdict="{_e(c.verdict)}">'
             f'<span class="verdict {cls}">{_e(c.verdict)}</span> {_e(c.statement)}'
             f'<div class="rule">effect: {_e(c.effect_name)} = <b>{_e(effect_text(c))}</b></div>'
@@ -115,9 +114,11 @@ def _place(src: str, out_dir: Path) -> str | None:
 
 
 def build_html(studies: list[str], runs: list[RunDir], log: pl.DataFrame, tables: list, claims: list,
-               out_dir: Path, store_path: Path, study_figures: list[str]) -> tuple[str, int]:
+               out_dir: Path, store_path: Path, study_figures: dict[str, list[str]]) -> tuple[str, int]:
     """The page, and the number of figures on it. Sections follow the analysis registry: every
-    figure a checkpoint-scope analysis declares, for every final checkpoint of the runs."""
+    figure a checkpoint-scope analysis declares, for every final checkpoint of the runs, then the
+    figures of the study-scope ones (``study_figures``: analysis -> paths; Tables 1-3's figure sits
+    with the tables)."""
     name = ", ".join(studies)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     checkpoints = {run.final_checkpoint.checkpoint_id: run for run in runs}
@@ -139,7 +140,7 @@ def build_html(studies: list[str], runs: list[RunDir], log: pl.DataFrame, tables
     parts += [_table_html(t) for t in tables] or ["<p>No finished runs.</p>"]
     parts.append("<p><small>Test set, best-on-dev weights. PER from Viterbi decoding over a phone loop (SIL excluded), "
                  "in place of the paper's WER; frame accuracy on the frame targets.</small></p>")
-    parts += [img(p, "error by depth") for p in study_figures]
+    parts += [img(p, "error by depth") for p in study_figures.get("comparisons", [])]
 
     parts.append("<h2>Claims</h2>")
     if claims:
@@ -164,6 +165,15 @@ def build_html(studies: list[str], runs: list[RunDir], log: pl.DataFrame, tables
             paths = [p for p in (r["figure_paths"] or []) if Path(p).name == spec.file]
             parts.append(f"<h3>{_e(run.name)}</h3>" + img(paths[0] if paths else None, f"{fig}, {run.name} ({cid})"))
 
+    for a in registry.study_analyses().values():
+        if a.name == "comparisons":
+            continue
+        for spec in a.figures:
+            parts.append(f"<h2>{_e(spec.paper)}: {_e(spec.title)}</h2>")
+            paths = [p for p in study_figures.get(a.name, []) if Path(p).name.endswith(spec.file)]
+            parts += [img(p, f"{spec.paper}, {Path(p).name}") for p in paths] or \
+                [f'<p class="error">{_e(a.name)}: not run</p>']
+
     parts.append("<h2>Run stamps</h2>")
     parts.append(f"<p>This report: gatelens git revision <code>{_e(git_revision())}</code>, Python "
                  f"{_e(sys.version.split()[0])}</p><pre>{_e(json.dumps(_versions(), indent=1))}</pre>")
@@ -182,8 +192,9 @@ def build_html(studies: list[str], runs: list[RunDir], log: pl.DataFrame, tables
 
 
 def write_report(store, storage, studies: list[str], out_dir, analyse: bool = True, params: dict | None = None,
-                 capture: dict | None = None, rerun: bool = False, progress=print) -> Path:
-    """Run what is missing (unless ``analyse`` is False), then write ``<out_dir>/index.html``."""
+                 capture: dict | None = None, rerun: bool = False, progress=print) -> tuple[Path, list]:
+    """Run what is missing (unless ``analyse`` is False), then write ``<out_dir>/index.html``.
+    Returns the page's path and the claims it shows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if analyse:
@@ -205,12 +216,13 @@ def write_report(store, storage, studies: list[str], out_dir, analyse: bool = Tr
     tables = paper_tables(results)
     claims = evaluate(gather(store, ck_ids, results if results.height else None, study_utterances(storage, studies)))
     study_names = list(registry.study_analyses())
-    study_figs = [p for paths in log.filter(pl.col("checkpoint_id").is_in(study_ids)
-                                            & pl.col("analysis").is_in(study_names))["figure_paths"].to_list()
-                  for p in (paths or [])]
+    study_figs: dict[str, list[str]] = {}
+    for r in log.filter(pl.col("checkpoint_id").is_in(study_ids) & pl.col("analysis").is_in(study_names)).iter_rows(
+            named=True):
+        study_figs.setdefault(r["analysis"], []).extend(r["figure_paths"] or [])
     page, n = build_html(studies, runs, log, tables, claims, out_dir, store.path, study_figs)
     tmp = out_dir / f".index.html.{os.getpid()}.tmp"
     tmp.write_text(page)
     os.replace(tmp, out_dir / "index.html")
     progress(f"report with {n} figures: {(out_dir / 'index.html').resolve()}")
-    return out_dir / "index.html"
+    return out_dir / "index.html", claims

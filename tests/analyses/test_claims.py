@@ -51,6 +51,15 @@ def planted(mode: str, utterances: int = 400) -> cl.Evidence:
             impact.append((cid, {"layer": k + 1, "impact_frames": im, "censored": 0.0}))
     ev.cells, ev.smoothness, ev.impact = (_frame(t, r) for t, r in ((ev.cells, cells), (ev.smoothness, smooth),
                                                                      (ev.impact, impact)))
+    memory = []  # per-unit memory, medians over units: GRU and lazy LSTM shorter than LSTM (or longer)
+    for arch in ("lstm", "gru", "lstm_lazy"):
+        for seed in SEEDS:
+            flip = _flip(mode, seed)
+            frames = {"lstm": 20.0, "gru": 30.0 if flip else 8.0, "lstm_lazy": 30.0 if flip else 12.0}[arch]
+            memory += [{"checkpoint_id": f"{arch}-2-s{seed}", "arch": arch, "depth": 2, "residual": False, "seed": seed,
+                        "layer": k + 1, "implied_tau_median": frames, "measured_frames_median": frames + k}
+                       for k in range(2)]
+    ev.memory = pl.DataFrame(memory, schema=ev.memory.schema)
 
     # error rates: deeper, lazy and residual each 3 points better (or worse), or no different at all
     sign = {"holds": 1, "contradicted": -1, "undecided": 0}[mode]
