@@ -17,11 +17,13 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import polars as pl
 
 from cluster.grid import custom_grid, run_study
 from cluster.runs import collect_results, iter_runs
+from cluster.runtime import log_ray_to
 from cluster.studies import PROFILES
 
 
@@ -51,6 +53,7 @@ def main() -> None:
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     storage = args.storage or tempfile.mkdtemp(prefix="gatelens-bench-study-")
     prof = PROFILES[args.profile]
+    print(f"Ray's messages: {log_ray_to(Path(storage) / 'logs', 'bench-study')}", flush=True)
     try:
         t0 = time.perf_counter()
         configs, _ = run_study(args.study, args.profile, storage, corpus=args.corpus, seeds=seeds)

@@ -11,6 +11,7 @@ The model (acoustic.py): splice + CMVN -> layers (residual: Sec. 5.2) -> linear 
 from .acoustic import CELLS, VALUE_NAMES, AcousticModel, ModelConfig, build_model
 from .checkpoint import (MODEL_FILE, CheckpointError, CheckpointMeta, checkpoint_id, code_version, file_digest,
                          load_checkpoint, model_file, save_checkpoint)
+from .common import Intervention
 from .fused import FusedLSTM
 from .gru import GRU
 from .lstm import PeepholeLSTM
@@ -20,5 +21,5 @@ __all__ = [
     "CELLS", "VALUE_NAMES", "AcousticModel", "ModelConfig", "build_model",
     "MODEL_FILE", "CheckpointError", "CheckpointMeta", "checkpoint_id", "code_version", "file_digest",
     "load_checkpoint", "model_file", "save_checkpoint",
-    "PeepholeLSTM", "GRU", "LazyLSTM", "FusedLSTM",
+    "PeepholeLSTM", "GRU", "LazyLSTM", "FusedLSTM", "Intervention",
 ]

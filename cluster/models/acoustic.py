@@ -149,14 +149,19 @@ class AcousticModel(nn.Module):
 
     # -- forward and capture ------------------------------------------------------------
     def forward(self, feats: torch.Tensor, lengths=None, capture: bool = False,
-                capture_dtype: torch.dtype = torch.float16, values=None):
+                capture_dtype: torch.dtype = torch.float16, values=None, interventions=None):
         """feats [B, T, F] (padded, with lengths) or [T, F] -> logits [B, T, K] (or [T, K]).
 
         capture=True also returns the per-frame values of every layer, from the same pass:
         (logits, {"L1.c": [B, T, H], "L1.o": ..., ...}) in capture_dtype; `values` narrows
         the names (default: all the cell exposes). Frames at t >= lengths[b] hold whatever
-        the padding produced: ignore them.
+        the padding produced: ignore them. ``interventions``: {layer (1-based): Intervention}
+        applied inside those layers' recurrences (inference only; ``common.Intervention``).
         """
+        interventions = interventions or {}
+        bad = [k for k in interventions if not 1 <= k <= len(self.layers)]
+        if bad:
+            raise ValueError(f"interventions on layer(s) {bad}: the model has layers 1..{len(self.layers)}")
         single = feats.dim() == 2
         if single:
             feats = feats.unsqueeze(0)
@@ -167,7 +172,7 @@ class AcousticModel(nn.Module):
         x = self.splice(feats, lengths)
         captured = {}
         for k, layer in enumerate(self.layers, 1):
-            y, _, vals = layer(x, capture=capture)
+            y, _, vals = layer(x, capture=capture, **({"intervention": interventions[k]} if k in interventions else {}))
             for name in names:
                 captured[f"L{k}.{name}"] = _batch_major(vals[name], capture_dtype, single)
             x = y + x if (self.config.residual and k > 1) else y
@@ -178,12 +183,14 @@ class AcousticModel(nn.Module):
 
     @torch.no_grad()
     def capture(self, feats: torch.Tensor, lengths=None, dtype: torch.dtype = torch.float16,
-                values=None) -> dict[str, torch.Tensor]:
+                values=None, interventions=None) -> dict[str, torch.Tensor]:
         """Per-layer, per-frame values of every unit, e.g. out["L2.c"]: [B, T, H] (or [T, H]).
 
         Runs the same code as training (the layers' forward Functions); no gradient kept.
+        ``interventions`` as in ``forward``.
         """
-        return self.forward(feats, lengths, capture=True, capture_dtype=dtype, values=values)[1]
+        return self.forward(feats, lengths, capture=True, capture_dtype=dtype, values=values,
+                            interventions=interventions)[1]
 
     def value_names(self) -> list[str]:
         """Stable names of everything capture() returns, e.g. ["L1.c", "L1.m", ...]."""

@@ -142,6 +142,48 @@ def last_valid(seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     return seq[idx, torch.arange(seq.shape[1], device=seq.device)]
 
 
+class Intervention:
+    """Set units of one layer's c or m to given values inside the recurrence: zeroed, clamped to
+    a value, or replaced by their corpus means, at every frame or from frame ``start`` on. The
+    cell Functions apply it where the value is made, so the next frame (and, for c, the output
+    gate's peephole and m) sees the set value: an ablation, not an edit of stored activations.
+
+    ``to`` is one value for all the units or one per unit. Inference only: the hand-written
+    backward knows nothing of it, so a layer refuses it while gradients are being recorded.
+    """
+
+    VALUES = ("c", "m")
+
+    def __init__(self, value: str, units, to=0.0, start: int = 0):
+        if value not in self.VALUES:
+            raise ValueError(f"an intervention sets c or m, not {value!r}")
+        self.value, self.start = value, int(start)
+        self.units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+        self.to = torch.as_tensor(to, dtype=torch.float64).reshape(-1)
+        if self.to.numel() not in (1, self.units.numel()):
+            raise ValueError(f"{self.units.numel()} units but {self.to.numel()} values")
+        self._ready = None
+
+    def __repr__(self) -> str:
+        return f"Intervention({self.value!r}, units={self.units.tolist()}, to={self.to.tolist()}, start={self.start})"
+
+    def check(self, hidden: int) -> "Intervention":
+        if self.units.numel() and (int(self.units.min()) < 0 or int(self.units.max()) >= hidden):
+            raise ValueError(f"{self!r}: units outside 0..{hidden - 1}")
+        if torch.is_grad_enabled():
+            raise RuntimeError("interventions are for inference: run under torch.no_grad() or inference_mode()")
+        return self
+
+    def apply_(self, value: str, t: int, out: torch.Tensor) -> None:
+        """Set the units of frame t's ``out`` [B, H] in place (if this intervention acts on it then)."""
+        if value != self.value or t < self.start:
+            return
+        if self._ready is None or self._ready[1].dtype != out.dtype or self._ready[1].device != out.device:
+            self._ready = (self.units.to(out.device), self.to.to(out.dtype, copy=True).to(out.device))
+        idx, to = self._ready
+        out.index_copy_(1, idx, to.expand(out.shape[0], idx.numel()))
+
+
 def zeros_state(x: torch.Tensor, hidden: int, n: int) -> tuple[torch.Tensor, ...]:
     return tuple(x.new_zeros(x.shape[1], hidden) for _ in range(n))
 
@@ -160,9 +202,11 @@ class GatedLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, precision={self.precision!r}"
 
-    def _start(self, x: torch.Tensor, state):
+    def _start(self, x: torch.Tensor, state, intervention: Intervention | None = None):
         if x.dim() != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"{type(self).__name__} expects [T, B, {self.input_size}], got {tuple(x.shape)}")
+        if intervention is not None:
+            intervention.check(self.hidden_size)
         if state is None:
             state = zeros_state(x, self.hidden_size, len(self.state_names))
         return matmul_dtype(self.precision, x.dtype), state

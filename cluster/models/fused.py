@@ -53,7 +53,9 @@ class FusedLSTM(nn.Module):
     def extra_repr(self) -> str:
         return f"precision={self.precision!r}"
 
-    def forward(self, x, state=None, lengths=None, capture=False):
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None):
+        if intervention is not None:
+            raise ValueError("lstm_fused runs torch.nn.LSTM, which cannot be intervened in: use cell lstm")
         hx = None if state is None else tuple(s.unsqueeze(0).contiguous() for s in state)
         bf16 = self.precision == "bf16" and x.dtype == torch.float32
         native = bf16 and native_bf16_lstm(x.device.type)

@@ -35,7 +35,7 @@ class GRUFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_x, b, W_r, W_cm, c0, mm_dtype):
+    def forward(ctx, x, W_x, b, W_r, W_cm, c0, mm_dtype, iv=None):
         T, B, _ = x.shape
         H = W_cm.shape[0]
         sd = c0.dtype
@@ -55,11 +55,15 @@ class GRUFunction(torch.autograd.Function):
             gates.acc_(A_oi[t], Cm_[t])                               # + W_oc, W_ic c_{t-1}
             A_oi[t].sigmoid_()
             torch.mul(o_[t], C_[t], out=M_[t])                        # m_t = o_t c_{t-1}
+            if iv is not None:
+                iv.apply_("m", t, M_[t])
             if Mm is not M:
                 Mm_[t].copy_(M_[t])
             cand.acc_(g_[t], Mm_[t])                                  # + W_cm m_t
             sigmoid_tanh_(g_[t].add_(g_[t]).sigmoid_(), one)          # g_t = tanh(.)
             torch.lerp(C_[t], g_[t], i_[t], out=C_[t + 1])            # c_t = (1-i) c_{t-1} + i g
+            if iv is not None:
+                iv.apply_("c", t, C_[t + 1])
             if Cm is not C:
                 Cm_[t + 1].copy_(C_[t + 1])
         ctx.save_for_backward(xm, Wxm, Wrm, Wcm, A, C, Cm, Mm)
@@ -115,7 +119,7 @@ class GRUFunction(torch.autograd.Function):
         db = db.sum(0).to(wd) if need[2] else None
         dW_r = (dA2[:, : 2 * H].t() @ Cm[:-1].reshape(TB, H)).to(wd) if need[3] else None
         dW_cm = (dA2[:, 2 * H :].t() @ Mm.reshape(TB, H)).to(wd) if need[4] else None
-        return dx, dW_x, db, dW_r, dW_cm, dc, None
+        return dx, dW_x, db, dW_r, dW_cm, dc, None, None
 
 
 class GRU(GatedLayer):
@@ -140,12 +144,12 @@ class GRU(GatedLayer):
         self.W_cm = nn.Parameter(torch.empty(H, H))
         uniform_init_(self, H)
 
-    def forward(self, x, state=None, lengths=None, capture=False):
-        mm_dtype, (c0,) = self._start(x, state)
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None):
+        mm_dtype, (c0,) = self._start(x, state, intervention)
         W_x = torch.cat((self.W_ox, self.W_ix, self.W_cx))
         b = torch.cat((self.b_o, self.b_i, self.b_c))
         W_r = torch.cat((self.W_oc, self.W_ic))
-        c, m, A = GRUFunction.apply(x, W_x, b, W_r, self.W_cm, c0, mm_dtype)
+        c, m, A = GRUFunction.apply(x, W_x, b, W_r, self.W_cm, c0, mm_dtype, intervention)
         state = (last_valid(c, lengths),)
         if not capture:
             return c, state, None

@@ -36,7 +36,7 @@ class PeepholeLSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_x, b, W_m, V, m0, c0, mm_dtype):
+    def forward(ctx, x, W_x, b, W_m, V, m0, c0, mm_dtype, iv=None):
         T, B, _ = x.shape
         H = W_m.shape[1]
         sd = c0.dtype
@@ -59,8 +59,12 @@ class PeepholeLSTMFunction(torch.autograd.Function):
             A_ifg[t].sigmoid_()                                       # one sigmoid for i, f, g
             sigmoid_tanh_(g_[t], one)
             c = torch.mul(f_[t], C_[t], out=C_[t + 1]).addcmul_(i_[t], g_[t])   # c_t
+            if iv is not None:
+                iv.apply_("c", t, c)
             o_[t].addcmul_(c, V_oc).sigmoid_()                                  # o_t peeks at c_t
             torch.mul(o_[t], tanh_into(TC_[t], c, one), out=M_[t + 1])          # m_t
+            if iv is not None:
+                iv.apply_("m", t, M_[t + 1])
             if Mm is not M:
                 Mm_[t + 1].copy_(M_[t + 1])
         ctx.save_for_backward(xm, Wxm, Wmm, V, A, C, Mm, TC)
@@ -127,7 +131,7 @@ class PeepholeLSTMFunction(torch.autograd.Function):
         db = db.sum(0).to(wd) if need[2] else None
         dW_m = (dA2.t() @ Mm[:-1].reshape(TB, H)).to(wd) if need[3] else None
         dV = dV.sum(0).to(V.dtype) if need[4] else None
-        return dx, dW_x, db, dW_m, dV, dm, dc, None
+        return dx, dW_x, db, dW_m, dV, dm, dc, None, None
 
 
 def add_peephole_parameters(layer: nn.Module, D: int, H: int) -> None:
@@ -157,13 +161,13 @@ class PeepholeLSTM(GatedLayer):
         super().__init__(input_size, hidden_size, precision)
         add_peephole_parameters(self, input_size, hidden_size)
 
-    def forward(self, x, state=None, lengths=None, capture=False):
-        mm_dtype, (m0, c0) = self._start(x, state)
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None):
+        mm_dtype, (m0, c0) = self._start(x, state, intervention)
         W_x = torch.cat((self.W_ix, self.W_fx, self.W_cx, self.W_ox))
         W_m = torch.cat((self.W_im, self.W_fm, self.W_cm, self.W_om))
         b = torch.cat((self.b_i, self.b_f, self.b_c, self.b_o))
         V = torch.stack((self.V_ic, self.V_fc, self.V_oc))
-        m, c, A = PeepholeLSTMFunction.apply(x, W_x, b, W_m, V, m0, c0, mm_dtype)
+        m, c, A = PeepholeLSTMFunction.apply(x, W_x, b, W_m, V, m0, c0, mm_dtype, intervention)
         state = (last_valid(m, lengths), last_valid(c, lengths))
         if not capture:
             return m, state, None

@@ -40,7 +40,7 @@ class LazyLSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_x, b, W_r, W_cm, V, m0, c0, mm_dtype, new_m):
+    def forward(ctx, x, W_x, b, W_r, W_cm, V, m0, c0, mm_dtype, new_m, iv=None):
         T, B, _ = x.shape
         H = W_cm.shape[0]
         sd = c0.dtype
@@ -67,12 +67,16 @@ class LazyLSTMFunction(torch.autograd.Function):
             A_ifo3[t].addcmul_(Cu_[t], V3)                            # + V_*c c_{t-1}, all three gates
             A_ifo[t].sigmoid_()
             torch.mul(o_[t], tanh_into(TC_[t], C_[t], one), out=M_[t + 1])      # m_t = o_t tanh(c_{t-1})
+            if iv is not None:
+                iv.apply_("m", t, M_[t + 1])
             if Mm is not M:
                 Mm_[t + 1].copy_(M_[t + 1])
             if new_m:
                 cand.acc_(g_[t], Mm_[t + 1])                          # + W_cm m_t
             sigmoid_tanh_(g_[t].add_(g_[t]).sigmoid_(), one)          # g_t = tanh(.)
             torch.mul(f_[t], C_[t], out=C_[t + 1]).addcmul_(i_[t], g_[t])      # c_t, last
+            if iv is not None:
+                iv.apply_("c", t, C_[t + 1])
         ctx.save_for_backward(xm, Wxm, Wrm, Wcm, V, A, C, Mm, TC)
         ctx.mark_non_differentiable(A)
         ctx.set_materialize_grads(False)
@@ -143,7 +147,7 @@ class LazyLSTMFunction(torch.autograd.Function):
         m_cand = Mm[1:].reshape(TB, H) if new_m else m_prev        # what g_t read
         dW_cm = (dA2[:, 3 * H :].t() @ m_cand).to(wd) if need[4] else None
         dV = dV.sum(0).to(V.dtype) if need[5] else None
-        return dx, dW_x, db, dW_r, dW_cm, dV, dm, dc, None, None
+        return dx, dW_x, db, dW_r, dW_cm, dV, dm, dc, None, None, None
 
 
 class LazyLSTM(GatedLayer):
@@ -167,14 +171,14 @@ class LazyLSTM(GatedLayer):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", candidate_input={self.candidate_input!r}"
 
-    def forward(self, x, state=None, lengths=None, capture=False):
-        mm_dtype, (m0, c0) = self._start(x, state)
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None):
+        mm_dtype, (m0, c0) = self._start(x, state, intervention)
         W_x = torch.cat((self.W_ix, self.W_fx, self.W_ox, self.W_cx))
         b = torch.cat((self.b_i, self.b_f, self.b_o, self.b_c))
         W_r = torch.cat((self.W_im, self.W_fm, self.W_om))
         V = torch.stack((self.V_ic, self.V_fc, self.V_oc))
         m, c, A = LazyLSTMFunction.apply(x, W_x, b, W_r, self.W_cm, V, m0, c0, mm_dtype,
-                                         self.candidate_input == "m_t")
+                                         self.candidate_input == "m_t", intervention)
         state = (last_valid(m, lengths), last_valid(c, lengths))
         if not capture:
             return m, state, None

@@ -348,3 +348,103 @@ def test_packed_frame_matmul_is_bit_identical_to_mm():
 def test_bad_input_shape_is_rejected():
     with pytest.raises(ValueError, match=r"\[T, B, 5\]"):
         make("lstm")(torch.randn(3, 5, dtype=F64))
+
+
+# --- interventions: units set inside the recurrence --------------------------------------------
+def _ref_with(layer, x, state, value, units, to, start):
+    """The reference steps with ``value`` (c or m) of ``units`` set to ``to`` from frame ``start``
+    on, where the paper's equations make it (so the rest of the frame and the next frame see it)."""
+    p = dict(layer.named_parameters())
+
+    def hook(name, v, t):
+        if name == value and t >= start:
+            v = v.clone()
+            v[:, units] = torch.as_tensor(to, dtype=v.dtype)
+        return v
+
+    frames = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        if isinstance(layer, PeepholeLSTM):
+            m, c = state
+            i = sig(lin(p, "i", xt, "m", m) + p["V_ic"] * c)
+            f = sig(lin(p, "f", xt, "m", m) + p["V_fc"] * c)
+            g = tanh(lin(p, "c", xt, "m", m))
+            c_new = hook("c", f * c + i * g, t)
+            o = sig(lin(p, "o", xt, "m", m) + p["V_oc"] * c_new)
+            m_new = hook("m", o * tanh(c_new), t)
+            state = (m_new, c_new)
+        elif isinstance(layer, GRU):
+            (c,) = state
+            i = sig(lin(p, "i", xt, "c", c))
+            o = sig(lin(p, "o", xt, "c", c))
+            m_new = hook("m", o * c, t)
+            g = tanh(lin(p, "c", xt, "m", m_new))
+            c_new = hook("c", (1 - i) * c + i * g, t)
+            state = (c_new,)
+        else:
+            m, c = state
+            i = sig(lin(p, "i", xt, "m", m) + p["V_ic"] * c)
+            f = sig(lin(p, "f", xt, "m", m) + p["V_fc"] * c)
+            o = sig(lin(p, "o", xt, "m", m) + p["V_oc"] * c)
+            m_new = hook("m", o * tanh(c), t)
+            g = tanh(lin(p, "c", xt, "m", m_new if layer.candidate_input == "m_t" else m))
+            c_new = hook("c", f * c + i * g, t)
+            state = (m_new, c_new)
+        frames.append({"c": c_new, "m": m_new})
+    return {k: torch.stack([fr[k] for fr in frames]) for k in ("c", "m")}
+
+
+@pytest.mark.parametrize("value", ["c", "m"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_an_intervention_matches_the_reference_with_the_same_clamp(cell, value):
+    from cluster.models import Intervention
+
+    layer = make(cell)
+    x = torch.randn(9, 3, 5, dtype=F64) * 2
+    state = rand_state(layer, 3)
+    units, to, start = [0, 2], [0.5, -0.25], 3
+    with torch.no_grad():
+        _, _, got = layer(x, state, capture=True, intervention=Intervention(value, units, to, start))
+        _, _, plain = layer(x, state, capture=True)
+        want = _ref_with(layer, x, state, value, units, to, start)
+    for name in ("c", "m"):
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=TOL, msg=name)
+    set_ = got[value][start:, :, units]
+    torch.testing.assert_close(set_, torch.tensor(to, dtype=F64).expand_as(set_), rtol=0, atol=0)
+    torch.testing.assert_close(got[value][:start], plain[value][:start], rtol=0, atol=0)  # untouched before
+    later = got["c"][start + 1:, :, [1, 3]] - plain["c"][start + 1:, :, [1, 3]]
+    assert later.abs().max() > 1e-6  # the other units see the set values through the recurrence
+
+
+def test_interventions_are_refused_where_they_would_be_wrong():
+    from cluster.models import Intervention
+
+    layer = make("lstm")
+    x = torch.randn(4, 2, 5, dtype=F64)
+    with pytest.raises(RuntimeError, match="inference"):
+        layer(x, intervention=Intervention("c", [0]))  # gradients on: the backward knows nothing of it
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="units outside"):
+            layer(x, intervention=Intervention("c", [4]))
+        with pytest.raises(ValueError, match="cannot be intervened"):
+            FusedLSTM(5, 4)(x.float(), intervention=Intervention("m", [0]))
+    with pytest.raises(ValueError, match="c or m"):
+        Intervention("g", [0])
+    with pytest.raises(ValueError, match="2 units but 3 values"):
+        Intervention("c", [0, 1], [1.0, 2.0, 3.0])
+
+
+def test_a_model_applies_interventions_per_layer():
+    from cluster.models import Intervention, ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(cell="gru", layers=2, hidden=6, num_targets=7), torch.zeros(40), torch.ones(40))
+    feats = torch.randn(30, 40)
+    plain = model.capture(feats, dtype=torch.float32, values=("c",))
+    mean = plain["L1.c"].mean(0)[[1, 4]]  # replace two units by their means over the utterance
+    got = model.capture(feats, dtype=torch.float32, values=("c",), interventions={1: Intervention("c", [1, 4], mean)})
+    torch.testing.assert_close(got["L1.c"][:, [1, 4]], mean.expand(30, 2))
+    assert (got["L2.c"] - plain["L2.c"]).abs().max() > 1e-6  # the next layer sees them
+    with pytest.raises(ValueError, match="layers 1..2"):
+        model.capture(feats, interventions={3: Intervention("c", [0])})
