@@ -54,6 +54,7 @@ class Evidence:
     smoothness: pl.DataFrame  # + smoothness
     impact: pl.DataFrame  # + impact_frames, censored
     memory: pl.DataFrame  # + implied_tau_median, measured_frames_median (per-unit memory, medians over units)
+    ablation: pl.DataFrame  # + acc_drop_excess (one row per checkpoint, layer 0: the mean over layers and phones)
     results: pl.DataFrame  # study, run, cell, layers, residual, seed, corpus, test_per, test_frame_acc
     utterances: pl.DataFrame  # study, run, utt_id, ref_len, errors (test split)
 
@@ -64,6 +65,7 @@ class Evidence:
                    pl.DataFrame(schema=_CK | {"smoothness": pl.Float64}),
                    pl.DataFrame(schema=_CK | {"impact_frames": pl.Float64, "censored": pl.Float64}),
                    pl.DataFrame(schema=_CK | {"implied_tau_median": pl.Float64, "measured_frames_median": pl.Float64}),
+                   pl.DataFrame(schema=_CK | {"acc_drop_excess": pl.Float64}),
                    pl.DataFrame(schema=RESULTS),
                    pl.DataFrame(schema=UTTERANCES))
 
@@ -156,6 +158,12 @@ def gather(store, checkpoint_ids: list[str], results: pl.DataFrame | None = None
     memory = per_layer("unit_memory", ["implied_tau_median", "measured_frames_median"])
     if memory is not None:
         ev.memory = memory.select(ev.memory.columns)
+    abl = read_summary(store, "unit_ablation", list(checkpoint_ids)).filter(
+        (pl.col("layer") == 0) & (pl.col("metric") == "acc_drop_excess"))
+    if abl.height:
+        ev.ablation = cks.join(abl.select("checkpoint_id", pl.lit(0, pl.Int64).alias("layer"),
+                                          pl.col("value").alias("acc_drop_excess")), on="checkpoint_id"
+                               ).select(ev.ablation.columns)
     return ev
 
 
@@ -356,6 +364,17 @@ def lazy_memory_shorter(ev: Evidence) -> Claim:
     return _pairs(c, ev.memory, "measured_frames_median", -1.0, ".1f", a="lstm", b="lstm_lazy")
 
 
+def responsible_units_needed(ev: Evidence) -> Claim:
+    c = Claim("responsible_units_needed", "Units most responsible for a phone are needed for that phone",
+              "the phone's frame-accuracy drop with its k most responsible units ablated minus the drop with k random "
+              "units, mean over layers and frequent phones (every cell)", "accuracy", +1)
+    per_seed: dict[int, list[float]] = {}
+    for r in ev.ablation.sort("checkpoint_id").iter_rows(named=True):
+        per_seed.setdefault(r["seed"], []).append(r["acc_drop_excess"])
+        c.numbers.append(f"{r['checkpoint_id']} (seed {r['seed']}): excess drop {r['acc_drop_excess']:+.3f}")
+    return _over_seeds(c, per_seed)
+
+
 def _systems(ev: Evidence, **where) -> pl.DataFrame:
     r = ev.results.filter(pl.col("test_per").is_not_null())
     for k, v in where.items():
@@ -422,7 +441,8 @@ def deeper_lowers_error(ev: Evidence) -> Claim:
 
 CLAIMS: tuple[Callable[[Evidence], Claim], ...] = (
     gru_bounded, lstm_near_zero, lstm_concentration_falls, gru_pm1_rises, lstm_smoother_than_gru,
-    gru_smoother_higher, gru_impact_shorter, gru_memory_shorter, lazy_memory_shorter, lazy_lowers_error,
+    gru_smoother_higher, gru_impact_shorter, gru_memory_shorter, lazy_memory_shorter, responsible_units_needed,
+    lazy_lowers_error,
     residual_lowers_error, deeper_lowers_error)
 
 

@@ -1,6 +1,7 @@
-"""What matching across checkpoints costs: linear CKA of every layer pair and the Hungarian unit
-matching of two 4x512 checkpoints on 100 utterances, against a plain forward of the same frames
-(the baseline, measured in the same run).
+"""What the causal analyses cost, against a plain forward of the same frames (the baseline,
+measured in the same run): a forward with units ablated inside the recurrence (what each step of
+an ablation sweep runs), and linear CKA of every layer pair and the Hungarian unit matching of
+two 4x512 checkpoints on 100 utterances.
 
     .venv/bin/python bench/causal.py [--quick] [--threads 2]
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from analyses.matching import linear_cka, match_units
-from cluster.models import ModelConfig, build_model
+from cluster.models import Intervention, ModelConfig, build_model
 
 
 def main() -> None:
@@ -44,6 +45,15 @@ def main() -> None:
                 m(u.unsqueeze(0), torch.tensor([u.shape[0]]))
     forward = time.perf_counter() - t0
 
+    k = max(1, hidden // 50)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for m in models:
+            for u in utts:
+                m(u.unsqueeze(0), torch.tensor([u.shape[0]]),
+                  interventions={layers // 2 + 1: Intervention("c", list(range(k)), 0.0)})
+    ablated = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     values = []
     with torch.inference_mode():
@@ -65,6 +75,8 @@ def main() -> None:
 
     print(f"{args.cell} {layers}x{hidden}, {n} utterances ({frames} frames), {args.threads} threads")
     print(f"  baseline: plain forward of both checkpoints  {forward:7.2f} s  ({2 * frames / forward:8.0f} frames/s)")
+    print(f"  forward with {k} units of layer {layers // 2 + 1} ablated       {ablated:7.2f} s  "
+          f"({2 * frames / ablated:8.0f} frames/s, {ablated / forward:5.2f}x the forward)")
     print(f"  capture of c, both checkpoints               {capture:7.2f} s  ({capture / forward:5.2f}x the forward)")
     print(f"  linear CKA, {len(cka)}x{len(cka[0])} layer pairs              {t_cka:7.2f} s  ({t_cka / forward:5.2f}x)")
     print(f"  Hungarian matching, {layers} layers of {hidden} units  {t_match:7.2f} s  ({t_match / forward:5.2f}x)")

@@ -60,6 +60,9 @@ def planted(mode: str, utterances: int = 400) -> cl.Evidence:
                         "layer": k + 1, "implied_tau_median": frames, "measured_frames_median": frames + k}
                        for k in range(2)]
     ev.memory = pl.DataFrame(memory, schema=ev.memory.schema)
+    ev.ablation = pl.DataFrame([{"checkpoint_id": cid, "arch": arch, "depth": 2, "residual": False, "seed": seed,
+                                 "layer": 0, "acc_drop_excess": -0.2 if _flip(mode, seed) else 0.1}
+                                for cid, (arch, _, seed) in CK.items()], schema=ev.ablation.schema)
 
     # error rates: deeper, lazy and residual each 3 points better (or worse), or no different at all
     sign = {"holds": 1, "contradicted": -1, "undecided": 0}[mode]

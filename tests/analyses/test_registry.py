@@ -57,12 +57,13 @@ ANALYSIS = Analysis(NAME, 1, CHECKPOINT, order=999, params=EchoParams, load=load
 
 def test_the_papers_analyses_in_order():
     reg = registry.all_analyses()
-    assert list(reg) == ["cell_distributions", "range_shares", "responsibility", "temporal_trace",
+    assert list(reg) == ["cell_distributions", "range_shares", "responsibility", "unit_ablation", "temporal_trace",
                          "memory_robustness", "unit_memory", "comparisons", "matching"]
     assert list(registry.study_analyses()) == ["comparisons", "matching"]
     figures = [f.paper for a in registry.checkpoint_analyses().values() for f in a.figures]
-    assert figures == ["Figs. 1-2", "Fig. 3", "Figs. 4-5", "Fig. 6", "Figs. 7, 10", "Fig. 8", "Memory per unit"]
-    assert {t.name for t, _ in registry.owned_tables()} == {"traces", "noise_impact", "unit_memory", "layer_similarity",
+    assert figures == ["Figs. 1-2", "Fig. 3", "Figs. 4-5", "Fig. 6", "Ablation", "Figs. 7, 10", "Fig. 8",
+                       "Memory per unit"]
+    assert {t.name for t, _ in registry.owned_tables()} == {"traces", "noise_impact", "unit_memory", "unit_ablation", "layer_similarity",
                                                                   "unit_match"}
     with pytest.raises(AnalysisError, match="unknown analysis 'nope'; known: cell_distributions"):
         registry.get("nope")

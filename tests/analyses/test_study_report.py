@@ -41,11 +41,11 @@ def test_study_claims_and_report(ray_cluster, small_corpus, tmp_path, capsys):
 
     assert gatelens("analyse", *common) == 0
     out = capsys.readouterr().out
-    assert "2 runs, 14 analyses: 14 finished, 0 skipped, 0 failed" in out
+    assert "2 runs, 16 analyses: 16 finished, 0 skipped, 0 failed" in out
     store = Store(tmp_path / "store.duckdb")
     log = store.query("SELECT analysis, count(*) AS n, min(status) AS s FROM analyses GROUP BY ALL ORDER BY ALL")
     assert dict(zip(log["analysis"], log["n"])) == {
-        "capture": 2, "cell_distributions": 2, "comparisons": 1, "matching": 1, "memory_robustness": 2, "unit_memory": 2,
+        "capture": 2, "cell_distributions": 2, "comparisons": 1, "matching": 1, "memory_robustness": 2, "unit_memory": 2, "unit_ablation": 2,
         "range_shares": 2, "responsibility": 2, "temporal_trace": 2}
     assert set(log["s"]) == {"finished"}
     assert store.query("SELECT count(DISTINCT checkpoint_id) AS n FROM analysis_summary")["n"][0] == 3
@@ -57,7 +57,7 @@ def test_study_claims_and_report(ray_cluster, small_corpus, tmp_path, capsys):
     assert f"report: {page.resolve()}" in out
     html = page.read_text()
     assert "Table 1" in html and "Run stamps" in html and "abc123" in html
-    for fig in ("Figs. 1-2", "Fig. 3", "Figs. 4-5", "Fig. 6", "Figs. 7, 10", "Fig. 8", "Memory per unit", "Matching"):
+    for fig in ("Figs. 1-2", "Fig. 3", "Figs. 4-5", "Fig. 6", "Figs. 7, 10", "Fig. 8", "Memory per unit", "Ablation", "Matching"):
         assert f">{fig}:" in html
     assert "https://" not in html.replace("http://www.w3.org", "")  # nothing fetched from a server
 
@@ -65,12 +65,12 @@ def test_study_claims_and_report(ray_cluster, small_corpus, tmp_path, capsys):
     body = re.search(r"<body[^>]*>", dom).group(0)
     loaded = int(re.search(r'data-figures-loaded="(\d+)"', body).group(1))
     total = int(re.search(r'data-figures-total="(\d+)"', body).group(1))
-    assert loaded == total == 7 * 2 + 2 + 1  # the figures of two checkpoints, the study's two, the claims' forest plot
+    assert loaded == total == 8 * 2 + 2 + 1  # the figures of two checkpoints, the study's two, the claims' forest plot
     assert dom.count('data-loaded="1"') == total and 'data-loaded="0"' not in dom
 
     assert gatelens("claims", *common, "--format", "json") == 0
     claims = {c["key"]: c for c in json.loads(capsys.readouterr().out)}
-    assert len(claims) == 12 and claims["gru_bounded"]["verdict"] == "holds"
+    assert len(claims) == 13 and claims["gru_bounded"]["verdict"] == "holds"
     # one seed of each: measured, with no interval over seeds
     for key in ("gru_smoother_higher", "lstm_smoother_than_gru", "gru_memory_shorter"):
         assert claims[key]["verdict"] == "undecided" and claims[key]["n_seeds"] == 1, claims[key]

@@ -1,0 +1,205 @@
+"""Unit ablation: are the units most responsible for a phone needed for it? (Necessity, where
+Figs. 4-6 show only correlation.)
+
+Per layer, for each of the ``phones`` most frequent phones of the captured utterances: the
+``k`` units with the highest responsibility for that phone (``phone_responsibility``, the
+capture's irregularity rule, as Figs. 4-6 read it) are ablated, and, as the control, ``k``
+units drawn at random (``repeats`` seeded draws, excluding the top units). Ablated means set
+inside the recurrence at every frame (``cluster.models.Intervention``) to their mean over the
+captured frames (``mode = "mean"``, from ``unit_stats``) or to 0 (``"zero"``). Each ablation
+runs the checkpoint on the first ``utterances`` test utterances, and measures frame
+cross-entropy and frame accuracy (on the tied-state targets) on the phone's frames and on
+all others.
+
+Table ``unit_ablation``; summary rows per (layer, phone): ``acc_drop_top`` and
+``acc_drop_random`` (the phone's frame accuracy without ablation minus with it; random:
+the mean over draws), and their difference ``acc_drop_excess``; layer 0: its mean over layers
+and phones (what the claim reads). PER after ablation is not measured here (it needs the
+decoding graph of the training alignments).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output, Params,
+                             checkpoint_info, corpus_for, family, figure_path, grid, require_rows, save, summary_frame)
+from analyses.responsibility import PAPER_RULE
+from cluster.capture import CaptureConfig, load as load_model, open_corpus
+from cluster.models import Intervention
+from cluster.tables import C, Table
+
+NAME = "unit_ablation"
+VERSION = 1
+FIGURE = FigureSpec("unit_ablation.png", "Ablation", "Unit ablation: a phone's accuracy without its most responsible units")
+UNIT_ABLATION = Table("unit_ablation", "frame accuracy and cross-entropy with units ablated inside the recurrence", (
+    C("checkpoint_id", "VARCHAR", key=True), C("analysis_version", "INTEGER", key=True),
+    C("layer", "INTEGER", "0: no ablation (the baseline)", key=True),
+    C("phone_id", "INTEGER", "the phone whose top units were ablated (-1: the baseline)", key=True),
+    C("ablated", "VARCHAR", "none | top | random", key=True), C("draw", "INTEGER", "random draw (0 otherwise)", key=True),
+    C("phone", "VARCHAR"), C("units", "BIGINT[]", "the units ablated"),
+    C("mode", "VARCHAR", "mean | zero"), C("target_phone_id", "INTEGER", "the phone measured", key=True),
+    C("frames", "BIGINT", "frames of the measured phone"), C("frame_acc", "DOUBLE", "on the measured phone's frames"),
+    C("frame_ce", "DOUBLE", "mean cross-entropy on the measured phone's frames (nats)")),
+    ("checkpoint_id", "analysis_version", "layer", "phone_id", "ablated", "draw", "target_phone_id"))
+
+
+@dataclass
+class AblationParams(Params):
+    k: int = 10  # units ablated per phone
+    phones: int = 5  # the most frequent phones
+    repeats: int = 3  # random draws of the control
+    mode: str = "mean"  # mean | zero
+    utterances: int = 50
+    split: str = "test"
+    rule: str | None = None  # default: the paper's rule if captured, else the first captured
+    seed: int = 0
+    corpus: str | None = None
+    capture_version: int = DEFAULT_CAPTURE_VERSION
+
+
+def load(store, checkpoint_id: str, params: AblationParams) -> dict:
+    if params.mode not in ("mean", "zero"):
+        raise AnalysisError(f"unit_ablation.mode={params.mode!r}: mean or zero")
+    ck = checkpoint_info(store, checkpoint_id)
+    rules = store.query("SELECT DISTINCT rule FROM phone_responsibility WHERE checkpoint_id = ? AND analysis_version = ? "
+                        "ORDER BY rule", [checkpoint_id, params.capture_version])["rule"].to_list()
+    if not rules:
+        require_rows(pl.DataFrame(), store, checkpoint_id, "responsibility counts (phone_responsibility)",
+                     params.capture_version)
+    paper = PAPER_RULE[family(ck["arch"])]
+    rule = params.rule or (paper if paper in rules else rules[0])
+    if rule not in rules:
+        raise AnalysisError(f"{store.path}: checkpoint {checkpoint_id} was captured with the rules {rules}, not {rule!r}")
+    resp = store.query("SELECT layer, unit, phone_id, phone, frames, responsibility FROM phone_responsibility "
+                       "WHERE checkpoint_id = ? AND analysis_version = ? AND rule = ? AND quantity = 'c'",
+                       [checkpoint_id, params.capture_version, rule])
+    means = store.query("SELECT layer, unit, mean FROM unit_stats WHERE checkpoint_id = ? AND analysis_version = ? "
+                        "AND quantity = 'c' ORDER BY layer, unit", [checkpoint_id, params.capture_version])
+    return {"checkpoint": ck, "corpus": corpus_for(store, checkpoint_id, params.corpus), "responsibility": resp,
+            "means": means, "rule": rule}
+
+
+def per_phone(logits: torch.Tensor, targets: np.ndarray, phones: np.ndarray) -> dict[int, tuple[int, int, float]]:
+    """{phone_id: (frames, correct, summed cross-entropy)} over one utterance's frames."""
+    t = torch.as_tensor(targets, dtype=torch.long)
+    ce = F.cross_entropy(logits.float(), t, reduction="none").numpy()
+    correct = (logits.argmax(-1) == t).numpy()
+    out = {}
+    for p in np.unique(phones):
+        sel = phones == p
+        out[int(p)] = (int(sel.sum()), int(correct[sel].sum()), float(ce[sel].sum()))
+    return out
+
+
+def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
+    ck = inputs["checkpoint"]
+    cid = ck["checkpoint_id"]
+    torch.set_num_threads(1)
+    model, meta = load_model(ck["path"])
+    corpus = open_corpus(CaptureConfig(checkpoint=ck["path"], corpus=inputs["corpus"]), meta)
+    split = corpus.split(params.split)
+    utts = [split.load(u) for u in split.utt_ids[:params.utterances]]
+    if not utts:
+        raise AnalysisError(f"{corpus.manifest_path}: split {params.split} has no utterances")
+    H, L = model.config.hidden, model.config.layers
+    if params.k >= H:
+        raise AnalysisError(f"unit_ablation.k={params.k}: the checkpoint has {H} units per layer")
+    phones_all = np.concatenate([u.phones for u in utts])
+    ids, counts = np.unique(phones_all, return_counts=True)
+    chosen = [int(p) for p in ids[np.argsort(-counts, kind="stable")][:params.phones]]
+    resp, means = inputs["responsibility"], inputs["means"]
+
+    def measure(interventions) -> dict[int, tuple[int, int, float]]:
+        total: dict[int, list] = {}
+        with torch.inference_mode():
+            for u in utts:
+                logits = model(torch.from_numpy(u.feats), interventions=interventions)
+                for p, (n, ok, ce) in per_phone(logits, u.targets, u.phones).items():
+                    acc = total.setdefault(p, [0, 0, 0.0])
+                    acc[0], acc[1], acc[2] = acc[0] + n, acc[1] + ok, acc[2] + ce
+        return {p: tuple(v) for p, v in total.items()}
+
+    def rows_of(layer, phone, ablated, draw, units, res) -> list[dict]:
+        return [{"layer": layer, "phone_id": phone, "ablated": ablated, "draw": draw, "phone": _sym(corpus, phone),
+                 "units": [int(u) for u in units], "mode": params.mode, "target_phone_id": q, "frames": n,
+                 "frame_acc": ok / n, "frame_ce": ce / n} for q, (n, ok, ce) in sorted(res.items()) if q in chosen]
+
+    base = measure(None)
+    table = rows_of(0, -1, "none", 0, [], base)
+    rng = np.random.default_rng(params.seed)
+    summary, excess = [], {}
+    for layer in range(1, L + 1):
+        mean_c = means.filter(pl.col("layer") == layer).sort("unit")["mean"].to_numpy()
+        if params.mode == "mean" and mean_c.size != H:
+            raise AnalysisError(f"checkpoint {cid} layer {layer}: {mean_c.size} unit means stored, {H} units")
+        r_layer = resp.filter(pl.col("layer") == layer)
+        for phone in chosen:
+            ranked = r_layer.filter(pl.col("phone_id") == phone).sort(["responsibility", "unit"], descending=[True, False])
+            top = ranked["unit"].to_list()[:params.k]
+            if len(top) < params.k:
+                raise AnalysisError(f"checkpoint {cid} layer {layer}: responsibility for phone {phone} of "
+                                    f"{len(top)} units, {params.k} needed")
+
+            def iv(units):
+                to = mean_c[units] if params.mode == "mean" else 0.0
+                return {layer: Intervention("c", units, to)}
+
+            res_top = measure(iv(top))
+            table += rows_of(layer, phone, "top", 0, top, res_top)
+            others = np.setdiff1d(np.arange(H), top)
+            drops = []
+            for draw in range(params.repeats):
+                units = sorted(rng.choice(others, params.k, replace=False).tolist())
+                res = measure(iv(units))
+                table += rows_of(layer, phone, "random", draw, units, res)
+                drops.append(base[phone][1] / base[phone][0] - res[phone][1] / res[phone][0])
+            d_top = base[phone][1] / base[phone][0] - res_top[phone][1] / res_top[phone][0]
+            d_rand = float(np.mean(drops))
+            excess[(layer, phone)] = d_top - d_rand
+            summary += [{"layer": layer, "phone_id": phone, "label": _sym(corpus, phone), "metric": m, "value": v}
+                        for m, v in (("acc_drop_top", d_top), ("acc_drop_random", d_rand),
+                                     ("acc_drop_excess", d_top - d_rand))]
+    summary.append({"metric": "acc_drop_excess", "value": float(np.mean(list(excess.values())))})
+    frame = pl.DataFrame(table, schema={c: t for c, t in UNIT_ABLATION.schema.items()
+                                        if c not in ("checkpoint_id", "analysis_version")})
+    frame = frame.select(pl.lit(cid).alias("checkpoint_id"), pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"),
+                         pl.all())
+    figure = _draw(frame, chosen, corpus, cid, params, fig_dir)
+    return Output(NAME, VERSION, cid, summary_frame(summary, cid, NAME, VERSION), [figure],
+                  params.to_dict() | {"rule": inputs["rule"], "phones_measured": chosen}, tables={UNIT_ABLATION.name: frame})
+
+
+def _sym(corpus, phone: int) -> str:
+    return corpus.phones[phone] if 0 <= phone < len(corpus.phones) else str(phone)
+
+
+def _draw(frame: pl.DataFrame, chosen: list[int], corpus, cid: str, params: AblationParams, fig_dir):
+    layers = sorted(set(frame.filter(pl.col("layer") > 0)["layer"].to_list()))
+    fig, axes = grid(len(layers), cols=2, size=(5.2, 3.4))
+    base = frame.filter(pl.col("ablated") == "none")
+    for ax, layer in zip(axes, layers):
+        sub = frame.filter((pl.col("layer") == layer) & (pl.col("target_phone_id") == pl.col("phone_id")))
+        x = np.arange(len(chosen))
+        b = [base.filter(pl.col("target_phone_id") == p)["frame_acc"][0] for p in chosen]
+        top = [sub.filter((pl.col("phone_id") == p) & (pl.col("ablated") == "top"))["frame_acc"][0] for p in chosen]
+        rnd = [sub.filter((pl.col("phone_id") == p) & (pl.col("ablated") == "random"))["frame_acc"].mean() for p in chosen]
+        ax.bar(x - 0.27, b, 0.27, label="no ablation")
+        ax.bar(x, rnd, 0.27, label=f"{params.k} random units")
+        ax.bar(x + 0.27, top, 0.27, label=f"its top {params.k} units")
+        ax.set_xticks(x, [_sym(corpus, p) for p in chosen], fontsize=8)
+        ax.set_ylabel("frame accuracy on the phone")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{FIGURE.paper}: {cid}, units set to their {params.mode} inside the recurrence", fontsize=9)
+    fig.tight_layout()
+    return save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)
+
+
+ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=35, params=AblationParams, load=load, run=run, figures=(FIGURE,),
+                    tables=(UNIT_ABLATION,))
