@@ -48,17 +48,24 @@ class ResponsibilityParams(Params):
     capture_version: int = DEFAULT_CAPTURE_VERSION
 
 
+def choose_rule(store, ck: dict, requested: str | None, capture_version: int) -> str:
+    """The irregularity rule to read: the one asked for, else the paper's for the architecture
+    when it was captured, else the first captured (the unit ablation reads the same)."""
+    cid = ck["checkpoint_id"]
+    rules = store.query("SELECT DISTINCT rule FROM phone_responsibility WHERE checkpoint_id = ? AND "
+                        "analysis_version = ? ORDER BY rule", [cid, capture_version])["rule"].to_list()
+    if not rules:
+        require_rows(pl.DataFrame(), store, cid, "responsibility counts (phone_responsibility)", capture_version)
+    rule = requested or (PAPER_RULE[family(ck["arch"])] if PAPER_RULE[family(ck["arch"])] in rules else rules[0])
+    if rule not in rules:
+        raise AnalysisError(f"{store.path}: checkpoint {cid} was captured with the rules {rules}, "
+                            f"not {rule!r} (gatelens capture --rule {rule})")
+    return rule
+
+
 def load(store, checkpoint_id: str, params: ResponsibilityParams) -> dict:
     ck = checkpoint_info(store, checkpoint_id)
-    rules = store.query("SELECT DISTINCT rule FROM phone_responsibility WHERE checkpoint_id = ? AND "
-                        "analysis_version = ? ORDER BY rule", [checkpoint_id, params.capture_version])["rule"].to_list()
-    if not rules:
-        require_rows(pl.DataFrame(), store, checkpoint_id, "responsibility counts (phone_responsibility)",
-                     params.capture_version)
-    rule = params.rule or (PAPER_RULE[family(ck["arch"])] if PAPER_RULE[family(ck["arch"])] in rules else rules[0])
-    if rule not in rules:
-        raise AnalysisError(f"{store.path}: checkpoint {checkpoint_id} was captured with the rules {rules}, "
-                            f"not {rule!r} (gatelens capture --rule {rule})")
+    rule = choose_rule(store, ck, params.rule, params.capture_version)
     df = store.query("SELECT layer, unit, phone_id, phone, frames, irregular, responsibility, threshold "
                      "FROM phone_responsibility WHERE checkpoint_id = ? AND analysis_version = ? AND rule = ? "
                      "ORDER BY layer, unit, phone_id", [checkpoint_id, params.capture_version, rule])

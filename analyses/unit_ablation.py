@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output, Params,
-                             checkpoint_info, corpus_for, family, figure_path, grid, require_rows, save, summary_frame)
-from analyses.responsibility import PAPER_RULE
+                             checkpoint_info, corpus_for, figure_path, grid, save, summary_frame)
+from analyses.responsibility import choose_rule
 from cluster.capture import CaptureConfig, load as load_model, open_corpus
 from cluster.models import Intervention
 from cluster.tables import C, Table
@@ -67,15 +67,7 @@ def load(store, checkpoint_id: str, params: AblationParams) -> dict:
     if params.mode not in ("mean", "zero"):
         raise AnalysisError(f"unit_ablation.mode={params.mode!r}: mean or zero")
     ck = checkpoint_info(store, checkpoint_id)
-    rules = store.query("SELECT DISTINCT rule FROM phone_responsibility WHERE checkpoint_id = ? AND analysis_version = ? "
-                        "ORDER BY rule", [checkpoint_id, params.capture_version])["rule"].to_list()
-    if not rules:
-        require_rows(pl.DataFrame(), store, checkpoint_id, "responsibility counts (phone_responsibility)",
-                     params.capture_version)
-    paper = PAPER_RULE[family(ck["arch"])]
-    rule = params.rule or (paper if paper in rules else rules[0])
-    if rule not in rules:
-        raise AnalysisError(f"{store.path}: checkpoint {checkpoint_id} was captured with the rules {rules}, not {rule!r}")
+    rule = choose_rule(store, ck, params.rule, params.capture_version)
     resp = store.query("SELECT layer, unit, phone_id, phone, frames, responsibility FROM phone_responsibility "
                        "WHERE checkpoint_id = ? AND analysis_version = ? AND rule = ? AND quantity = 'c'",
                        [checkpoint_id, params.capture_version, rule])
