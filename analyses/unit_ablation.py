@@ -11,11 +11,14 @@ runs the checkpoint on the first ``utterances`` test utterances, and measures fr
 cross-entropy and frame accuracy (on the tied-state targets) on the phone's frames and on
 all others.
 
+Each ablated model is also decoded as training scores it (the phone loop estimated from the
+corpus' training alignments, ``cluster.decode``): its phone error rate on the same utterances.
+
 Table ``unit_ablation``; summary rows per (layer, phone): ``acc_drop_top`` and
 ``acc_drop_random`` (the phone's frame accuracy without ablation minus with it; random:
-the mean over draws), and their difference ``acc_drop_excess``; layer 0: its mean over layers
-and phones (what the claim reads). PER after ablation is not measured here (it needs the
-decoding graph of the training alignments).
+the mean over draws), their difference ``acc_drop_excess``, and ``per_rise_top`` /
+``per_rise_random`` (PER with the ablation minus without); layer 0: the mean excess drop over
+layers and phones (what the claim reads) and the baseline ``per``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, Anal
                              checkpoint_info, corpus_for, figure_path, grid, save, summary_frame)
 from analyses.responsibility import choose_rule
 from cluster.capture import CaptureConfig, load as load_model, open_corpus
+from cluster.decode import estimate_graph, phone_error_rate, reference_phones, viterbi
 from cluster.models import Intervention
 from cluster.tables import C, Table
 
@@ -45,7 +49,8 @@ UNIT_ABLATION = Table("unit_ablation", "frame accuracy and cross-entropy with un
     C("phone", "VARCHAR"), C("units", "BIGINT[]", "the units ablated"),
     C("mode", "VARCHAR", "mean | zero"), C("target_phone_id", "INTEGER", "the phone measured", key=True),
     C("frames", "BIGINT", "frames of the measured phone"), C("frame_acc", "DOUBLE", "on the measured phone's frames"),
-    C("frame_ce", "DOUBLE", "mean cross-entropy on the measured phone's frames (nats)")),
+    C("frame_ce", "DOUBLE", "mean cross-entropy on the measured phone's frames (nats)"),
+    C("per", "DOUBLE", "phone error rate of the (ablated) model on the utterances: one value per ablation")),
     ("checkpoint_id", "analysis_version", "layer", "phone_id", "ablated", "draw", "target_phone_id"))
 
 
@@ -59,6 +64,8 @@ class AblationParams(Params):
     split: str = "test"
     rule: str | None = None  # default: the paper's rule if captured, else the first captured
     seed: int = 0
+    lm_weight: float = 1.0  # the decoder's, as training scores PER
+    prior_scale: float = 1.0
     corpus: str | None = None
     capture_version: int = DEFAULT_CAPTURE_VERSION
 
@@ -106,24 +113,37 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
     ids, counts = np.unique(phones_all, return_counts=True)
     chosen = [int(p) for p in ids[np.argsort(-counts, kind="stable")][:params.phones]]
     resp, means = inputs["responsibility"], inputs["means"]
+    try:
+        graph = estimate_graph(corpus.split("train").alignments.values(), corpus.num_targets,
+                               phone_symbols=corpus.phones)
+    except (KeyError, ValueError) as e:
+        raise AnalysisError(f"{corpus.manifest_path}: no training alignments to build the decoder from ({e})") from None
+    refs = [reference_phones(u.phones, u.targets, graph) for u in utts]
 
-    def measure(interventions) -> dict[int, tuple[int, int, float]]:
+    def measure(interventions) -> tuple[dict[int, tuple[int, int, float]], float]:
         total: dict[int, list] = {}
+        hyps = []
         with torch.inference_mode():
             for u in utts:
                 logits = model(torch.from_numpy(u.feats), interventions=interventions)
                 for p, (n, ok, ce) in per_phone(logits, u.targets, u.phones).items():
                     acc = total.setdefault(p, [0, 0, 0.0])
                     acc[0], acc[1], acc[2] = acc[0] + n, acc[1] + ok, acc[2] + ce
-        return {p: tuple(v) for p, v in total.items()}
+                hyps.append(viterbi(torch.log_softmax(logits.float(), -1).numpy(), graph, lm_weight=params.lm_weight,
+                                    prior_scale=params.prior_scale))
+        per = phone_error_rate(refs, hyps, ignore=graph.silence)["per"]
+        return {p: tuple(v) for p, v in total.items()}, float(per)
 
-    def rows_of(layer, phone, ablated, draw, units, res) -> list[dict]:
+    def rows_of(layer, phone, ablated, draw, units, measured) -> list[dict]:
+        res, per = measured
         return [{"layer": layer, "phone_id": phone, "ablated": ablated, "draw": draw, "phone": _sym(corpus, phone),
                  "units": [int(u) for u in units], "mode": params.mode, "target_phone_id": q, "frames": n,
-                 "frame_acc": ok / n, "frame_ce": ce / n} for q, (n, ok, ce) in sorted(res.items()) if q in chosen]
+                 "frame_acc": ok / n, "frame_ce": ce / n, "per": per}
+                for q, (n, ok, ce) in sorted(res.items()) if q in chosen]
 
-    base = measure(None)
-    table = rows_of(0, -1, "none", 0, [], base)
+    measured_base = measure(None)
+    base, base_per = measured_base
+    table = rows_of(0, -1, "none", 0, [], measured_base)
     rng = np.random.default_rng(params.seed)
     summary, excess = [], {}
     for layer in range(1, L + 1):
@@ -142,22 +162,27 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
                 to = mean_c[units] if params.mode == "mean" else 0.0
                 return {layer: Intervention("c", units, to)}
 
-            res_top = measure(iv(top))
-            table += rows_of(layer, phone, "top", 0, top, res_top)
+            m_top = measure(iv(top))
+            res_top, per_top = m_top
+            table += rows_of(layer, phone, "top", 0, top, m_top)
             others = np.setdiff1d(np.arange(H), top)
-            drops = []
+            drops, rises = [], []
             for draw in range(params.repeats):
                 units = sorted(rng.choice(others, params.k, replace=False).tolist())
-                res = measure(iv(units))
-                table += rows_of(layer, phone, "random", draw, units, res)
+                m = measure(iv(units))
+                res, per = m
+                table += rows_of(layer, phone, "random", draw, units, m)
                 drops.append(base[phone][1] / base[phone][0] - res[phone][1] / res[phone][0])
+                rises.append(per - base_per)
             d_top = base[phone][1] / base[phone][0] - res_top[phone][1] / res_top[phone][0]
             d_rand = float(np.mean(drops))
             excess[(layer, phone)] = d_top - d_rand
             summary += [{"layer": layer, "phone_id": phone, "label": _sym(corpus, phone), "metric": m, "value": v}
                         for m, v in (("acc_drop_top", d_top), ("acc_drop_random", d_rand),
-                                     ("acc_drop_excess", d_top - d_rand))]
-    summary.append({"metric": "acc_drop_excess", "value": float(np.mean(list(excess.values())))})
+                                     ("acc_drop_excess", d_top - d_rand), ("per_rise_top", per_top - base_per),
+                                     ("per_rise_random", float(np.mean(rises))))]
+    summary += [{"metric": "acc_drop_excess", "value": float(np.mean(list(excess.values())))},
+                {"metric": "per", "value": base_per}]
     frame = pl.DataFrame(table, schema={c: t for c, t in UNIT_ABLATION.schema.items()
                                         if c not in ("checkpoint_id", "analysis_version")})
     frame = frame.select(pl.lit(cid).alias("checkpoint_id"), pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"),

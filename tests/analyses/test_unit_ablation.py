@@ -54,5 +54,7 @@ def test_ablation_of_a_real_capture(captured, tmp_path):
         rand.filter(pl.col("draw") == 0).sort("layer", "phone_id", "target_phone_id")["units"],
         top.sort("layer", "phone_id", "target_phone_id")["units"]))
     s = out.summary
-    assert set(s["metric"]) == {"acc_drop_top", "acc_drop_random", "acc_drop_excess"}
+    assert set(s["metric"]) == {"acc_drop_top", "acc_drop_random", "acc_drop_excess", "per_rise_top", "per_rise_random",
+                                "per"}
+    assert t["per"].is_between(0, 2).all() and t.filter(pl.col("ablated") == "none")["per"].n_unique() == 1
     assert s.filter(pl.col("layer") == 0)["value"].is_finite().all()
