@@ -2,7 +2,7 @@
 Figs. 4-6 show only correlation.)
 
 Per layer, for each of the ``phones`` most frequent phones of the captured utterances: the
-``k`` units with the highest responsibility for that phone (``phone_responsibility``, the
+``k`` units (at most a quarter of the layer, so the random control has units to draw from) with the highest responsibility for that phone (``phone_responsibility``, the
 capture's irregularity rule, as Figs. 4-6 read it) are ablated, and, as the control, ``k``
 units drawn at random (``repeats`` seeded draws, excluding the top units). Ablated means set
 inside the recurrence at every frame (``cluster.models.Intervention``) to their mean over the
@@ -56,7 +56,7 @@ UNIT_ABLATION = Table("unit_ablation", "frame accuracy and cross-entropy with un
 
 @dataclass
 class AblationParams(Params):
-    k: int = 10  # units ablated per phone
+    k: int = 10  # units ablated per phone: at most this, and at most a quarter of the layer (room for the control)
     phones: int = 5  # the most frequent phones
     repeats: int = 3  # random draws of the control
     mode: str = "mean"  # mean | zero
@@ -107,8 +107,9 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
     if not utts:
         raise AnalysisError(f"{corpus.manifest_path}: split {params.split} has no utterances")
     H, L = model.config.hidden, model.config.layers
-    if params.k >= H:
-        raise AnalysisError(f"unit_ablation.k={params.k}: the checkpoint has {H} units per layer")
+    if params.k < 1:
+        raise AnalysisError(f"unit_ablation.k={params.k}: at least 1")
+    k = min(params.k, max(1, H // 4))
     phones_all = np.concatenate([u.phones for u in utts])
     ids, counts = np.unique(phones_all, return_counts=True)
     chosen = [int(p) for p in ids[np.argsort(-counts, kind="stable")][:params.phones]]
@@ -153,10 +154,10 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
         r_layer = resp.filter(pl.col("layer") == layer)
         for phone in chosen:
             ranked = r_layer.filter(pl.col("phone_id") == phone).sort(["responsibility", "unit"], descending=[True, False])
-            top = ranked["unit"].to_list()[:params.k]
-            if len(top) < params.k:
+            top = ranked["unit"].to_list()[:k]
+            if len(top) < k:
                 raise AnalysisError(f"checkpoint {cid} layer {layer}: responsibility for phone {phone} of "
-                                    f"{len(top)} units, {params.k} needed")
+                                    f"{len(top)} units, {k} needed")
 
             def iv(units):
                 to = mean_c[units] if params.mode == "mean" else 0.0
@@ -168,7 +169,7 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
             others = np.setdiff1d(np.arange(H), top)
             drops, rises = [], []
             for draw in range(params.repeats):
-                units = sorted(rng.choice(others, params.k, replace=False).tolist())
+                units = sorted(rng.choice(others, k, replace=False).tolist())
                 m = measure(iv(units))
                 res, per = m
                 table += rows_of(layer, phone, "random", draw, units, m)
@@ -187,16 +188,16 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
                                         if c not in ("checkpoint_id", "analysis_version")})
     frame = frame.select(pl.lit(cid).alias("checkpoint_id"), pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"),
                          pl.all())
-    figure = _draw(frame, chosen, corpus, cid, params, fig_dir)
+    figure = _draw(frame, chosen, corpus, cid, params, k, fig_dir)
     return Output(NAME, VERSION, cid, summary_frame(summary, cid, NAME, VERSION), [figure],
-                  params.to_dict() | {"rule": inputs["rule"], "phones_measured": chosen}, tables={UNIT_ABLATION.name: frame})
+                  params.to_dict() | {"rule": inputs["rule"], "phones_measured": chosen, "k_used": k}, tables={UNIT_ABLATION.name: frame})
 
 
 def _sym(corpus, phone: int) -> str:
     return corpus.phones[phone] if 0 <= phone < len(corpus.phones) else str(phone)
 
 
-def _draw(frame: pl.DataFrame, chosen: list[int], corpus, cid: str, params: AblationParams, fig_dir):
+def _draw(frame: pl.DataFrame, chosen: list[int], corpus, cid: str, params: AblationParams, k: int, fig_dir):
     layers = sorted(set(frame.filter(pl.col("layer") > 0)["layer"].to_list()))
     fig, axes = grid(len(layers), cols=2, size=(5.2, 3.4))
     base = frame.filter(pl.col("ablated") == "none")
@@ -207,8 +208,8 @@ def _draw(frame: pl.DataFrame, chosen: list[int], corpus, cid: str, params: Abla
         top = [sub.filter((pl.col("phone_id") == p) & (pl.col("ablated") == "top"))["frame_acc"][0] for p in chosen]
         rnd = [sub.filter((pl.col("phone_id") == p) & (pl.col("ablated") == "random"))["frame_acc"].mean() for p in chosen]
         ax.bar(x - 0.27, b, 0.27, label="no ablation")
-        ax.bar(x, rnd, 0.27, label=f"{params.k} random units")
-        ax.bar(x + 0.27, top, 0.27, label=f"its top {params.k} units")
+        ax.bar(x, rnd, 0.27, label=f"{k} random units")
+        ax.bar(x + 0.27, top, 0.27, label=f"its top {k} units")
         ax.set_xticks(x, [_sym(corpus, p) for p in chosen], fontsize=8)
         ax.set_ylabel("frame accuracy on the phone")
         ax.set_title(f"layer {layer}", fontsize=9)
