@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # the corpus, the table1 demo study (a progress line per trial and epoch, then its table), its
-# captures and analyses (a line per checkpoint), the claims, and the report's path; Ray's own
+# captures and analyses (a line per capture and per analysis as it finishes), the claims, and the report's path; Ray's own
 # messages go to the log files each step names first
 demo: $(STAMP)
 	$(BIN)/gatelens corpus --out $(CORPUS) --utterances $(UTTERANCES) --reuse

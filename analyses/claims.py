@@ -9,7 +9,7 @@ unit), the 95 % interval, the seeds and utterances it rests on, the test, and a 
     gatelens claims --study table1 [--study table2 --study table3] [--format json]
 
 Numbers come from the store (``layer_stats`` of each checkpoint's capture; ``analysis_summary``
-rows of the temporal-trace and memory-robustness analyses) and from the studies' runs (test PER,
+rows of the temporal-trace, memory-robustness, unit-memory and unit-ablation analyses) and from the studies' runs (test PER,
 and each test utterance's errors, ``utterances.parquet``, the store's ``utterance_errors``).
 Which checkpoints: the final checkpoints of the studies' finished runs.
 
@@ -37,7 +37,7 @@ import polars as pl
 
 from analyses.common import plt, read_summary, save, slope
 from analyses.stats import CONFIDENCE, bootstrap_contrast, mean_interval
-from cluster.runs import final_checkpoint_ids, iter_runs, studies_results
+from cluster.runs import UTTERANCES_FILE, final_checkpoint_ids, iter_runs, studies_results
 from cluster.summaries import SUMMARY_VERSION
 
 HOLDS, CONTRADICTED, UNDECIDED, NOT_MEASURED = "holds", "contradicted", "undecided", "not measured"
@@ -222,8 +222,10 @@ def _bootstrap(c: Claim, ev: Evidence, systems: list[tuple[pl.DataFrame, float]]
     utts = ev.utterances
     per_run = {(r["study"], r["run"]): utts.filter((pl.col("study") == r["study"]) & (pl.col("run") == r["run"]))
                for system in runs for r in system}
-    if any(u.height == 0 for u in per_run.values()):
-        c.note = "a run without per-utterance errors (trained before they were written): retrain it to decide"
+    missing = [f"{study}/{run}" for (study, run), u in per_run.items() if u.height == 0]
+    if missing:
+        c.note = (f"run {missing[0]} has no per-utterance errors ({UTTERANCES_FILE}; trained before they were "
+                  f"written): retrain it to decide")
         return c.decide()
     common = set.intersection(*(set(u["utt_id"].to_list()) for u in per_run.values()))
     order = sorted(common)

@@ -162,9 +162,9 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
                 # study results come from the runs, which change without the store knowing: always rerun
                 submit(ref.subject_id, a, p, lambda a=a, ref=ref, p=p: a.load(store, ref, a.params.from_dict(p)),
                        False)
-    left = {}  # subject -> its tasks still running: one progress line per subject, when its last ends
+    left = {}  # analysis -> its tasks still running: a progress line as each analysis finishes everywhere
     for job, _, _ in pending.values():
-        left[job.checkpoint_id] = left.get(job.checkpoint_id, 0) + 1
+        left[job.analysis] = left.get(job.analysis, 0) + 1
     started = time.perf_counter()
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -180,13 +180,12 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
             if not isinstance(getattr(e, "cause", e), AnalysisError):
                 progress(traceback.format_exc(limit=3))
             progress(f"  failed: {job.error}")
-        left[job.checkpoint_id] -= 1
-        if not left[job.checkpoint_id]:
-            mine = [j for j in jobs if j.checkpoint_id == job.checkpoint_id and j.status != "skipped"]
+        left[job.analysis] -= 1
+        if not left[job.analysis]:
+            mine = [j for j in jobs if j.analysis == job.analysis and j.status != "skipped"]
             counts = ", ".join(f"{sum(j.status == st for j in mine)} {st}" for st in ("finished", "failed")
                                if any(j.status == st for j in mine))
-            progress(f"  {job.checkpoint_id}: {counts} ({', '.join(j.analysis for j in mine)}) "
-                     f"after {time.perf_counter() - started:.0f} s")
+            progress(f"  {job.analysis}: {counts} after {time.perf_counter() - started:.0f} s")
     return jobs
 
 
