@@ -28,10 +28,11 @@ demo: $(STAMP)
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
-# the report test opens the page in Debian's headless Chromium
+# the report test opens the page in Debian's headless Chromium; the explorer's tests drive it
+# through Debian's chromium-driver (Selenium)
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 bench: $(STAMP)
 	for b in corpus cells train decode capture store figures service causal; do $(BIN)/python bench/$$b.py || exit 1; done

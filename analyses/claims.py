@@ -448,6 +448,25 @@ CLAIMS: tuple[Callable[[Evidence], Claim], ...] = (
     residual_lowers_error, deeper_lowers_error)
 
 
+# The analyses each claim reads (their figures and the units they single out are what the explorer
+# links a claim to); "capture" is the capture's own tables (layer_stats, unit_stats).
+SOURCES: dict[str, tuple[str, ...]] = {
+    "gru_bounded": ("capture", "cell_distributions"),
+    "lstm_near_zero": ("capture", "cell_distributions", "range_shares"),
+    "lstm_concentration_falls": ("range_shares", "capture"),
+    "gru_pm1_rises": ("range_shares", "capture"),
+    "gru_smoother_higher": ("temporal_trace",),
+    "lstm_smoother_than_gru": ("temporal_trace",),
+    "gru_impact_shorter": ("memory_robustness",),
+    "gru_memory_shorter": ("unit_memory",),
+    "lazy_memory_shorter": ("unit_memory",),
+    "responsible_units_needed": ("unit_ablation", "responsibility"),
+    "lazy_lowers_error": ("comparisons",),
+    "residual_lowers_error": ("comparisons",),
+    "deeper_lowers_error": ("comparisons",),
+}
+
+
 def evaluate(ev: Evidence) -> list[Claim]:
     return [f(ev) for f in CLAIMS]
 

@@ -54,6 +54,20 @@ positive_float, nonnegative_float = _number(float, 0, False), _number(float, 0, 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+def port_number(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 1..65535")
+    return value
+
+
+def host_name(text: str) -> str:
+    """An IP address or host name (no scheme, path or port)."""
+    if not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or IP address")
+    return text
+
+
 def seed_list(text: str) -> tuple[int, ...]:
     """'0,1,2' -> (0, 1, 2): distinct non-negative integers."""
     try:
@@ -312,4 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=nonnegative_float, default=10.0, help="seconds a file must be unchanged before it is read")
     p.add_argument("--analyses", help="comma-separated subset of the analyses")
     add_corpus(p, override=True)
+
+    p = _command(sub, "service.cli.explore:cmd_explore", "explore",
+                 help="the unit explorer: an interactive web app on Ray Serve",
+                 description="Deploy the unit explorer (claims -> units -> frames -> audio) as a Ray Serve "
+                             "application on the running cluster and print its URL, or start a local cluster "
+                             "and serve until interrupted; --stop removes it.")
+    add_store(p)
+    add_storage(p, "training storage: the studies whose runs and claims the overview shows")
+    p.add_argument("--corpus", default=None,
+                   help="corpus directory or manifest (default: the one each checkpoint was trained on)")
+    p.add_argument("--report", default="data/reports", help="report folder whose figures may be served (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", type=host_name, help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", default=8000, type=port_number, help="HTTP port (default: %(default)s)")
+    p.add_argument("--utterances", type=positive_int, default=40,
+                   help="probe utterances per checkpoint, where top frames and matches are searched (default: %(default)s)")
+    p.add_argument("--stop", action="store_true", help="remove the explorer from the running cluster")
     return parser

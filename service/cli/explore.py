@@ -1,0 +1,62 @@
+"""``gatelens explore``: the unit explorer (``service/explorer``) deployed on Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cluster.errors import GatelensError, InputError
+from cluster.runtime import ensure_ray
+from service.cli.console import quiet_ray
+from service.explorer.app import deploy, undeploy
+from service.explorer.data import ExplorerConfig
+from service.store import Store
+
+
+def wait_healthy(url: str, timeout: float = 120.0) -> None:
+    """Until the deployment answers /api/health (Serve starts the replica in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "api/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise GatelensError(f"the explorer did not answer at {url} within {timeout:g} s; see Ray's Serve logs")
+        time.sleep(0.5)
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    if args.stop:
+        if ensure_ray(connect_only=True):
+            raise InputError("no running Ray cluster here: there is no explorer to stop")
+        print("explorer removed" if undeploy() else "no explorer was deployed")
+        return 0
+    store = Store(args.store)
+    with store.reader(samples=False):  # refused now, in one line, if it is missing or not a store
+        pass
+    config = ExplorerConfig(store=str(Path(args.store).resolve()),
+                            storage=str(Path(args.storage).resolve()) if args.storage else None,
+                            corpus=str(Path(args.corpus).resolve()) if args.corpus else None,
+                            report=str(Path(args.report).resolve()) if args.report else None,
+                            utterances=args.utterances)
+    quiet_ray(Path(args.store).resolve().parent / "logs", "explore")
+    private = ensure_ray()
+    url = deploy(config, args.host, args.port)
+    wait_healthy(url)
+    print(f"explorer: {url}")
+    if not private:
+        print("deployed on the running Ray cluster; `gatelens explore --stop` removes it")
+        return 0
+    print("serving from a private Ray cluster until interrupted (Ctrl-C); `ray start --head` first keeps it running")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("explorer stopped")
+        return 0

@@ -1,0 +1,184 @@
+"""The unit explorer's HTTP layer: a FastAPI app, deployed as one Ray Serve application.
+
+Pages (one ``index.html``; the script draws the view its path names, so every view is a URL):
+
+    /                                        overview: studies, runs, checkpoints, claims
+    /unit?checkpoint=&layer=&unit=            a unit: distributions, responsibility, top frames
+    /utterance?checkpoint=&utt=&layer=&quantity=&order=&phone=&frame=
+                                             spectrogram, phones, units x frames, audio, pattern select
+    /compare?a=&b=&utt=&layer=&quantity=     two checkpoints on one utterance
+
+JSON under ``/api/`` (``Explorer`` in ``data.py`` answers each); ``/api/values`` is binary:
+a little-endian uint32 n, n bytes of JSON metadata, padding to 4 bytes, then [H, T] float32.
+Errors are one line of JSON ``{"error": ...}``: 404 unknown id or file, 400 bad argument,
+503 store busy (with ``Retry-After``), 500 anything else, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from ray import serve
+
+from cluster.errors import BusyError, InputError
+from service.explorer.data import Explorer, ExplorerConfig, NotFound
+
+APP_NAME = "gatelens-explorer"
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {"explorer.js": "text/javascript", "explorer.css": "text/css"}
+PAGES = ("/", "/unit", "/utterance", "/compare")
+log = logging.getLogger("gatelens.explorer")
+
+app = FastAPI(title="gatelens unit explorer", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _error(status: int, message: str, **headers) -> JSONResponse:
+    return JSONResponse({"error": message.splitlines()[0] if message else "error", "status": status},
+                        status_code=status, headers=headers)
+
+
+@app.exception_handler(NotFound)
+async def _not_found(request: Request, e: NotFound):
+    return _error(404, str(e))
+
+
+@app.exception_handler(BusyError)
+async def _busy(request: Request, e: BusyError):
+    return _error(503, f"store busy, retrying: {e}", **{"Retry-After": "1"})
+
+
+@app.exception_handler(InputError)
+async def _bad(request: Request, e: InputError):
+    if isinstance(e, BusyError):  # StoreBusy is both; the handler is chosen by the first base
+        return await _busy(request, e)
+    return _error(400, str(e))
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, e: RequestValidationError):
+    first = e.errors()[0] if e.errors() else {}
+    where = ".".join(str(x) for x in first.get("loc", ()) if x != "query")
+    return _error(400, f"argument {where}: {first.get('msg', 'invalid')}")
+
+
+@app.exception_handler(Exception)
+async def _crash(request: Request, e: Exception):
+    log.exception("explorer request %s failed", request.url.path)
+    return _error(500, f"{type(e).__name__}: {e}")
+
+
+def _binary(meta: dict, data) -> Response:
+    head = json.dumps(meta).encode()
+    head += b" " * (-(len(head) + 4) % 4)
+    return Response(struct.pack("<I", len(head)) + head + data.astype("<f4").tobytes(),
+                    media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
+
+Layer = Query(ge=1, le=64)  # a query parameter
+LayerP, UnitP = PathParam(ge=1, le=64), PathParam(ge=0, le=65535)  # the same, in the path
+Threshold = Query(ge=-1e6, le=1e6)
+
+
+@serve.deployment(name="explorer", num_replicas=1, ray_actor_options={"num_cpus": 0},
+                  max_ongoing_requests=16, health_check_period_s=5)
+@serve.ingress(app)
+class ExplorerIngress:
+    """One replica: its ``Explorer`` keeps the last few checkpoints loaded. No CPU reserved: it
+    answers people, and must not keep a grid's trials from their CPUs."""
+
+    def __init__(self, config: dict):
+        torch.set_num_threads(1)  # one request's capture should not take every core from a running grid
+        self.x = Explorer(ExplorerConfig(**config))
+
+    @app.get("/api/health")
+    def health(self) -> dict:
+        return {"ok": True, "store": str(self.x.store.path)}
+
+    @app.get("/api/overview")
+    def overview(self) -> dict:
+        return self.x.overview()
+
+    @app.get("/api/unit/{checkpoint}/{layer}/{unit}")
+    def unit(self, checkpoint: str, layer: int = LayerP, unit: int = UnitP) -> dict:
+        return self.x.unit(checkpoint, layer, unit)
+
+    @app.get("/api/top/{checkpoint}/{layer}/{unit}")
+    def top(self, checkpoint: str, layer: int = LayerP, unit: int = UnitP, quantity: str = "c",
+            k: int = Query(10, ge=1, le=100), by: str = Query("abs", pattern="^(abs|high|low)$")) -> dict:
+        return self.x.top(checkpoint, layer, unit, quantity, k, by)
+
+    @app.get("/api/utterances/{checkpoint}")
+    def utterances(self, checkpoint: str) -> dict:
+        return self.x.utterances(checkpoint)
+
+    @app.get("/api/utterance/{checkpoint}/{utt}")
+    def utterance(self, checkpoint: str, utt: str) -> dict:
+        return self.x.utterance(checkpoint, utt)
+
+    @app.get("/api/values/{checkpoint}/{utt}")
+    def values(self, checkpoint: str, utt: str, layer: int = Layer, quantity: str = "c",
+               order: str = Query("index", pattern="^(index|variance|cluster|responsibility)$"),
+               phone: str | None = Query(None, max_length=32)) -> Response:
+        meta, data = self.x.values(checkpoint, utt, layer, quantity, order, phone)
+        return _binary(meta, data)
+
+    @app.get("/api/pattern/{checkpoint}/{utt}")
+    def pattern(self, checkpoint: str, utt: str, start: int = Query(ge=0), end: int = Query(ge=1),
+                layer: int = Layer, quantity: str = "c", threshold: float = Threshold,
+                inside: float = Query(0.9, ge=0, le=1), outside: float = Query(0.1, ge=0, le=1)) -> dict:
+        return self.x.pattern(checkpoint, utt, layer, quantity, start, end, threshold, inside, outside)
+
+    @app.get("/api/match/{checkpoint}")
+    def match(self, checkpoint: str, units: str = Query(max_length=4000, pattern=r"^\d+(,\d+)*$"),
+              layer: int = Layer, quantity: str = "c", threshold: float = Threshold,
+              min_share: float = Query(0.8, gt=0, le=1), min_frames: int = Query(3, ge=1, le=1000)) -> dict:
+        return self.x.match(checkpoint, layer, quantity, [int(u) for u in units.split(",")], threshold,
+                            min_share, min_frames)
+
+    @app.get("/api/audio/{checkpoint}/{utt}")
+    def audio(self, checkpoint: str, utt: str) -> FileResponse:
+        return FileResponse(self.x.audio_path(checkpoint, utt), media_type="audio/wav")
+
+    @app.get("/api/figure/{checkpoint}/{analysis}/{index}")
+    def figure(self, checkpoint: str, analysis: str, index: int = PathParam(ge=0, le=1000)) -> FileResponse:
+        return FileResponse(self.x.figure_path(checkpoint, analysis, index), media_type="image/png")
+
+    @app.get("/static/{name}")
+    def static(self, name: str) -> FileResponse:
+        if name not in STATIC_FILES:
+            raise NotFound(f"no static file {name!r}")
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
+
+    @app.get("/")
+    @app.get("/unit")
+    @app.get("/utterance")
+    @app.get("/compare")
+    def page(self) -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/{rest:path}")
+    def unknown(self, rest: str):
+        raise NotFound(f"no page /{rest[:80]}")
+
+
+def deploy(config: ExplorerConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Deploy (or redeploy) the explorer on the Ray cluster this process is connected to; returns
+    its URL. Serve's HTTP options are the cluster's: an earlier ``serve.start`` keeps its port."""
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(ExplorerIngress.bind(vars(config)), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+
+
+def undeploy() -> bool:
+    """Remove the explorer from the cluster; False if it was not deployed."""
+    if APP_NAME not in serve.status().applications:
+        return False
+    serve.delete(APP_NAME)
+    return True

@@ -1,0 +1,419 @@
+"""What the unit explorer shows, as plain data: the library below its HTTP layer (``app.py``).
+
+``Explorer`` answers every view from three sources:
+
+- the store, opened read-only per call with the same sandbox as ``gatelens sql``
+  (``Store.reader``) and a bounded wait: a writer holding it longer raises ``StoreBusy``, which the
+  app turns into a "store busy, retrying" answer;
+- the checkpoints, loaded on demand (weights only, the checkpoint loader's checks) and kept for
+  the last few used, which capture any utterance of their corpus with the training code
+  (``AcousticModel.capture``); an utterance the store holds a raw sample of is read from there;
+- the corpus (features, alignments, transcripts and ``wav.scp``), read through the Kaldi reader,
+  which refuses pipes: audio is served only from a file inside the corpus folder.
+
+Ids and names from a request are checked before they reach SQL or a path (``check_id``, the
+corpus's own utterance lists, the store's checkpoint list); unknown ones raise ``NotFound``.
+The probe set of a checkpoint, over which top frames and pattern matches are searched, is the
+first ``utterances`` of the utterances its capture summarised (the capture's own draw).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from analyses import patterns
+from analyses.claims import SOURCES, evaluate, gather, study_utterances
+from analyses.common import StudyRef
+from cluster.batching import pad_batch
+from cluster.capture import CaptureConfig, choose_utterances, load, open_corpus
+from cluster.data.kaldi import read_scp
+from cluster.errors import InputError
+from cluster.runs import final_checkpoint_ids, studies_results
+from cluster.summaries import QUANTITIES, SUMMARY_VERSION
+from service.schema import SAMPLE_VIEW
+from service.store import Store, check_id
+
+FRAME_SHIFT_S = 0.01  # every corpus here: Kaldi's 10 ms frame shift
+
+
+class NotFound(InputError):
+    """An id, utterance or file the explorer does not have (HTTP 404)."""
+
+
+@dataclass
+class ExplorerConfig:
+    store: str
+    storage: str | None = None  # the training storage: runs, results and claims of its studies
+    corpus: str | None = None  # default: the corpus each checkpoint was trained on
+    report: str | None = None  # the report folder: its figures may be served too
+    split: str = "test"
+    utterances: int = 40  # probe set per checkpoint
+    wait: float = 2.0  # seconds a request waits for a busy store
+    models: int = 3  # checkpoints kept loaded
+
+
+class Loaded:
+    """One checkpoint in memory: model, corpus split, and the per-frame values captured so far."""
+
+    def __init__(self, checkpoint_id: str, path: str, config: ExplorerConfig, capture_params: dict):
+        self.checkpoint_id = checkpoint_id
+        self.model, self.meta = load(path)
+        self.corpus = open_corpus(CaptureConfig(checkpoint=path, corpus=config.corpus), self.meta)
+        self.split = self.corpus.split(capture_params.get("split") or config.split)
+        self.phones = self.corpus.phones
+        ids = self.split.utt_ids
+        n = int(capture_params.get("utterances") or len(ids))
+        self.probe = choose_utterances(self.split, n, int(capture_params.get("seed") or 0))[:config.utterances]
+        self.values: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()  # utt -> {"L1.c": [T, H] f16}
+        self.lock = threading.Lock()
+
+    def utterance(self, utt_id: str):
+        if utt_id not in self.split.feats_scp:
+            raise NotFound(f"utterance {utt_id!r} is not in split {self.split.name} of {self.corpus.manifest_path}")
+        return self.split.load(utt_id)
+
+    def capture(self, utt_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """{utt: {name: [T, H] float16}} for the utterances, capturing those not yet held (padded
+        batches of 16; the model's own capture, as training and the store's capture run it)."""
+        with self.lock:
+            todo = [u for u in utt_ids if u not in self.values]
+            for k in range(0, len(todo), 16):
+                utts = [self.utterance(u) for u in todo[k:k + 16]]
+                x, lengths = pad_batch([u.feats for u in utts])
+                vals = self.model.capture(x, lengths, dtype=torch.float16)
+                for i, u in enumerate(utts):
+                    n = int(lengths[i])
+                    self.values[u.utt_id] = {name: v[i, :n].numpy() for name, v in vals.items()}
+            limit = max(200, len(utt_ids))
+            while len(self.values) > limit:
+                self.values.popitem(last=False)
+            return {u: self.values[u] for u in utt_ids}
+
+    def layer_values(self, layer: int, quantity: str, utt_ids: list[str] | None = None) -> dict[str, np.ndarray]:
+        name = f"L{layer}.{quantity}"
+        got = self.capture(utt_ids if utt_ids is not None else self.probe)
+        out = {u: v[name] for u, v in got.items() if name in v}
+        if not out:
+            raise NotFound(f"checkpoint {self.checkpoint_id} has no value {name} "
+                           f"(layers 1..{len(self.model.layers)}, values {', '.join(self.model.layers[0].value_names)})")
+        return out
+
+
+class Explorer:
+    def __init__(self, config: ExplorerConfig):
+        self.config = config
+        self.store = Store(config.store, busy_timeout=config.wait)
+        self._models: OrderedDict[str, Loaded] = OrderedDict()
+        self._lock = threading.Lock()
+        self._claims: tuple[tuple, tuple] | None = None
+
+    # -- the store --------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
+        with self.store.reader(samples=SAMPLE_VIEW in sql) as con:
+            return con.sql(sql, params=params or None).pl()
+
+    def _stamp(self) -> tuple:
+        st = self.store.path.stat() if self.store.path.is_file() else None
+        return (st.st_mtime_ns, st.st_size) if st else (0, 0)
+
+    def checkpoint_row(self, checkpoint_id: str) -> dict:
+        check_id(checkpoint_id, "checkpoint")
+        rows = self.query("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
+        if rows.height == 0:
+            raise NotFound(f"no checkpoint {checkpoint_id!r} in the store {self.store.path}")
+        return rows.row(0, named=True)
+
+    def loaded(self, checkpoint_id: str) -> Loaded:
+        with self._lock:
+            if checkpoint_id in self._models:
+                self._models.move_to_end(checkpoint_id)
+                return self._models[checkpoint_id]
+        row = self.checkpoint_row(checkpoint_id)
+        log = self.query("SELECT params FROM analyses WHERE checkpoint_id = ? AND analysis = 'capture' "
+                         "AND status = 'finished' ORDER BY analysis_version DESC LIMIT 1", [checkpoint_id])
+        params = json.loads(log["params"][0] or "{}") if log.height else {}
+        if not Path(row["path"]).is_file():
+            raise NotFound(f"checkpoint {checkpoint_id}: its file {row['path']} is gone")
+        m = Loaded(checkpoint_id, row["path"], self.config, params if isinstance(params, dict) else {})
+        with self._lock:
+            self._models[checkpoint_id] = m
+            while len(self._models) > self.config.models:
+                self._models.popitem(last=False)
+        return m
+
+    # -- views --------------------------------------------------------------------------------------
+
+    def studies(self) -> list[str]:
+        root = Path(self.config.storage) if self.config.storage else None
+        if root is None or not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "runs").is_dir())
+
+    def overview(self) -> dict:
+        cks = self.query(
+            "SELECT c.checkpoint_id, c.run_id, c.epoch, c.arch, c.layers, c.hidden, c.residual, c.seed, "
+            "c.corpus_name, (SELECT per FROM epoch_metrics e WHERE e.run_id = c.run_id AND e.split = 'test' "
+            "ORDER BY epoch DESC LIMIT 1) AS per, (SELECT frame_acc FROM epoch_metrics e WHERE e.run_id = c.run_id "
+            "AND e.split = 'test' ORDER BY epoch DESC LIMIT 1) AS frame_acc, "
+            "(SELECT count(*) FROM analyses a WHERE a.checkpoint_id = c.checkpoint_id AND a.status = 'finished') "
+            "AS analyses FROM checkpoints c ORDER BY c.run_id NULLS LAST, c.checkpoint_id")
+        runs = self.query("SELECT run_id, arch, layers, hidden, residual, seed, status FROM runs ORDER BY run_id")
+        results, claims = self.studies_facts()
+        scored = {f"{r['study']}:{r['run']}": r for r in results.iter_rows(named=True)} if results.height else {}
+        rows = []
+        for c in cks.iter_rows(named=True):  # the store's metrics, else the run's own results file
+            r = scored.get(c["run_id"] or "", {})
+            rows.append({**c, "per": c["per"] if c["per"] is not None else r.get("test_per"),
+                         "frame_acc": c["frame_acc"] if c["frame_acc"] is not None else r.get("test_frame_acc")})
+        return {"store": str(self.store.path), "studies": self.studies(), "runs": runs.to_dicts(),
+                "checkpoints": rows, "claims": claims}
+
+    def studies_facts(self) -> tuple[pl.DataFrame, list[dict]]:
+        """The studies' results and claims (``analyses.claims``, with the units and figures behind
+        each); recomputed when the store file or the list of studies changes."""
+        studies = self.studies()
+        if not studies:
+            return pl.DataFrame(), []
+        stamp = (self._stamp(), tuple(studies))
+        if self._claims and self._claims[0] == stamp:
+            return self._claims[1]
+        ids = final_checkpoint_ids(self.config.storage, studies)
+        known = set(self.query("SELECT checkpoint_id FROM checkpoints")["checkpoint_id"])
+        ids = [i for i in ids if i in known]
+        results = studies_results(self.config.storage, studies)
+        claims = evaluate(gather(self.store, ids, results if results.height else None,
+                                 study_utterances(self.config.storage, studies)))
+        out = [{**c.to_dict(), "links": self.claim_links(c.key, ids)} for c in claims]
+        self._claims = (stamp, (results, out))
+        return results, out
+
+    def claim_links(self, key: str, checkpoint_ids: list[str]) -> dict:
+        """The units and figures behind a claim: per analysis it reads (``claims.SOURCES``), the
+        figures the store logged for these checkpoints, and the units that analysis singles out."""
+        sources = SOURCES.get(key, ())
+        if not checkpoint_ids or not sources:
+            return {"units": [], "figures": []}
+        marks = ", ".join("?" for _ in checkpoint_ids)
+        subjects = [*checkpoint_ids, *(StudyRef(str(self.config.storage), s).subject_id for s in self.studies())]
+        figs = self.query(f"SELECT checkpoint_id, analysis, figure_paths FROM analyses WHERE status = 'finished' "
+                          f"AND analysis IN ({', '.join('?' for _ in sources)}) "
+                          f"AND checkpoint_id IN ({', '.join('?' for _ in subjects)}) "
+                          f"QUALIFY row_number() OVER (PARTITION BY checkpoint_id, analysis ORDER BY analysis_version DESC) = 1 "
+                          f"ORDER BY checkpoint_id, analysis", [*sources, *subjects])
+        figures = [{"checkpoint_id": r["checkpoint_id"], "analysis": r["analysis"], "index": k}
+                   for r in figs.iter_rows(named=True) for k, _ in enumerate(r["figure_paths"] or [])]
+        units = []
+        for analysis in sources:
+            sql = UNIT_QUERIES.get(analysis)
+            if sql:
+                version = [SUMMARY_VERSION] if "analysis_version = ?" in sql else []
+                rows = self.query(sql.format(marks=marks), [*version, *checkpoint_ids])
+                units += [{**r, "analysis": analysis} for r in rows.to_dicts()]
+        return {"units": units[:12], "figures": figures}
+
+    def unit(self, checkpoint_id: str, layer: int, unit: int) -> dict:
+        row = self.checkpoint_row(checkpoint_id)
+        if not 1 <= layer <= row["layers"] or not 0 <= unit < row["hidden"]:
+            raise NotFound(f"checkpoint {checkpoint_id} has layers 1..{row['layers']} and units 0..{row['hidden'] - 1}, "
+                           f"not layer {layer} unit {unit}")
+        args = [checkpoint_id, SUMMARY_VERSION, layer, unit]
+        where = "checkpoint_id = ? AND analysis_version = ? AND layer = ? AND unit = ?"
+        with self.store.reader(samples=False) as con:
+            stats = con.sql(f"SELECT quantity, count, mean, variance, min, max FROM unit_stats WHERE {where} "
+                            "ORDER BY quantity", params=args).pl()
+            hist = con.sql(f"SELECT quantity, lo, hi, bins, underflow, overflow, counts FROM unit_histograms "
+                           f"WHERE {where} ORDER BY quantity", params=args).pl()
+            resp = con.sql(f"SELECT rule, phone_id, phone, frames, irregular, responsibility FROM phone_responsibility "
+                           f"WHERE {where} ORDER BY rule, phone_id", params=args).pl()
+            memory = con.sql("SELECT mean_f, implied_tau, measured_frames, censored, peak FROM unit_memory "
+                             "WHERE checkpoint_id = ? AND layer = ? AND unit = ? ORDER BY analysis_version DESC LIMIT 1",
+                             params=[checkpoint_id, layer, unit]).pl() if _has(con, "unit_memory") else pl.DataFrame()
+        return {"checkpoint": _plain_row(row), "layer": layer, "unit": unit, "stats": stats.to_dicts(),
+                "histograms": hist.to_dicts(), "responsibility": resp.to_dicts(),
+                "memory": memory.to_dicts()[0] if memory.height else None}
+
+    def top(self, checkpoint_id: str, layer: int, unit: int, quantity: str = "c", k: int = 10, by: str = "abs") -> dict:
+        m = self.loaded(checkpoint_id)
+        _check_quantity(quantity)
+        vals = m.layer_values(layer, quantity)
+        H = next(iter(vals.values())).shape[1]
+        if not 0 <= unit < H:
+            raise NotFound(f"checkpoint {checkpoint_id} layer {layer} has units 0..{H - 1}, not {unit}")
+        frames = patterns.top_frames(vals, unit, k=k, by=by)
+        out = []
+        for f in frames:
+            phones = m.split.alignments[f.utt_id].phones
+            out.append({"utt_id": f.utt_id, "frame": f.frame, "value": f.value, "time": f.frame * FRAME_SHIFT_S,
+                        "phone": m.phones[int(phones[min(f.frame, len(phones) - 1)])]})
+        return {"quantity": quantity, "by": by, "utterances": len(vals), "frames": out}
+
+    def utterances(self, checkpoint_id: str) -> dict:
+        m = self.loaded(checkpoint_id)
+        return {"split": m.split.name, "probe": m.probe, "all": m.split.utt_ids,
+                "audio": sorted(set(m.split.utt_ids) & set(self._wavs(m)))}
+
+    def utterance(self, checkpoint_id: str, utt_id: str) -> dict:
+        m = self.loaded(checkpoint_id)
+        u = m.utterance(utt_id)
+        tier = [{"start": s, "end": e, "phone": m.phones[p]} for s, e, p in patterns.segments(u.phones)]
+        return {"utt_id": utt_id, "frames": int(u.feats.shape[0]), "frame_shift": FRAME_SHIFT_S,
+                "text": self._texts(m).get(utt_id, ""), "phones": tier, "audio": utt_id in self._wavs(m),
+                "fbank": np.round(u.feats.T, 3).tolist(), "layers": len(m.model.layers),
+                "quantities": list(m.model.layers[0].value_names)}
+
+    def values(self, checkpoint_id: str, utt_id: str, layer: int, quantity: str, order: str = "index",
+               phone: str | None = None) -> tuple[dict, np.ndarray]:
+        """(meta, [H, T] float32) of one layer's quantity over an utterance, units in ``order``:
+        a raw sample from the store where it has one, else captured now."""
+        _check_quantity(quantity)
+        m = self.loaded(checkpoint_id)
+        m.utterance(utt_id)  # 404 before anything else
+        source, v = "capture", None
+        with self.store.reader(samples=True) as con:
+            if _has(con, SAMPLE_VIEW):
+                df = con.sql(f"SELECT frame, {quantity} AS v FROM {SAMPLE_VIEW} WHERE checkpoint_id = ? AND utt_id = ? "
+                             f"AND layer = ? ORDER BY analysis_version DESC, frame", params=[checkpoint_id, utt_id, layer]).pl()
+                if df.height and df["v"].null_count() == 0:
+                    df = df.unique("frame", keep="first", maintain_order=True)
+                    v, source = np.asarray(df["v"].to_list(), dtype=np.float32), "sample"
+        if v is None:
+            v = m.layer_values(layer, quantity, [utt_id])[utt_id].astype(np.float32)
+        scores = None
+        if order == "responsibility":
+            scores = self._responsibility(checkpoint_id, layer, phone, v.shape[1])
+            how = "score"
+        else:
+            how = order
+        try:
+            perm = patterns.order_units(v, how, scores)
+        except ValueError as e:
+            raise InputError(f"order: {e}") from None
+        meta = {"utt_id": utt_id, "layer": layer, "quantity": quantity, "order": order, "phone": phone,
+                "source": source, "frames": int(v.shape[0]), "units": [int(u) for u in perm],
+                "lo": float(v.min()), "hi": float(v.max())}
+        return meta, np.ascontiguousarray(v[:, perm].T)
+
+    def _responsibility(self, checkpoint_id: str, layer: int, phone: str | None, H: int) -> np.ndarray:
+        if not phone:
+            raise InputError("order=responsibility needs phone=<symbol>")
+        rows = self.query("SELECT unit, max(responsibility) AS r FROM phone_responsibility WHERE checkpoint_id = ? "
+                          "AND analysis_version = ? AND layer = ? AND phone = ? GROUP BY unit",
+                          [checkpoint_id, SUMMARY_VERSION, layer, phone])
+        if rows.height == 0:
+            raise NotFound(f"checkpoint {checkpoint_id} layer {layer}: no responsibility rows for phone {phone!r}")
+        scores = np.full(H, np.nan)
+        scores[rows["unit"].to_numpy()] = rows["r"].to_numpy()
+        return scores
+
+    def pattern(self, checkpoint_id: str, utt_id: str, layer: int, quantity: str, start: int, end: int,
+                threshold: float, inside: float = 0.9, outside: float = 0.1) -> dict:
+        _check_quantity(quantity)
+        v = self.loaded(checkpoint_id).layer_values(layer, quantity, [utt_id])[utt_id]
+        try:
+            sel = patterns.select_pattern(v, start, end, threshold, inside=inside, outside=outside)
+        except ValueError as e:
+            raise InputError(f"utterance {utt_id}: {e}") from None
+        return {"units": sel.units, "inside": sel.inside, "outside": sel.outside, "start": start, "end": end,
+                "threshold": threshold}
+
+    def match(self, checkpoint_id: str, layer: int, quantity: str, units: list[int], threshold: float,
+              min_share: float = 0.8, min_frames: int = 3) -> dict:
+        _check_quantity(quantity)
+        m = self.loaded(checkpoint_id)
+        vals = m.layer_values(layer, quantity)
+        H = next(iter(vals.values())).shape[1]
+        bad = [u for u in units if not 0 <= u < H]
+        if bad:
+            raise InputError(f"units {bad} are outside 0..{H - 1}")
+        found = patterns.match_pattern(vals, units, threshold, min_share=min_share, min_frames=min_frames)
+        out = []
+        for f in found:
+            phones = m.split.alignments[f.utt_id].phones[f.start:f.end]
+            seq = [m.phones[p] for _, _, p in patterns.segments(phones)]
+            out.append({"utt_id": f.utt_id, "start": f.start, "end": f.end, "share": f.share, "phones": seq,
+                        "audio": f.utt_id in self._wavs(m)})
+        return {"units": units, "utterances": len(vals), "matches": out}
+
+    # -- files --------------------------------------------------------------------------------------
+
+    def _wavs(self, m: Loaded) -> dict[str, str]:
+        if not hasattr(m, "wavs"):
+            rel = m.split.spec.get("wav")
+            m.wavs = read_scp(m.corpus.path(rel), m.corpus.root) if rel else {}
+        return m.wavs
+
+    def _texts(self, m: Loaded) -> dict[str, str]:
+        if not hasattr(m, "texts"):
+            rel = m.split.spec.get("text")
+            path = m.corpus.path(rel) if rel else None
+            m.texts = dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line) \
+                if path and path.is_file() else {}
+        return m.texts
+
+    def audio_path(self, checkpoint_id: str, utt_id: str) -> Path:
+        m = self.loaded(checkpoint_id)
+        entry = self._wavs(m).get(utt_id)
+        if entry is None:
+            raise NotFound(f"utterance {utt_id!r} has no audio in {m.corpus.manifest_path} (wav.scp)")
+        return inside(Path(entry), [m.corpus.root], f"audio of {utt_id}")
+
+    def figure_path(self, checkpoint_id: str, analysis: str, index: int) -> Path:
+        check_id(checkpoint_id, "checkpoint")
+        check_id(analysis, "analysis")
+        rows = self.query("SELECT figure_paths FROM analyses WHERE checkpoint_id = ? AND analysis = ? "
+                          "ORDER BY analysis_version DESC LIMIT 1", [checkpoint_id, analysis])
+        paths = rows["figure_paths"].to_list()[0] if rows.height else None
+        if not paths or not 0 <= index < len(paths):
+            raise NotFound(f"no figure {index} of {analysis} for {checkpoint_id}")
+        roots = [self.store.path.parent] + [Path(p) for p in (self.config.storage, self.config.report) if p]
+        return inside(Path(paths[index]), roots, f"figure {index} of {analysis}")
+
+
+def inside(path: Path, roots: list[Path], what: str) -> Path:
+    """``path`` resolved, if it is a file inside one of ``roots`` (symlinks resolved first)."""
+    real = path.resolve()
+    if not any(real.is_relative_to(r.resolve()) for r in roots) or not real.is_file():
+        raise NotFound(f"{what}: {path} is not a file inside {', '.join(str(r) for r in roots)}")
+    return real
+
+
+def _has(con, name: str) -> bool:
+    return bool(con.sql("SELECT count(*) FROM (SELECT table_name AS n FROM duckdb_tables() UNION ALL "
+                        "SELECT view_name FROM duckdb_views()) WHERE n = ?", params=[name]).fetchall()[0][0])
+
+
+def _check_quantity(q: str) -> None:
+    if q not in QUANTITIES:
+        raise InputError(f"quantity {q!r} is not one of {', '.join(QUANTITIES)}")
+
+
+def _plain_row(row: dict) -> dict:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+
+# The units an analysis singles out, for a claim's links: (checkpoint_id, layer, unit, why).
+UNIT_QUERIES = {
+    "capture": ("SELECT checkpoint_id, layer, unit, 'max |c| ' || round(greatest(abs(min), abs(max)), 2) AS why "
+                "FROM unit_stats WHERE quantity = 'c' AND analysis_version = ? AND checkpoint_id IN ({marks}) "
+                "ORDER BY greatest(abs(min), abs(max)) DESC LIMIT 4"),
+    "temporal_trace": ("SELECT checkpoint_id, layer, unit, 'variance of c ' || round(variance, 3) AS why FROM unit_stats "
+                       "WHERE quantity = 'c' AND analysis_version = ? AND checkpoint_id IN ({marks}) "
+                       "ORDER BY variance DESC LIMIT 4"),
+    "unit_memory": ("SELECT checkpoint_id, layer, unit, 'remembers ' || round(measured_frames, 1) || ' frames' AS why "
+                    "FROM unit_memory WHERE checkpoint_id IN ({marks}) AND measured_frames IS NOT NULL "
+                    "ORDER BY measured_frames DESC LIMIT 4"),
+    "unit_ablation": ("SELECT DISTINCT checkpoint_id, layer, unnest(units) AS unit, 'most responsible for ' || phone AS why "
+                      "FROM unit_ablation WHERE ablated = 'top' AND checkpoint_id IN ({marks}) ORDER BY ALL LIMIT 6"),
+}
+UNIT_QUERIES["memory_robustness"] = UNIT_QUERIES["unit_memory"]
+UNIT_QUERIES["cell_distributions"] = UNIT_QUERIES["range_shares"] = UNIT_QUERIES["capture"]
+
