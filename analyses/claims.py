@@ -448,22 +448,23 @@ CLAIMS: tuple[Callable[[Evidence], Claim], ...] = (
     residual_lowers_error, deeper_lowers_error)
 
 
-# The analyses each claim reads (their figures and the units they single out are what the explorer
-# links a claim to); "capture" is the capture's own tables (layer_stats, unit_stats).
-SOURCES: dict[str, tuple[str, ...]] = {
-    "gru_bounded": ("capture", "cell_distributions"),
-    "lstm_near_zero": ("capture", "cell_distributions", "range_shares"),
-    "lstm_concentration_falls": ("range_shares", "capture"),
-    "gru_pm1_rises": ("range_shares", "capture"),
-    "gru_smoother_higher": ("temporal_trace",),
-    "lstm_smoother_than_gru": ("temporal_trace",),
-    "gru_impact_shorter": ("memory_robustness",),
-    "gru_memory_shorter": ("unit_memory",),
-    "lazy_memory_shorter": ("unit_memory",),
-    "responsible_units_needed": ("unit_ablation", "responsibility"),
-    "lazy_lowers_error": ("comparisons",),
-    "residual_lowers_error": ("comparisons",),
-    "deeper_lowers_error": ("comparisons",),
+# What each claim reads: the analyses (their figures, and the units they single out, are what the
+# explorer links a claim to; "capture" is the capture's own tables, layer_stats and unit_stats) and
+# the cells whose checkpoints it measures (None: every cell).
+SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
+    "gru_bounded": (("capture", "cell_distributions"), ("gru",)),
+    "lstm_near_zero": (("capture", "cell_distributions", "range_shares"), ("lstm",)),
+    "lstm_concentration_falls": (("range_shares", "capture"), ("lstm",)),
+    "gru_pm1_rises": (("range_shares", "capture"), ("gru",)),
+    "gru_smoother_higher": (("temporal_trace",), ("gru",)),
+    "lstm_smoother_than_gru": (("temporal_trace",), ("lstm", "gru")),
+    "gru_impact_shorter": (("memory_robustness",), ("lstm", "gru")),
+    "gru_memory_shorter": (("unit_memory",), ("lstm", "gru")),
+    "lazy_memory_shorter": (("unit_memory",), ("lstm", "lstm_lazy")),
+    "responsible_units_needed": (("unit_ablation", "responsibility"), None),
+    "lazy_lowers_error": (("comparisons",), ("lstm", "lstm_lazy")),
+    "residual_lowers_error": (("comparisons",), None),
+    "deeper_lowers_error": (("comparisons",), None),
 }
 
 

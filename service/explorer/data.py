@@ -114,6 +114,7 @@ class Explorer:
         self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.Lock()
         self._claims: tuple[tuple, tuple] | None = None
+        self._cache: dict[str, tuple] = {}
 
     # -- the store --------------------------------------------------------------------------------
 
@@ -122,15 +123,50 @@ class Explorer:
             return con.sql(sql, params=params or None).pl()
 
     def _stamp(self) -> tuple:
-        st = self.store.path.stat() if self.store.path.is_file() else None
-        return (st.st_mtime_ns, st.st_size) if st else (0, 0)
+        """What changes whenever a writer commits: the file's and its write-ahead log's size and
+        time (DuckDB folds the log into the file when the writer closes)."""
+        out = []
+        for p in (self.store.path, self.store.path.with_name(self.store.path.name + ".wal")):
+            try:
+                st = p.stat()
+                out += [st.st_mtime_ns, st.st_size]
+            except OSError:
+                out += [0, 0]
+        return tuple(out)
+
+    def _per_stamp(self, key: str, read):
+        """``read()``'s answer, read again only once the store file changed: the small lookups
+        every request needs (the checkpoint list, which utterances have raw samples), so that a
+        request opens the store once, for its own numbers (each open costs ~30 ms here)."""
+        stamp = self._stamp()
+        hit = self._cache.get(key)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, read())
+            self._cache[key] = hit
+        return hit[1]
+
+    def checkpoints(self) -> dict[str, dict]:
+        return self._per_stamp("checkpoints", lambda: {
+            r["checkpoint_id"]: r for r in self.query("SELECT * FROM checkpoints").iter_rows(named=True)})
 
     def checkpoint_row(self, checkpoint_id: str) -> dict:
         check_id(checkpoint_id, "checkpoint")
-        rows = self.query("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
-        if rows.height == 0:
+        rows = self.checkpoints()
+        if checkpoint_id not in rows:
             raise NotFound(f"no checkpoint {checkpoint_id!r} in the store {self.store.path}")
-        return rows.row(0, named=True)
+        return rows[checkpoint_id]
+
+    def tables(self) -> set[str]:
+        return self._per_stamp("tables", lambda: set(self.query(
+            "SELECT table_name AS n FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()")["n"]))
+
+    def sampled(self) -> set[tuple[str, str]]:
+        """(checkpoint, utterance) pairs the store holds a raw sample of."""
+        def read():
+            if not self.store.sample_files():
+                return set()
+            return set(self.query(f"SELECT DISTINCT checkpoint_id, utt_id FROM {SAMPLE_VIEW}").rows())
+        return self._per_stamp("sampled", read)
 
     def loaded(self, checkpoint_id: str) -> Loaded:
         with self._lock:
@@ -197,28 +233,33 @@ class Explorer:
         return results, out
 
     def claim_links(self, key: str, checkpoint_ids: list[str]) -> dict:
-        """The units and figures behind a claim: per analysis it reads (``claims.SOURCES``), the
-        figures the store logged for these checkpoints, and the units that analysis singles out."""
-        sources = SOURCES.get(key, ())
-        if not checkpoint_ids or not sources:
+        """The units and figures behind a claim: for each analysis it reads (``claims.SOURCES``),
+        the figures the store logged for the checkpoints of the cells it measures (and the study's
+        own), and the units that analysis singles out in them."""
+        sources, cells = SOURCES.get(key, ((), None))
+        rows = self.checkpoints()
+        ids = [i for i in checkpoint_ids if i in rows and (cells is None or rows[i]["arch"] in cells)]
+        if not ids or not sources:
             return {"units": [], "figures": []}
-        marks = ", ".join("?" for _ in checkpoint_ids)
-        subjects = [*checkpoint_ids, *(StudyRef(str(self.config.storage), s).subject_id for s in self.studies())]
+        marks = ", ".join("?" for _ in ids)
+        subjects = [*ids, *(StudyRef(str(self.config.storage), s).subject_id for s in self.studies())]
         figs = self.query(f"SELECT checkpoint_id, analysis, figure_paths FROM analyses WHERE status = 'finished' "
                           f"AND analysis IN ({', '.join('?' for _ in sources)}) "
                           f"AND checkpoint_id IN ({', '.join('?' for _ in subjects)}) "
                           f"QUALIFY row_number() OVER (PARTITION BY checkpoint_id, analysis ORDER BY analysis_version DESC) = 1 "
-                          f"ORDER BY checkpoint_id, analysis", [*sources, *subjects])
+                          f"ORDER BY analysis, checkpoint_id", [*sources, *subjects])
         figures = [{"checkpoint_id": r["checkpoint_id"], "analysis": r["analysis"], "index": k}
                    for r in figs.iter_rows(named=True) for k, _ in enumerate(r["figure_paths"] or [])]
-        units = []
+        units, seen = [], set()
         for analysis in sources:
-            sql = UNIT_QUERIES.get(analysis)
-            if sql:
+            table, sql = UNIT_QUERIES.get(analysis, (None, None))
+            if sql and table in self.tables():
                 version = [SUMMARY_VERSION] if "analysis_version = ?" in sql else []
-                rows = self.query(sql.format(marks=marks), [*version, *checkpoint_ids])
-                units += [{**r, "analysis": analysis} for r in rows.to_dicts()]
-        return {"units": units[:12], "figures": figures}
+                for r in self.query(sql.format(marks=marks), [*version, *ids]).iter_rows(named=True):
+                    if (r["checkpoint_id"], r["layer"], r["unit"]) not in seen:
+                        seen.add((r["checkpoint_id"], r["layer"], r["unit"]))
+                        units.append({**r, "analysis": analysis})
+        return {"units": units[:8], "figures": figures}
 
     def unit(self, checkpoint_id: str, layer: int, unit: int) -> dict:
         row = self.checkpoint_row(checkpoint_id)
@@ -227,7 +268,8 @@ class Explorer:
                            f"not layer {layer} unit {unit}")
         args = [checkpoint_id, SUMMARY_VERSION, layer, unit]
         where = "checkpoint_id = ? AND analysis_version = ? AND layer = ? AND unit = ?"
-        with self.store.reader(samples=False) as con:
+        has_memory = "unit_memory" in self.tables()
+        with self.store.reader(samples=False) as con:  # one open per request
             stats = con.sql(f"SELECT quantity, count, mean, variance, min, max FROM unit_stats WHERE {where} "
                             "ORDER BY quantity", params=args).pl()
             hist = con.sql(f"SELECT quantity, lo, hi, bins, underflow, overflow, counts FROM unit_histograms "
@@ -236,7 +278,7 @@ class Explorer:
                            f"WHERE {where} ORDER BY rule, phone_id", params=args).pl()
             memory = con.sql("SELECT mean_f, implied_tau, measured_frames, censored, peak FROM unit_memory "
                              "WHERE checkpoint_id = ? AND layer = ? AND unit = ? ORDER BY analysis_version DESC LIMIT 1",
-                             params=[checkpoint_id, layer, unit]).pl() if _has(con, "unit_memory") else pl.DataFrame()
+                             params=[checkpoint_id, layer, unit]).pl() if has_memory else pl.DataFrame()
         return {"checkpoint": _plain_row(row), "layer": layer, "unit": unit, "stats": stats.to_dicts(),
                 "histograms": hist.to_dicts(), "responsibility": resp.to_dicts(),
                 "memory": memory.to_dicts()[0] if memory.height else None}
@@ -278,13 +320,14 @@ class Explorer:
         m = self.loaded(checkpoint_id)
         m.utterance(utt_id)  # 404 before anything else
         source, v = "capture", None
-        with self.store.reader(samples=True) as con:
-            if _has(con, SAMPLE_VIEW):
+        if (checkpoint_id, utt_id) in self.sampled():
+            with self.store.reader(samples=True) as con:
                 df = con.sql(f"SELECT frame, {quantity} AS v FROM {SAMPLE_VIEW} WHERE checkpoint_id = ? AND utt_id = ? "
                              f"AND layer = ? ORDER BY analysis_version DESC, frame", params=[checkpoint_id, utt_id, layer]).pl()
                 if df.height and df["v"].null_count() == 0:
                     df = df.unique("frame", keep="first", maintain_order=True)
-                    v, source = np.asarray(df["v"].to_list(), dtype=np.float32), "sample"
+                    v = df["v"].explode().to_numpy().astype(np.float32).reshape(df.height, -1)
+                    source = "sample"
         if v is None:
             v = m.layer_values(layer, quantity, [utt_id])[utt_id].astype(np.float32)
         scores = None
@@ -386,11 +429,6 @@ def inside(path: Path, roots: list[Path], what: str) -> Path:
     return real
 
 
-def _has(con, name: str) -> bool:
-    return bool(con.sql("SELECT count(*) FROM (SELECT table_name AS n FROM duckdb_tables() UNION ALL "
-                        "SELECT view_name FROM duckdb_views()) WHERE n = ?", params=[name]).fetchall()[0][0])
-
-
 def _check_quantity(q: str) -> None:
     if q not in QUANTITIES:
         raise InputError(f"quantity {q!r} is not one of {', '.join(QUANTITIES)}")
@@ -400,20 +438,21 @@ def _plain_row(row: dict) -> dict:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
-# The units an analysis singles out, for a claim's links: (checkpoint_id, layer, unit, why).
+# The units an analysis singles out, for a claim's links: (table read, SQL giving checkpoint_id,
+# layer, unit, why).
+_LARGEST_C = ("unit_stats", "SELECT checkpoint_id, layer, unit, 'max |c| ' || round(greatest(abs(min), abs(max)), 2) AS why "
+              "FROM unit_stats WHERE quantity = 'c' AND analysis_version = ? AND checkpoint_id IN ({marks}) "
+              "ORDER BY greatest(abs(min), abs(max)) DESC, checkpoint_id, layer, unit LIMIT 4")
+_LONGEST_MEMORY = ("unit_memory", "SELECT checkpoint_id, layer, unit, 'remembers ' || round(measured_frames, 1) || ' frames' "
+                   "AS why FROM unit_memory WHERE checkpoint_id IN ({marks}) AND measured_frames IS NOT NULL "
+                   "ORDER BY measured_frames DESC, checkpoint_id, layer, unit LIMIT 4")
+_ABLATED = ("unit_ablation", "SELECT DISTINCT checkpoint_id, layer, unnest(units) AS unit, 'most responsible for ' || phone AS why "
+            "FROM unit_ablation WHERE ablated = 'top' AND checkpoint_id IN ({marks}) ORDER BY ALL LIMIT 6")
 UNIT_QUERIES = {
-    "capture": ("SELECT checkpoint_id, layer, unit, 'max |c| ' || round(greatest(abs(min), abs(max)), 2) AS why "
-                "FROM unit_stats WHERE quantity = 'c' AND analysis_version = ? AND checkpoint_id IN ({marks}) "
-                "ORDER BY greatest(abs(min), abs(max)) DESC LIMIT 4"),
-    "temporal_trace": ("SELECT checkpoint_id, layer, unit, 'variance of c ' || round(variance, 3) AS why FROM unit_stats "
-                       "WHERE quantity = 'c' AND analysis_version = ? AND checkpoint_id IN ({marks}) "
-                       "ORDER BY variance DESC LIMIT 4"),
-    "unit_memory": ("SELECT checkpoint_id, layer, unit, 'remembers ' || round(measured_frames, 1) || ' frames' AS why "
-                    "FROM unit_memory WHERE checkpoint_id IN ({marks}) AND measured_frames IS NOT NULL "
-                    "ORDER BY measured_frames DESC LIMIT 4"),
-    "unit_ablation": ("SELECT DISTINCT checkpoint_id, layer, unnest(units) AS unit, 'most responsible for ' || phone AS why "
-                      "FROM unit_ablation WHERE ablated = 'top' AND checkpoint_id IN ({marks}) ORDER BY ALL LIMIT 6"),
+    "capture": _LARGEST_C, "cell_distributions": _LARGEST_C, "range_shares": _LARGEST_C,
+    "temporal_trace": ("unit_stats", "SELECT checkpoint_id, layer, unit, 'variance of c ' || round(variance, 3) AS why "
+                       "FROM unit_stats WHERE quantity = 'c' AND analysis_version = ? AND checkpoint_id IN ({marks}) "
+                       "ORDER BY variance DESC, checkpoint_id, layer, unit LIMIT 4"),
+    "memory_robustness": _LONGEST_MEMORY, "unit_memory": _LONGEST_MEMORY,
+    "unit_ablation": _ABLATED, "responsibility": _ABLATED,
 }
-UNIT_QUERIES["memory_robustness"] = UNIT_QUERIES["unit_memory"]
-UNIT_QUERIES["cell_distributions"] = UNIT_QUERIES["range_shares"] = UNIT_QUERIES["capture"]
-

@@ -43,16 +43,18 @@ function unpack(buf) {
 }
 
 // ---- colours -----------------------------------------------------------------------------------
+// gates (i, f, o) in [0, 1]: viridis (its five anchor colours, interpolated); c, m, g: blue-white-red,
+// symmetric around 0, so a unit's sign reads at a glance
 const GATES = new Set(["i", "f", "o"]);
+const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+function ramp(stops, t) {
+  const x = Math.min(1, Math.max(0, t)) * (stops.length - 1), k = Math.min(stops.length - 2, Math.floor(x)), f = x - k;
+  return [0, 1, 2].map((j) => stops[k][j] + f * (stops[k + 1][j] - stops[k][j]));
+}
 function colour(q, lo, hi) {
-  if (GATES.has(q)) {  // [0, 1]: white to dark blue
-    return (v) => { const t = Math.min(1, Math.max(0, v)); return [255 - 225 * t, 255 - 200 * t, 255 - 120 * t]; };
-  }
-  const m = Math.max(Math.abs(lo), Math.abs(hi)) || 1;  // symmetric: blue < 0 < red
-  return (v) => {
-    const t = Math.max(-1, Math.min(1, v / m));
-    return t >= 0 ? [255, 255 * (1 - t), 255 * (1 - t)] : [255 * (1 + t), 255 * (1 + t), 255];
-  };
+  if (GATES.has(q)) return (v) => ramp(VIRIDIS, v);
+  const m = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+  return (v) => ramp([[33, 102, 172], [247, 247, 247], [178, 24, 43]], 0.5 + 0.5 * v / m);
 }
 
 function canvas(w, h, cls = "") {
@@ -226,7 +228,7 @@ function layerPanel(box, u, v, opts) {
   const tier = canvas(T * px, 18, "tier");
   const heat = canvas(T * px, H * rowpx, "heatmap");
   const over = canvas(T * px, H * rowpx, "overlay");
-  over.style.position = "absolute"; over.style.left = "0";
+  over.style.position = "absolute"; over.style.left = "0"; over.style.top = "0";
   const t0 = performance.now();
   drawMatrix(heat, v.data, H, T, colour(v.quantity, v.lo, v.hi));
   heat.dataset.drawMs = (performance.now() - t0).toFixed(1);
