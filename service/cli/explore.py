@@ -8,11 +8,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import ray  # before quiet_ray: importing Ray gives its logger a console handler, which quiet_ray replaces
+
 from cluster.errors import GatelensError, InputError
 from cluster.runtime import ensure_ray
 from service.cli.console import quiet_ray
-from service.explorer.app import deploy, undeploy
-from service.explorer.data import ExplorerConfig
 from service.store import Store
 
 
@@ -32,6 +32,12 @@ def wait_healthy(url: str, timeout: float = 120.0) -> None:
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
+    quiet_ray(Path(args.store).resolve().parent / "logs", "explore")
+    # deferred: importing Ray Serve warns (pydantic) and logs, which must reach the log file named above
+    from service.explorer.app import deploy, quiet_serve, undeploy
+    from service.explorer.data import ExplorerConfig
+
+    quiet_serve()
     if args.stop:
         if ensure_ray(connect_only=True):
             raise InputError("no running Ray cluster here: there is no explorer to stop")
@@ -45,9 +51,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
                             corpus=str(Path(args.corpus).resolve()) if args.corpus else None,
                             report=str(Path(args.report).resolve()) if args.report else None,
                             utterances=args.utterances)
-    quiet_ray(Path(args.store).resolve().parent / "logs", "explore")
     private = ensure_ray()
     url = deploy(config, args.host, args.port)
+    quiet_serve()
     wait_healthy(url)
     print(f"explorer: {url}")
     if not private:
@@ -58,5 +64,6 @@ def cmd_explore(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        ray.shutdown()  # the private cluster, and Serve on it, go with this process
         print("explorer stopped")
         return 0

@@ -176,6 +176,18 @@ def deploy(config: ExplorerConfig, host: str = "127.0.0.1", port: int = 8000) ->
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
 
 
+def quiet_serve() -> None:
+    """Serve gives its logger ("ray.serve") a console handler when it starts; send it where the
+    command sent Ray's other messages (``cluster.runtime.log_ray_to``)."""
+    ray_log, serve_log = logging.getLogger("ray"), logging.getLogger("ray.serve")
+    if ray_log.handlers:
+        for h in list(serve_log.handlers):
+            serve_log.removeHandler(h)
+        for h in ray_log.handlers:
+            serve_log.addHandler(h)
+        serve_log.propagate = False
+
+
 def undeploy() -> bool:
     """Remove the explorer from the cluster; False if it was not deployed."""
     if APP_NAME not in serve.status().applications:
