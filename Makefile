@@ -35,7 +35,7 @@ chromium:
 	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 bench: $(STAMP)
-	for b in corpus cells train decode capture store figures service causal; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in corpus cells train decode capture store figures service causal explorer; do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) data build .pytest_cache
