@@ -170,9 +170,15 @@ class ExplorerIngress:
 
 def deploy(config: ExplorerConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
     """Deploy (or redeploy) the explorer on the Ray cluster this process is connected to; returns
-    its URL. Serve's HTTP options are the cluster's: an earlier ``serve.start`` keeps its port."""
+    its URL. Serve's HTTP options belong to the cluster: where Serve already runs, its host and
+    port stay (Serve says so in its log) and the URL names them, not the ones asked for."""
     serve.start(http_options={"host": host, "port": port})
     serve.run(ExplorerIngress.bind(vars(config)), name=APP_NAME, route_prefix="/", blocking=False)
+    try:  # the options Serve actually runs with (no public API reads them back)
+        http = serve.context._get_global_client().http_config
+        host, port = http.host, http.port
+    except AttributeError:
+        pass
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
 
 

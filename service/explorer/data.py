@@ -417,6 +417,8 @@ class Explorer:
         paths = rows["figure_paths"].to_list()[0] if rows.height else None
         if not paths or not 0 <= index < len(paths):
             raise NotFound(f"no figure {index} of {analysis} for {checkpoint_id}")
+        if Path(paths[index]).suffix.lower() != ".png":
+            raise NotFound(f"figure {index} of {analysis} for {checkpoint_id} is not a PNG file: {paths[index]}")
         roots = [self.store.path.parent] + [Path(p) for p in (self.config.storage, self.config.report) if p]
         return inside(Path(paths[index]), roots, f"figure {index} of {analysis}")
 

@@ -210,6 +210,26 @@ def test_a_store_held_by_a_writer_answers_busy_then_recovers(explorer):
     assert get(url)[0] == 200
 
 
+def test_a_hostile_store_serves_nothing_outside_and_loads_no_code(explorer):
+    store, ck, url = explorer["store"], explorer["lstm"], explorer["url"]
+    evil = "lstm-1x16-0000000000"
+    with store.transaction() as con:
+        con.execute("INSERT INTO analyses (checkpoint_id, analysis, analysis_version, status, figure_paths) "
+                    "VALUES (?, 'evil', 1, 'finished', ?)",
+                    [ck, ["/etc/passwd", str(store.path), str(store.path.parent / "missing.png"), "../../x.png"]])
+    store.register_checkpoint({"checkpoint_id": evil, "path": "/etc/passwd", "arch": "lstm", "layers": 1, "hidden": 16})
+    try:
+        for k in range(4):
+            status, _, body = get(url + f"api/figure/{ck}/evil/{k}")
+            assert status == 404 and b"root:" not in body, body
+        status, _, body = get(url + f"api/top/{evil}/1/0")
+        assert status in (400, 404) and b"Traceback" not in body and b"root:" not in body, body
+    finally:
+        with store.transaction() as con:
+            con.execute("DELETE FROM analyses WHERE analysis = 'evil'")
+            con.execute("DELETE FROM checkpoints WHERE checkpoint_id = ?", [evil])
+
+
 def test_cli_refuses_bad_arguments(explorer, tmp_path, capsys):
     assert main(["explore", "--store", str(tmp_path / "missing.duckdb")]) == 2
     assert "missing.duckdb" in capsys.readouterr().err
@@ -293,3 +313,28 @@ def test_browser_compare_and_bad_ids(explorer, browser):
 
     WebDriverWait(d, 30).until(lambda d: d.find_element("tag name", "body").get_attribute("data-ready") == "error")
     assert "no checkpoint" in d.find_element("id", "error").text
+
+
+def test_browser_shows_store_busy_then_the_view(explorer, browser):
+    import threading
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    held, release = threading.Event(), threading.Event()
+
+    def writer():
+        with explorer["store"].transaction():
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        held.wait(30)
+        browser.get(explorer["url"] + f"unit?checkpoint={explorer['gru']}&layer=1&unit=2")
+        WebDriverWait(browser, 30).until(lambda d: "store busy, retrying" in d.find_element("id", "status").text)
+    finally:
+        release.set()
+        t.join()
+    ready(browser, "unit")
+    assert browser.find_element("id", "status").text == ""
