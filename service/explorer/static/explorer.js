@@ -371,7 +371,8 @@ async function utteranceView() {
     const frame = params.get("frame");
     if (frame !== null) {
       panel.redraw(+frame);
-      audio.addEventListener("loadedmetadata", () => playSpan(audio, +frame * FRAME_S - 0.3, +frame * FRAME_S + 0.3), {once: true});
+      const around = () => playSpan(audio, +frame * FRAME_S - 0.3, +frame * FRAME_S + 0.3);
+      if (audio.readyState >= 1) around(); else audio.addEventListener("loadedmetadata", around, {once: true});
     }
   }
   const unit = params.get("unit");
