@@ -6,7 +6,8 @@ checkpoint (untrained LSTM, 4 x 512, captured over 20 test utterances) so the he
 
   baseline     a plain `gatelens sql` query (in process: ``run_query``; and the command's wall time)
   JSON         p50 / p95 of every endpoint the unit and utterance views call (warm), and the
-               p95's ratio to the in-process query
+               p95's ratio to the in-process query; the unit view's first request per checkpoint
+               (which reads that checkpoint's rows from the store) apart
   capture      an on-demand capture of one utterance through /api/values (first request for an
                utterance the store holds no sample of), against the model's own capture call
   heatmap      512 units x the longest test utterance's frames, fetched and drawn in headless
@@ -149,6 +150,11 @@ def main() -> None:
         print(f"capture   one utterance on demand ({demo[0]['arch']} {demo[0]['layers']}x{demo[0]['hidden']}): "
               f"median {statistics.median(first):.0f} ms, max {max(first):.0f} ms; the model's own capture "
               f"median {statistics.median(own):.1f} ms (ratio {statistics.median(first) / statistics.median(own):.1f}x)")
+
+        # the unit view's first request for each checkpoint: one read of its rows from the store
+        cold = [timed_get(url + f"api/unit/{c['checkpoint_id']}/1/0")[0] for c in demo]
+        print(f"JSON      unit, first request per checkpoint (reads its rows): median {statistics.median(cold):.0f} ms, "
+              f"max {max(cold):.0f} ms over {len(cold)} checkpoints")
 
         # warm JSON endpoints of the unit and utterance views
         utt = probe[0]

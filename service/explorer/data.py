@@ -2,9 +2,11 @@
 
 ``Explorer`` answers every view from three sources:
 
-- the store, opened read-only per call with the same sandbox as ``gatelens sql``
-  (``Store.reader``) and a bounded wait: a writer holding it longer raises ``StoreBusy``, which the
-  app turns into a "store busy, retrying" answer;
+- the store, opened read-only with the same sandbox as ``gatelens sql`` (``Store.reader``) and a
+  bounded wait, never held between requests: a writer holding it longer raises ``StoreBusy``,
+  which the app turns into a "store busy, retrying" answer. Small lookups and a checkpoint's
+  per-unit rows are kept until the store file's stamp changes (``_per_stamp``, ``unit_tables``):
+  a DuckDB open costs ~30 ms on this machine, more than the unit view's whole budget;
 - the checkpoints, loaded on demand (weights only, the checkpoint loader's checks) and kept for
   the last few used, which capture any utterance of their corpus with the training code
   (``AcousticModel.capture``); an utterance the store holds a raw sample of is read from there;
@@ -115,6 +117,7 @@ class Explorer:
         self._lock = threading.Lock()
         self._claims: tuple[tuple, tuple] | None = None
         self._cache: dict[str, tuple] = {}
+        self._units: OrderedDict[str, tuple] = OrderedDict()
 
     # -- the store --------------------------------------------------------------------------------
 
@@ -266,22 +269,43 @@ class Explorer:
         if not 1 <= layer <= row["layers"] or not 0 <= unit < row["hidden"]:
             raise NotFound(f"checkpoint {checkpoint_id} has layers 1..{row['layers']} and units 0..{row['hidden'] - 1}, "
                            f"not layer {layer} unit {unit}")
-        args = [checkpoint_id, SUMMARY_VERSION, layer, unit]
-        where = "checkpoint_id = ? AND analysis_version = ? AND layer = ? AND unit = ?"
+        tables = self.unit_tables(checkpoint_id)
+        pick = {name: df.filter((pl.col("layer") == layer) & (pl.col("unit") == unit)).drop("layer", "unit")
+                for name, df in tables.items()}
+        memory = pick["memory"].to_dicts()
+        return {"checkpoint": _plain_row(row), "layer": layer, "unit": unit, "stats": pick["stats"].to_dicts(),
+                "histograms": pick["histograms"].to_dicts(), "responsibility": pick["responsibility"].to_dicts(),
+                "memory": memory[0] if memory else None}
+
+    def unit_tables(self, checkpoint_id: str) -> dict[str, pl.DataFrame]:
+        """The per-unit rows of one checkpoint (stats, histograms, responsibility, memory), read in
+        one open of the store and kept until the store file changes (the last few checkpoints):
+        the unit view then answers from memory, as fresh as a read, without the ~30 ms open."""
+        stamp = self._stamp()
+        hit = self._units.get(checkpoint_id)
+        if hit is not None and hit[0] == stamp:
+            self._units.move_to_end(checkpoint_id)
+            return hit[1]
         has_memory = "unit_memory" in self.tables()
-        with self.store.reader(samples=False) as con:  # one open per request
-            stats = con.sql(f"SELECT quantity, count, mean, variance, min, max FROM unit_stats WHERE {where} "
-                            "ORDER BY quantity", params=args).pl()
-            hist = con.sql(f"SELECT quantity, lo, hi, bins, underflow, overflow, counts FROM unit_histograms "
-                           f"WHERE {where} ORDER BY quantity", params=args).pl()
-            resp = con.sql(f"SELECT rule, phone_id, phone, frames, irregular, responsibility FROM phone_responsibility "
-                           f"WHERE {where} ORDER BY rule, phone_id", params=args).pl()
-            memory = con.sql("SELECT mean_f, implied_tau, measured_frames, censored, peak FROM unit_memory "
-                             "WHERE checkpoint_id = ? AND layer = ? AND unit = ? ORDER BY analysis_version DESC LIMIT 1",
-                             params=[checkpoint_id, layer, unit]).pl() if has_memory else pl.DataFrame()
-        return {"checkpoint": _plain_row(row), "layer": layer, "unit": unit, "stats": stats.to_dicts(),
-                "histograms": hist.to_dicts(), "responsibility": resp.to_dicts(),
-                "memory": memory.to_dicts()[0] if memory.height else None}
+        args, where = [checkpoint_id, SUMMARY_VERSION], "checkpoint_id = ? AND analysis_version = ?"
+        with self.store.reader(samples=False) as con:
+            out = {
+                "stats": con.sql(f"SELECT layer, unit, quantity, count, mean, variance, min, max FROM unit_stats "
+                                 f"WHERE {where} ORDER BY layer, unit, quantity", params=args).pl(),
+                "histograms": con.sql(f"SELECT layer, unit, quantity, lo, hi, bins, underflow, overflow, counts "
+                                      f"FROM unit_histograms WHERE {where} ORDER BY layer, unit, quantity", params=args).pl(),
+                "responsibility": con.sql(f"SELECT layer, unit, rule, phone_id, phone, frames, irregular, responsibility "
+                                          f"FROM phone_responsibility WHERE {where} ORDER BY layer, unit, rule, phone_id",
+                                          params=args).pl(),
+                "memory": con.sql("SELECT layer, unit, mean_f, implied_tau, measured_frames, censored, peak FROM unit_memory "
+                                  "WHERE checkpoint_id = ? QUALIFY analysis_version = max(analysis_version) OVER () "
+                                  "ORDER BY layer, unit", params=[checkpoint_id]).pl() if has_memory
+                else pl.DataFrame(schema={"layer": pl.Int32, "unit": pl.Int32}),
+            }
+        self._units[checkpoint_id] = (stamp, out)
+        while len(self._units) > 8:
+            self._units.popitem(last=False)
+        return out
 
     def top(self, checkpoint_id: str, layer: int, unit: int, quantity: str = "c", k: int = 10, by: str = "abs") -> dict:
         m = self.loaded(checkpoint_id)
