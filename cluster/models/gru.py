@@ -197,9 +197,9 @@ class GRUFunction(torch.autograd.Function):
             aA, aC, adC, adm, adc, adA, ada, adb = kernels.arrays(A, C, dC, dm, dc, dA, da if bf16 else dA[0], db)
             for t in range(T - 1, -1, -1):
                 gru_frame_grad_cand(t, aA, aC, adc, adA, ada, bf16)
-                torch.mm(dA_[t][:, 2 * H :], cand.w_t, out=dm)                # dL/dm_t = da_g W_cm
+                cand.into(dm, dA_[t][:, 2 * H :])                             # dL/dm_t = da_g W_cm
                 gru_frame_grad_gates(t, aA, aC, adC, adm, adc, adA, ada, adb, bf16)
-                dc.addmm_(dA_[t][:, : 2 * H], gates.w_t)                      # dL/dc_{t-1}
+                gates.acc_(dc, dA_[t][:, : 2 * H])                            # dL/dc_{t-1}
         else:
             one = A.new_ones(B, H)
             db = A.new_zeros(B, 3 * H)

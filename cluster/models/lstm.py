@@ -191,10 +191,7 @@ class PeepholeLSTMFunction(torch.autograd.Function):
             arr = kernels.arrays(A, C, TC, V, dm, dc, dC_arr, dA, da if bf16 else dA[0], db, dV)
             for t in range(T - 1, -1, -1):
                 lstm_frame_grad(t, *arr, bf16)
-                if t > 0 and dM_ is not None:
-                    torch.addmm(dM_[t - 1], dA_[t], rec.w_t, out=dm)
-                else:
-                    torch.mm(dA_[t], rec.w_t, out=dm)
+                rec.into(dm, dA_[t], dM_[t - 1] if (dM_ is not None and t > 0) else None)
         else:
             one = A.new_ones(B, H)
             db, dV = A.new_zeros(B, 4 * H), A.new_zeros(B, 3, H)

@@ -224,12 +224,9 @@ class LazyLSTMFunction(torch.autograd.Function):
             for t in range(T - 1, -1, -1):
                 lazy_frame_grad_cand(t, aA, adC, adc, adA, ada, bf16)
                 if new_m:
-                    dm.addmm_(dA_[t][:, 3 * H :], cand.w_t)                   # g_t reads m_t
+                    cand.acc_(dm, dA_[t][:, 3 * H :])                         # g_t reads m_t
                 lazy_frame_grad_gates(t, aA, aC, aTC, aV, adm, adc, adA, ada, adb, adV, bf16)
-                if t > 0 and dM_ is not None:
-                    torch.addmm(dM_[t - 1], dA_[t][:, :n_rec], gates.w_t, out=dm)
-                else:
-                    torch.mm(dA_[t][:, :n_rec], gates.w_t, out=dm)
+                gates.into(dm, dA_[t][:, :n_rec], dM_[t - 1] if (dM_ is not None and t > 0) else None)
         else:
             one = A.new_ones(B, H)
             db, dV = A.new_zeros(B, 4 * H), A.new_zeros(B, 3, H)
