@@ -18,6 +18,11 @@ frame's [B, H] values per stretch between GEMMs. This module holds what they sha
                   2 sigmoid(2a) - 1, as the torch path computes it (common.sigmoid_tanh_).
   to_bf16         round a float32 to the nearest bfloat16 (ties to even), kept in float32.
   set_units       an Intervention's "set these units to these values" on one row.
+  output_row      m = o * tanh(c) on one row, intervened and rounded (both LSTMs).
+
+numba's cache (cluster/jit.py) is keyed on the file of the compiled function only: after editing
+a helper here, touch the cell files (or remove cluster/models/__pycache__), or the cells keep
+loading machine code built from the old helper.
 
 Precision on the kernel path (``kernel_mode``): fp32 and float64 are exact-dtype. bf16 is
 emulated: every GEMM operand (weights, x, m or c, and the backward's dA) is rounded to bf16, the
@@ -160,6 +165,19 @@ def set_units(row, units, to):
     """row[units[k]] = to[k]: an Intervention on one [H] row (units empty: nothing)."""
     for k in range(units.shape[0]):
         row[units[k]] = to[k]
+
+
+@register_jitable(inline="always")
+def output_row(o, c, tc, m, m_units, m_to, mm, bf16):
+    """The LSTMs' output on one row: tc = tanh(c) (kept for the backward), m = o * tc, then an
+    intervention's m_units, then (bf16) m rounded into mm, the next GEMM's operand."""
+    for j in range(m.shape[0]):
+        tc[j] = tanh(c[j])
+    for j in range(m.shape[0]):
+        m[j] = o[j] * tc[j]
+    set_units(m, m_units, m_to)
+    if bf16:
+        round_row(m, mm)
 
 
 class Setter:

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import kernels
 from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, tanh_into, uniform_init_
-from .kernels import kernel, round_row, set_units, sigmoid, tanh
+from .kernels import kernel, output_row, round_row, set_units, sigmoid, tanh
 
 
 # The kernels below are the frame arithmetic of the equations above, one loop per equation over
@@ -45,13 +45,7 @@ def lstm_frame(t, A, C, M, Mm, TC, V, c_units, c_to, m_units, m_to, bf16):
         set_units(c, c_units, c_to)
         for j in range(H):
             o[j] = sigmoid(o[j] + V_oc[j] * c[j])
-        for j in range(H):
-            tc[j] = tanh(c[j])
-        for j in range(H):
-            m[j] = o[j] * tc[j]
-        set_units(m, m_units, m_to)
-        if bf16:
-            round_row(m, Mm[t + 1, b])
+        output_row(o, c, tc, m, m_units, m_to, Mm[t + 1, b], bf16)         # m_t = o_t tanh(c_t)
 
 
 @kernel

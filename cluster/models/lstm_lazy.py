@@ -23,7 +23,7 @@ import torch
 
 from . import kernels
 from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, tanh_into
-from .kernels import kernel, round_row, set_units, sigmoid, tanh
+from .kernels import kernel, output_row, round_row, set_units, sigmoid, tanh
 from .lstm import add_peephole_parameters
 
 CANDIDATE_INPUTS = ("m_t", "m_prev")
@@ -44,14 +44,7 @@ def lazy_frame_gates(t, A, C, M, Mm, TC, V, m_units, m_to, bf16):
             gate, V_kc = a[k * H : (k + 1) * H], V[k]
             for j in range(H):
                 gate[j] = sigmoid(gate[j] + V_kc[j] * c_prev[j])
-        o = a[2 * H : 3 * H]
-        for j in range(H):
-            tc[j] = tanh(c_prev[j])
-        for j in range(H):
-            m[j] = o[j] * tc[j]
-        set_units(m, m_units, m_to)
-        if bf16:
-            round_row(m, Mm[t + 1, b])
+        output_row(a[2 * H : 3 * H], c_prev, tc, m, m_units, m_to, Mm[t + 1, b], bf16)  # m_t = o_t tanh(c_{t-1})
 
 
 @kernel
