@@ -4,16 +4,21 @@ For each cell (lstm, gru, lstm_lazy on every layer, and the nn.LSTM reference ls
 precision (fp32, bf16), with H=512, B=32, T=100 and L in {1, 4} layers, it times the whole
 acoustic model (splice, L layers, output layer, frame cross-entropy), and prints:
 
-  train fr/s   forward + backward frames per second, and its ratio to lstm_fused fp32
+  train fr/s   forward + backward frames per second, and its ratio to lstm_fused at the same
+               precision (nn.LSTM bf16 is emulated in fp32 on CPUs without native bf16, as the
+               cells' kernels emulate it: see cluster/models/kernels.py)
   fwd fr/s     inference forward (no_grad), no capture
   capture fr/s forward with capture of every value (c, m, i, f, o, g) to float16, and its ratio
                to the forward without capture
+  --profile    also the GEMM share of one training step of each cell (torch.profiler: the self
+               time of the matmul ops over the step's wall time; the rest is the frame kernels,
+               Python and the other ops), the distance to a GEMM-bound step
 
 These machines are shared and noisy: configurations are interleaved round by round, each
 one's fastest round is reported (timeit's rule: noise only ever adds time), and the load
 average is printed before and after; compare ratios, which come from the same rounds.
 
-    .venv/bin/python bench/cells.py [--quick] [--layers 1 4] [--threads N]
+    .venv/bin/python bench/cells.py [--quick] [--layers 1 4] [--threads N] [--profile]
 """
 
 from __future__ import annotations
@@ -76,16 +81,34 @@ def bench(layers, args):
                         times[key, kind].append(t)
     n = args.batch * args.frames
     rate = {k: n / min(v) for k, v in times.items() if v}
-    ref = rate[("lstm_fused", "fp32"), "train"]
-    print(f"\nL={layers}  H={args.hidden}  B={args.batch}  T={args.frames}  (ratios against lstm_fused fp32 "
-          f"training: {ref:,.0f} frames/s)")
+    refs = {p: rate[("lstm_fused", p), "train"] for p in PRECISIONS}
+    print(f"\nL={layers}  H={args.hidden}  B={args.batch}  T={args.frames}  (ratios against lstm_fused training "
+          f"at the same precision: " + ", ".join(f"{p} {r:,.0f} frames/s" for p, r in refs.items()) + ")")
     print(f"{'cell':11s} {'prec':5s} {'train fr/s':>11s} {'x nn.LSTM':>9s} {'fwd fr/s':>10s} "
           f"{'capture fr/s':>12s} {'capt/fwd':>8s}")
     for (cell, prec) in cases:
-        tr, fw = rate[(cell, prec), "train"], rate[(cell, prec), "fwd"]
+        tr, fw, ref = rate[(cell, prec), "train"], rate[(cell, prec), "fwd"], refs[prec]
         cap = rate.get(((cell, prec), "capture"))
         cap_s = f"{cap:12,.0f} {cap / fw:8.2f}" if cap else f"{'-':>12s} {'-':>8s}"
         print(f"{cell:11s} {prec:5s} {tr:11,.0f} {tr / ref:9.2f} {fw:10,.0f} {cap_s}")
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "mkldnn::_linear_pointwise")
+
+
+def gemm_share(layers, args):
+    """Share of one training step's wall time spent in GEMMs, per cell and precision."""
+    from torch.profiler import ProfilerActivity, profile
+
+    print(f"\nGEMM share of a training step (L={layers}, torch.profiler, after a warm-up):")
+    for cell in CELLS[1:]:
+        for prec in PRECISIONS:
+            train = make_case(cell, prec, layers, args.hidden, args.batch, args.frames)[1]["train"]
+            train()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                wall = timed(train)
+            gemm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMM_OPS) / 1e6
+            print(f"  {cell:10s} {prec}: {gemm / wall:5.1%} of {wall * 1e3:7.1f} ms")
 
 
 def main() -> None:
@@ -96,6 +119,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--profile", action="store_true", help="also the GEMM share of a training step")
     args = ap.parse_args()
     args.warmup, args.reps = (1, 2) if args.quick else (2, 7)
     if args.threads:
@@ -104,6 +128,8 @@ def main() -> None:
           f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.2f}")
     for layers in args.layers:
         bench(layers, args)
+        if args.profile:
+            gemm_share(layers, args)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 

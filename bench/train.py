@@ -2,14 +2,18 @@
 
 One worker's step as the trainer runs it (splice + CMVN, L layers, output layer, frame
 cross-entropy, backward, clipping, Adam) on a padded batch of whole-utterance length, for each
-cell; the baseline is the fused ``nn.LSTM`` model (``lstm_fused``) measured in the same run.
+cell and precision; the baseline is the fused ``nn.LSTM`` model (``lstm_fused``) at the same
+precision, measured in the same run. The machine is shared and noisy: the configurations are
+interleaved step by step, each one's fastest step is reported (noise only ever adds time), and
+the load average is printed before and after; compare the ratios.
 
-    .venv/bin/python bench/train.py [--quick] [--threads 1]
+    .venv/bin/python bench/train.py [--quick] [--threads 1] [--shapes demo paper]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -18,9 +22,11 @@ import torch.nn.functional as F
 from cluster.models import ModelConfig, build_model
 
 SHAPES = {"demo": dict(hidden=128, layers=2, batch=16), "paper": dict(hidden=512, layers=4, batch=32)}
+CELLS = ("lstm_fused", "lstm", "gru", "lstm_lazy")
+PRECISIONS = ("fp32", "bf16")
 
 
-def frames_per_s(cell: str, hidden: int, layers: int, batch: int, frames: int, steps: int, precision: str) -> float:
+def make_step(cell: str, hidden: int, layers: int, batch: int, frames: int, precision: str):
     torch.manual_seed(0)
     model = build_model(ModelConfig(cell=cell, layers=layers, hidden=hidden, num_targets=120, precision=precision),
                         torch.zeros(40), torch.ones(40))
@@ -36,30 +42,42 @@ def frames_per_s(cell: str, hidden: int, layers: int, batch: int, frames: int, s
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
 
-    step()  # warm-up
-    best = float("inf")
+    return step
+
+
+def bench_shape(name: str, shape: dict, frames: int, steps: int, threads: int) -> None:
+    runs = {(c, p): make_step(c, shape["hidden"], shape["layers"], shape["batch"], frames, p)
+            for p in PRECISIONS for c in CELLS}
+    for step in runs.values():
+        step()  # warm-up: first-touch allocations, numba's cache load
+    best = {k: float("inf") for k in runs}
     for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return batch * frames / best
+        for key, step in runs.items():
+            t0 = time.perf_counter()
+            step()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    rate = {k: shape["batch"] * frames / t for k, t in best.items()}
+    print(f"{name} shape (H={shape['hidden']}, L={shape['layers']}, B={shape['batch']}, T={frames}), "
+          f"{threads} thread(s), load average {os.getloadavg()[0]:.2f}:")
+    for p in PRECISIONS:
+        base = rate["lstm_fused", p]
+        print(f"  baseline nn.LSTM {p}: {base:8.0f} frames/s")
+        for cell in CELLS[1:]:
+            print(f"  {cell:10s} {p}: {rate[cell, p]:8.0f} frames/s  ratio {rate[cell, p] / base:5.2f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps, shorter utterances")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a worker's CPUs)")
+    ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     frames, steps = (100, 2) if args.quick else (260, 4)
-    for name, shape in SHAPES.items():
-        base = frames_per_s("lstm_fused", shape["hidden"], shape["layers"], shape["batch"], frames, steps, "fp32")
-        print(f"{name} shape (H={shape['hidden']}, L={shape['layers']}, B={shape['batch']}, T={frames}), "
-              f"{args.threads} thread(s): baseline nn.LSTM fp32 {base:8.0f} frames/s")
-        for cell in ("lstm", "gru", "lstm_lazy"):
-            for precision in ("fp32", "bf16"):
-                fps = frames_per_s(cell, shape["hidden"], shape["layers"], shape["batch"], frames, steps, precision)
-                print(f"  {cell:10s} {precision}: {fps:8.0f} frames/s  ratio {fps / base:5.2f}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.2f}")
+    for name in args.shapes:
+        bench_shape(name, SHAPES[name], frames, steps, args.threads)
 
 
 if __name__ == "__main__":

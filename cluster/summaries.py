@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-import numba
 import numpy as np
 import polars as pl
 import torch
 
+from cluster.jit import compiled
 from cluster.tables import QUANTITIES  # the names a capture records; summaries key their state by them
 
 # Bump when what a summary means changes (bins, rules, definitions): the store keeps one set of
@@ -264,15 +263,7 @@ def histogram_quantiles(counts, lo: float, hi: float, underflow: int, overflow: 
 # none is writable the functions are compiled in each process rather than failing the import.
 
 
-def _compiled(fn):
-    """``numba.njit(cache=True, nogil=True)``, uncached where numba finds no writable cache."""
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available for file ..."
-        warnings.warn("summaries: numba finds no writable cache directory (__pycache__ beside "
-                      "cluster/summaries.py, ~/.cache/numba or $NUMBA_CACHE_DIR); its loops are "
-                      "compiled in every process, a few seconds each", RuntimeWarning)
-        return numba.njit(nogil=True)(fn)
+_compiled = compiled
 
 
 @_compiled

@@ -16,7 +16,78 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import kernels
 from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, tanh_into, uniform_init_
+from .kernels import kernel, output_row, round_row, set_units, sigmoid, tanh
+
+
+# The kernels below are the frame arithmetic of the equations above, one loop per equation over
+# a row's H units: a loop that writes one array vectorises (LLVM checks its few overlaps at run
+# time); one loop writing every gate does not.
+@kernel
+def lstm_frame(t, A, C, M, Mm, TC, V, c_units, c_to, m_units, m_to, bf16):
+    """Frame t, once A[t] holds W_*x x_t + b_* + W_*m m_{t-1}: the gates into A[t] (in place),
+    c_t into C[t+1], tanh(c_t) into TC[t], m_t into M[t+1] (and, bf16-rounded, into Mm[t+1]).
+    Interventions set c_units of c_t (before o_t peeks at it) and m_units of m_t."""
+    B, H = C.shape[1], C.shape[2]
+    V_ic, V_fc, V_oc = V[0], V[1], V[2]
+    for b in range(B):
+        a, c_prev, c, m, tc = A[t, b], C[t, b], C[t + 1, b], M[t + 1, b], TC[t, b]
+        i, f, g, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
+        for j in range(H):
+            i[j] = sigmoid(i[j] + V_ic[j] * c_prev[j])
+        for j in range(H):
+            f[j] = sigmoid(f[j] + V_fc[j] * c_prev[j])
+        for j in range(H):
+            g[j] = tanh(g[j])
+        for j in range(H):
+            c[j] = f[j] * c_prev[j] + i[j] * g[j]
+        set_units(c, c_units, c_to)
+        for j in range(H):
+            o[j] = sigmoid(o[j] + V_oc[j] * c[j])
+        output_row(o, c, tc, m, m_units, m_to, Mm[t + 1, b], bf16)         # m_t = o_t tanh(c_t)
+
+
+@kernel
+def lstm_frame_grad(t, A, C, TC, V, dm, dc, dC, dA, da, db, dV, bf16):
+    """BPTT frame t (the equations in PeepholeLSTMFunction.backward): from dm = dL/dm_t and dc =
+    dL/dc_t through frame t+1 (plus dC[t], the gradient of the output c_t, when dC has T frames)
+    to frame t's pre-activation gradients, written to dA[t] (bf16: rounded, from the fp32 row in
+    da); dc becomes dL/dc_{t-1}; db, dV accumulate."""
+    B, H = C.shape[1], C.shape[2]
+    one = A.dtype.type(1)
+    V_ic, V_fc, V_oc, dV_ic, dV_fc, dV_oc = V[0], V[1], V[2], dV[0], dV[1], dV[2]
+    for b in range(B):
+        a, c_prev, c, tc, dm_, dc_ = A[t, b], C[t, b], C[t + 1, b], TC[t, b], dm[b], dc[b]
+        i, f, g, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
+        d = da[b] if bf16 else dA[t, b]
+        da_i, da_f, da_g, da_o = d[:H], d[H : 2 * H], d[2 * H : 3 * H], d[3 * H :]
+        for j in range(H):
+            da_o[j] = dm_[j] * tc[j] * (o[j] - o[j] * o[j])
+        for j in range(H):
+            dc_[j] += dm_[j] * ((one - tc[j] * tc[j]) * o[j]) + da_o[j] * V_oc[j]
+        if dC.shape[0] > 0:
+            dC_ = dC[t, b]
+            for j in range(H):
+                dc_[j] += dC_[j]
+        for j in range(H):
+            da_i[j] = (i[j] - i[j] * i[j]) * g[j] * dc_[j]
+        for j in range(H):
+            da_f[j] = (f[j] - f[j] * f[j]) * c_prev[j] * dc_[j]
+        for j in range(H):
+            da_g[j] = (one - g[j] * g[j]) * i[j] * dc_[j]
+        for j in range(H):
+            dc_[j] = dc_[j] * f[j] + da_i[j] * V_ic[j] + da_f[j] * V_fc[j]
+        for j in range(H):
+            dV_ic[j] += da_i[j] * c_prev[j]
+        for j in range(H):
+            dV_fc[j] += da_f[j] * c_prev[j]
+        for j in range(H):
+            dV_oc[j] += da_o[j] * c[j]
+        for j in range(4 * H):
+            db[j] += d[j]
+        if bf16:
+            round_row(d, dA[t, b])
 
 
 class PeepholeLSTMFunction(torch.autograd.Function):
@@ -40,37 +111,46 @@ class PeepholeLSTMFunction(torch.autograd.Function):
         T, B, _ = x.shape
         H = W_m.shape[1]
         sd = c0.dtype
-        xm, Wxm, Wmm = x.to(mm_dtype), W_x.to(mm_dtype), W_m.to(mm_dtype)
+        mode = kernels.kernel_mode(x.device, sd, mm_dtype)   # None: the torch loop below
+        xm, Wxm, Wmm = kernels.operands(mode, mm_dtype, x, W_x, W_m)
         A = project(xm, Wxm, b, sd)                       # W_*x x_t + b_*, all t
         C = A.new_empty(T + 1, B, H)                      # C[t+1] = c_t, C[0] = c0
         M = A.new_empty(T + 1, B, H)                      # M[t+1] = m_t, M[0] = m0
-        Mm = M if mm_dtype == sd else torch.empty_like(M, dtype=mm_dtype)  # m in GEMM dtype
+        Mm = M if Wmm.dtype == sd and mode != "bf16" else torch.empty_like(M, dtype=Wmm.dtype)  # m as GEMM operand
         TC = A.new_empty(T, B, H)                         # tanh(c_t), kept for backward
-        C[0], M[0], Mm[0] = c0, m0, m0
-        one, V_if, V_oc = A.new_ones(B, H), V[:2].unsqueeze(0), V[2]
+        C[0], M[0], Mm[0] = c0, m0, kernels.operands(mode, mm_dtype, m0)[0]
         rec = FrameMatmul(Wmm, B)                         # a += m_{t-1} @ W_m^T
-        A_, A_if, A_ifg = A.unbind(0), A[..., : 2 * H].unflatten(2, (2, H)).unbind(0), A[..., : 3 * H].unbind(0)
-        i_, f_, g_, o_ = (u.unbind(0) for u in A.split(H, 2))
-        C_, Cu_, M_, Mm_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), M.unbind(0), Mm.unbind(0), TC.unbind(0)
-        for t in range(T):
-            rec.acc_(A_[t], Mm_[t])                                   # + W_*m m_{t-1}
-            A_if[t].addcmul_(Cu_[t], V_if)                            # + V_ic c_{t-1}, V_fc c_{t-1}
-            g_[t].add_(g_[t])                                         # tanh(a) = 2 sigmoid(2a) - 1:
-            A_ifg[t].sigmoid_()                                       # one sigmoid for i, f, g
-            sigmoid_tanh_(g_[t], one)
-            c = torch.mul(f_[t], C_[t], out=C_[t + 1]).addcmul_(i_[t], g_[t])   # c_t
-            if iv is not None:
-                iv.apply_("c", t, c)
-            o_[t].addcmul_(c, V_oc).sigmoid_()                                  # o_t peeks at c_t
-            torch.mul(o_[t], tanh_into(TC_[t], c, one), out=M_[t + 1])          # m_t
-            if iv is not None:
-                iv.apply_("m", t, M_[t + 1])
-            if Mm is not M:
-                Mm_[t + 1].copy_(M_[t + 1])
+        A_, Mm_ = A.unbind(0), Mm.unbind(0)
+        if mode:
+            arr = kernels.arrays(A, C, M, Mm, TC, V)
+            ivs = kernels.Setter(iv, sd)
+            for t in range(T):
+                rec.acc_(A_[t], Mm_[t])                               # + W_*m m_{t-1}
+                lstm_frame(t, *arr, *ivs.at("c", t), *ivs.at("m", t), mode == "bf16")
+        else:
+            one, V_if, V_oc = A.new_ones(B, H), V[:2].unsqueeze(0), V[2]
+            A_if, A_ifg = A[..., : 2 * H].unflatten(2, (2, H)).unbind(0), A[..., : 3 * H].unbind(0)
+            i_, f_, g_, o_ = (u.unbind(0) for u in A.split(H, 2))
+            C_, Cu_, M_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), M.unbind(0), TC.unbind(0)
+            for t in range(T):
+                rec.acc_(A_[t], Mm_[t])                                   # + W_*m m_{t-1}
+                A_if[t].addcmul_(Cu_[t], V_if)                            # + V_ic c_{t-1}, V_fc c_{t-1}
+                g_[t].add_(g_[t])                                         # tanh(a) = 2 sigmoid(2a) - 1:
+                A_ifg[t].sigmoid_()                                       # one sigmoid for i, f, g
+                sigmoid_tanh_(g_[t], one)
+                c = torch.mul(f_[t], C_[t], out=C_[t + 1]).addcmul_(i_[t], g_[t])   # c_t
+                if iv is not None:
+                    iv.apply_("c", t, c)
+                o_[t].addcmul_(c, V_oc).sigmoid_()                                  # o_t peeks at c_t
+                torch.mul(o_[t], tanh_into(TC_[t], c, one), out=M_[t + 1])          # m_t
+                if iv is not None:
+                    iv.apply_("m", t, M_[t + 1])
+                if Mm is not M:
+                    Mm_[t + 1].copy_(M_[t + 1])
         ctx.save_for_backward(xm, Wxm, Wmm, V, A, C, Mm, TC)
         ctx.mark_non_differentiable(A)
         ctx.set_materialize_grads(False)
-        ctx.x_dtype, ctx.w_dtype = x.dtype, W_x.dtype
+        ctx.x_dtype, ctx.w_dtype, ctx.mode = x.dtype, W_x.dtype, mode
         return M[1:], C[1:], A
 
     @staticmethod
@@ -90,47 +170,58 @@ class PeepholeLSTMFunction(torch.autograd.Function):
         # dA[t]: gradient of frame t's pre-activations, kept in the GEMM dtype for the weight
         # GEMMs; the per-frame arithmetic runs in the state dtype (in da, an fp32 scratch row
         # when the GEMMs are bf16).
+        bf16 = ctx.mode == "bf16"
         dA = torch.empty(T, B, 4 * H, dtype=md, device=A.device)
-        da = A.new_empty(B, 4 * H) if md != sd else None
-        one = A.new_ones(B, H)
-        db, dV = A.new_zeros(B, 4 * H), A.new_zeros(B, 3, H)
-        V_ic, V_fc, V_oc = V.unbind(0)
+        da = A.new_empty(B, 4 * H) if md != sd or bf16 else None
         rec = FrameMatmul(Wmm.t(), B)                                  # dm_{t-1} = dA_t @ W_m
-        A_if, i_, f_, g_, o_ = A[..., : 2 * H].unbind(0), *(u.unbind(0) for u in A.split(H, 2))
-        C_, Cu_, TC_, dA_ = C.unbind(0), C.unsqueeze(2).unbind(0), TC.unbind(0), dA.unbind(0)
+        dA_ = dA.unbind(0)
         dM_ = dM.unbind(0) if dM is not None else None
         dC_ = dC.unbind(0) if dC is not None else None
-        dm = dM_[T - 1] if dM is not None else A.new_zeros(B, H)
+        dm = dM_[T - 1].clone() if dM is not None else A.new_zeros(B, H)
         dc = A.new_zeros(B, H)
-        for t in range(T - 1, -1, -1):
-            i, f, g, o, tc = i_[t], f_[t], g_[t], o_[t], TC_[t]
-            da_t = dA_[t] if da is None else da
-            da_i, da_f, da_g, da_o = da_t.split(H, 1)
-            da_if = da_t[:, : 2 * H]
-            torch.mul(dm, tc, out=da_o).mul_(torch.addcmul(o, o, o, value=-1))
-            dc.addcmul_(dm, torch.addcmul(one, tc, tc, value=-1).mul_(o)).addcmul_(da_o, V_oc)
-            if dC_ is not None:
-                dc.add_(dC_[t])
-            torch.addcmul(A_if[t], A_if[t], A_if[t], value=-1, out=da_if)     # i(1-i), f(1-f)
-            da_i.mul_(g)
-            da_f.mul_(C_[t])
-            torch.addcmul(one, g, g, value=-1, out=da_g).mul_(i)              # i(1-g^2)
-            da_t[:, : 3 * H].unflatten(1, (3, H)).mul_(dc.unsqueeze(1))       # times dc
-            dc = torch.mul(dc, f).addcmul_(da_i, V_ic).addcmul_(da_f, V_fc)   # dc_{t-1}
-            dV[:, :2].addcmul_(da_if.unflatten(1, (2, H)), Cu_[t])           # V_ic, V_fc see c_{t-1}
-            dV[:, 2].addcmul_(da_o, C_[t + 1])                                # V_oc sees c_t
-            db.add_(da_t)
-            if da is not None:
-                dA_[t].copy_(da)
-            dm = rec.plus(dM_[t - 1] if (dM_ is not None and t > 0) else None, dA_[t], sd)
+        if ctx.mode:
+            db, dV = A.new_zeros(4 * H), A.new_zeros(3, H)
+            dC_arr = dC.contiguous() if dC is not None else A.new_empty(0, B, H)
+            arr = kernels.arrays(A, C, TC, V, dm, dc, dC_arr, dA, da if bf16 else dA[0], db, dV)
+            for t in range(T - 1, -1, -1):
+                lstm_frame_grad(t, *arr, bf16)
+                rec.into(dm, dA_[t], dM_[t - 1] if (dM_ is not None and t > 0) else None)
+        else:
+            one = A.new_ones(B, H)
+            db, dV = A.new_zeros(B, 4 * H), A.new_zeros(B, 3, H)
+            V_ic, V_fc, V_oc = V.unbind(0)
+            A_if, i_, f_, g_, o_ = A[..., : 2 * H].unbind(0), *(u.unbind(0) for u in A.split(H, 2))
+            C_, Cu_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), TC.unbind(0)
+            for t in range(T - 1, -1, -1):
+                i, f, g, o, tc = i_[t], f_[t], g_[t], o_[t], TC_[t]
+                da_t = dA_[t] if da is None else da
+                da_i, da_f, da_g, da_o = da_t.split(H, 1)
+                da_if = da_t[:, : 2 * H]
+                torch.mul(dm, tc, out=da_o).mul_(torch.addcmul(o, o, o, value=-1))
+                dc.addcmul_(dm, torch.addcmul(one, tc, tc, value=-1).mul_(o)).addcmul_(da_o, V_oc)
+                if dC_ is not None:
+                    dc.add_(dC_[t])
+                torch.addcmul(A_if[t], A_if[t], A_if[t], value=-1, out=da_if)     # i(1-i), f(1-f)
+                da_i.mul_(g)
+                da_f.mul_(C_[t])
+                torch.addcmul(one, g, g, value=-1, out=da_g).mul_(i)              # i(1-g^2)
+                da_t[:, : 3 * H].unflatten(1, (3, H)).mul_(dc.unsqueeze(1))       # times dc
+                dc = torch.mul(dc, f).addcmul_(da_i, V_ic).addcmul_(da_f, V_fc)   # dc_{t-1}
+                dV[:, :2].addcmul_(da_if.unflatten(1, (2, H)), Cu_[t])           # V_ic, V_fc see c_{t-1}
+                dV[:, 2].addcmul_(da_o, C_[t + 1])                                # V_oc sees c_t
+                db.add_(da_t)
+                if da is not None:
+                    dA_[t].copy_(da)
+                dm = rec.plus(dM_[t - 1] if (dM_ is not None and t > 0) else None, dA_[t], sd)
+            db, dV = db.sum(0), dV.sum(0)
         TB = T * B
         dA2 = dA.view(TB, 4 * H)
         need, wd = ctx.needs_input_grad, ctx.w_dtype
         dx = (dA2 @ Wxm).view(T, B, -1).to(ctx.x_dtype) if need[0] else None
         dW_x = (dA2.t() @ xm.reshape(TB, -1)).to(wd) if need[1] else None
-        db = db.sum(0).to(wd) if need[2] else None
+        db = db.to(wd) if need[2] else None
         dW_m = (dA2.t() @ Mm[:-1].reshape(TB, H)).to(wd) if need[3] else None
-        dV = dV.sum(0).to(V.dtype) if need[4] else None
+        dV = dV.to(V.dtype) if need[4] else None
         return dx, dW_x, db, dW_m, dV, dm, dc, None, None
 
 

@@ -21,10 +21,97 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
 from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, tanh_into
+from .kernels import kernel, output_row, round_row, set_units, sigmoid, tanh
 from .lstm import add_peephole_parameters
 
 CANDIDATE_INPUTS = ("m_t", "m_prev")
+
+
+# The frame arithmetic of the equations above, in the two stretches around the candidate's GEMM
+# (reading "m_t"; reading "m_prev" runs both back to back); one loop per equation over a row's H
+# units (see lstm.py for why).
+@kernel
+def lazy_frame_gates(t, A, C, M, Mm, TC, V, m_units, m_to, bf16):
+    """Frame t, once A[t, :, :3H] holds W_*x x_t + b_* + W_*m m_{t-1} (* in i, f, o): the gates
+    into A[t] (in place), tanh(c_{t-1}) into TC[t], m_t into M[t+1] (bf16-rounded into Mm[t+1]);
+    an intervention sets m_units of m_t."""
+    B, H = C.shape[1], C.shape[2]
+    for b in range(B):
+        a, c_prev, m, tc = A[t, b], C[t, b], M[t + 1, b], TC[t, b]
+        for k in range(3):                                  # i, f, o all peek at c_{t-1}
+            gate, V_kc = a[k * H : (k + 1) * H], V[k]
+            for j in range(H):
+                gate[j] = sigmoid(gate[j] + V_kc[j] * c_prev[j])
+        output_row(a[2 * H : 3 * H], c_prev, tc, m, m_units, m_to, Mm[t + 1, b], bf16)  # m_t = o_t tanh(c_{t-1})
+
+
+@kernel
+def lazy_frame_cell(t, A, C, c_units, c_to):
+    """Frame t, once A[t, :, 3H:] holds the candidate's pre-activation: g_t into A[t], c_t into
+    C[t+1]; an intervention sets c_units of c_t."""
+    B, H = C.shape[1], C.shape[2]
+    for b in range(B):
+        a, c_prev, c = A[t, b], C[t, b], C[t + 1, b]
+        i, f, g = a[:H], a[H : 2 * H], a[3 * H :]
+        for j in range(H):
+            g[j] = tanh(g[j])
+        for j in range(H):
+            c[j] = f[j] * c_prev[j] + i[j] * g[j]
+        set_units(c, c_units, c_to)
+
+
+@kernel
+def lazy_frame_grad_cand(t, A, dC, dc, dA, da, bf16):
+    """BPTT frame t, first stretch: dc (dL/dc_t through frame t+1) gains dC[t] when dC has T
+    frames; da_g into dA[t] (bf16: fp32 in da, rounded into dA[t])."""
+    B, H = dc.shape
+    one = A.dtype.type(1)
+    for b in range(B):
+        a, dc_ = A[t, b], dc[b]
+        i, g = a[:H], a[3 * H :]
+        d = da[b] if bf16 else dA[t, b]
+        da_g = d[3 * H :]
+        if dC.shape[0] > 0:
+            dC_ = dC[t, b]
+            for j in range(H):
+                dc_[j] += dC_[j]
+        for j in range(H):
+            da_g[j] = (one - g[j] * g[j]) * i[j] * dc_[j]
+        if bf16:
+            round_row(da_g, dA[t, b, 3 * H :])
+
+
+@kernel
+def lazy_frame_grad_gates(t, A, C, TC, V, dm, dc, dA, da, db, dV, bf16):
+    """BPTT frame t, second stretch: with dm = dL/dm_t, da_i, da_f, da_o into dA[t] (bf16:
+    rounded); dc becomes dL/dc_{t-1}; db, dV accumulate."""
+    B, H = dc.shape
+    one = A.dtype.type(1)
+    V_ic, V_fc, V_oc = V[0], V[1], V[2]
+    for b in range(B):
+        a, c_prev, tc, dm_, dc_ = A[t, b], C[t, b], TC[t, b], dm[b], dc[b]
+        i, f, o, g = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
+        d = da[b] if bf16 else dA[t, b]
+        da_i, da_f, da_o = d[:H], d[H : 2 * H], d[2 * H : 3 * H]
+        for j in range(H):
+            da_i[j] = (i[j] - i[j] * i[j]) * g[j] * dc_[j]
+        for j in range(H):
+            da_f[j] = (f[j] - f[j] * f[j]) * c_prev[j] * dc_[j]
+        for j in range(H):
+            da_o[j] = dm_[j] * tc[j] * (o[j] - o[j] * o[j])
+        for j in range(H):
+            dc_[j] = (dc_[j] * f[j] + dm_[j] * ((one - tc[j] * tc[j]) * o[j])
+                      + da_i[j] * V_ic[j] + da_f[j] * V_fc[j] + da_o[j] * V_oc[j])
+        for k in range(3):                                  # all three peek at c_{t-1}
+            dV_k, da_k = dV[k], d[k * H : (k + 1) * H]
+            for j in range(H):
+                dV_k[j] += da_k[j] * c_prev[j]
+        for j in range(4 * H):
+            db[j] += d[j]
+        if bf16:
+            round_row(d[: 3 * H], dA[t, b, : 3 * H])
 
 
 class LazyLSTMFunction(torch.autograd.Function):
@@ -44,43 +131,54 @@ class LazyLSTMFunction(torch.autograd.Function):
         T, B, _ = x.shape
         H = W_cm.shape[0]
         sd = c0.dtype
-        xm, Wxm = x.to(mm_dtype), W_x.to(mm_dtype)
-        Wrm, Wcm = W_r.to(mm_dtype), W_cm.to(mm_dtype)
+        mode = kernels.kernel_mode(x.device, sd, mm_dtype)   # None: the torch loop below
+        xm, Wxm, Wrm, Wcm = kernels.operands(mode, mm_dtype, x, W_x, W_r, W_cm)
         A = project(xm, Wxm, b, sd)                       # W_*x x_t + b_*, all t
         C = A.new_empty(T + 1, B, H)                      # C[t+1] = c_t, C[0] = c0
         M = A.new_empty(T + 1, B, H)                      # M[t+1] = m_t, M[0] = m0
-        Mm = M if mm_dtype == sd else torch.empty_like(M, dtype=mm_dtype)
+        Mm = M if Wrm.dtype == sd and mode != "bf16" else torch.empty_like(M, dtype=Wrm.dtype)
         TC = A.new_empty(T, B, H)                         # tanh(c_{t-1}), kept for backward
-        C[0], M[0], Mm[0] = c0, m0, m0
-        one, V3 = A.new_ones(B, H), V.unsqueeze(0)
+        C[0], M[0], Mm[0] = c0, m0, kernels.operands(mode, mm_dtype, m0)[0]
         if new_m:
             gates, cand = FrameMatmul(Wrm, B), FrameMatmul(Wcm, B)
             rec_part = A[..., : 3 * H].unbind(0)
         else:
             gates, cand = FrameMatmul(torch.cat((Wrm, Wcm)), B), None
             rec_part = A.unbind(0)
-        A_ifo, A_ifo3 = A[..., : 3 * H].unbind(0), A[..., : 3 * H].unflatten(2, (3, H)).unbind(0)
-        i_, f_, o_, g_ = (u.unbind(0) for u in A.split(H, 2))
-        C_, Cu_, M_, Mm_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), M.unbind(0), Mm.unbind(0), TC.unbind(0)
-        for t in range(T):
-            gates.acc_(rec_part[t], Mm_[t])                           # + W_*m m_{t-1}
-            A_ifo3[t].addcmul_(Cu_[t], V3)                            # + V_*c c_{t-1}, all three gates
-            A_ifo[t].sigmoid_()
-            torch.mul(o_[t], tanh_into(TC_[t], C_[t], one), out=M_[t + 1])      # m_t = o_t tanh(c_{t-1})
-            if iv is not None:
-                iv.apply_("m", t, M_[t + 1])
-            if Mm is not M:
-                Mm_[t + 1].copy_(M_[t + 1])
-            if new_m:
-                cand.acc_(g_[t], Mm_[t + 1])                          # + W_cm m_t
-            sigmoid_tanh_(g_[t].add_(g_[t]).sigmoid_(), one)          # g_t = tanh(.)
-            torch.mul(f_[t], C_[t], out=C_[t + 1]).addcmul_(i_[t], g_[t])      # c_t, last
-            if iv is not None:
-                iv.apply_("c", t, C_[t + 1])
+        g_, Mm_ = A[..., 3 * H :].unbind(0), Mm.unbind(0)
+        if mode:
+            bf16, ivs = mode == "bf16", kernels.Setter(iv, sd)
+            aA, aC, aM, aMm, aTC, aV = kernels.arrays(A, C, M, Mm, TC, V)
+            for t in range(T):
+                gates.acc_(rec_part[t], Mm_[t])                       # + W_*m m_{t-1}
+                lazy_frame_gates(t, aA, aC, aM, aMm, aTC, aV, *ivs.at("m", t), bf16)
+                if new_m:
+                    cand.acc_(g_[t], Mm_[t + 1])                      # + W_cm m_t
+                lazy_frame_cell(t, aA, aC, *ivs.at("c", t))
+        else:
+            one, V3 = A.new_ones(B, H), V.unsqueeze(0)
+            A_ifo, A_ifo3 = A[..., : 3 * H].unbind(0), A[..., : 3 * H].unflatten(2, (3, H)).unbind(0)
+            i_, f_, o_ = (u.unbind(0) for u in A[..., : 3 * H].split(H, 2))
+            C_, Cu_, M_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), M.unbind(0), TC.unbind(0)
+            for t in range(T):
+                gates.acc_(rec_part[t], Mm_[t])                           # + W_*m m_{t-1}
+                A_ifo3[t].addcmul_(Cu_[t], V3)                            # + V_*c c_{t-1}, all three gates
+                A_ifo[t].sigmoid_()
+                torch.mul(o_[t], tanh_into(TC_[t], C_[t], one), out=M_[t + 1])      # m_t = o_t tanh(c_{t-1})
+                if iv is not None:
+                    iv.apply_("m", t, M_[t + 1])
+                if Mm is not M:
+                    Mm_[t + 1].copy_(M_[t + 1])
+                if new_m:
+                    cand.acc_(g_[t], Mm_[t + 1])                          # + W_cm m_t
+                sigmoid_tanh_(g_[t].add_(g_[t]).sigmoid_(), one)          # g_t = tanh(.)
+                torch.mul(f_[t], C_[t], out=C_[t + 1]).addcmul_(i_[t], g_[t])      # c_t, last
+                if iv is not None:
+                    iv.apply_("c", t, C_[t + 1])
         ctx.save_for_backward(xm, Wxm, Wrm, Wcm, V, A, C, Mm, TC)
         ctx.mark_non_differentiable(A)
         ctx.set_materialize_grads(False)
-        ctx.x_dtype, ctx.w_dtype, ctx.new_m = x.dtype, W_x.dtype, new_m
+        ctx.x_dtype, ctx.w_dtype, ctx.new_m, ctx.mode = x.dtype, W_x.dtype, new_m, mode
         return M[1:], C[1:], A
 
     @staticmethod
@@ -99,54 +197,69 @@ class LazyLSTMFunction(torch.autograd.Function):
         T, B, H = TC.shape
         sd, md = C.dtype, Wrm.dtype
         dM = dM.contiguous() if dM is not None else None
+        bf16 = ctx.mode == "bf16"
         dA = torch.empty(T, B, 4 * H, dtype=md, device=A.device)
-        da = A.new_empty(B, 4 * H) if md != sd else None
-        one = A.new_ones(B, H)
-        db, dV = A.new_zeros(B, 4 * H), A.new_zeros(B, 3, H)
-        V_ic, V_fc, V_oc = V.unbind(0)
+        da = A.new_empty(B, 4 * H) if md != sd or bf16 else None
         if new_m:
             gates, cand, n_rec = FrameMatmul(Wrm.t(), B), FrameMatmul(Wcm.t(), B), 3 * H
         else:
             gates, cand, n_rec = FrameMatmul(torch.cat((Wrm, Wcm)).t(), B), None, 4 * H
-        A_if, i_, f_, o_, g_ = A[..., : 2 * H].unbind(0), *(u.unbind(0) for u in A.split(H, 2))
-        C_, Cu_, TC_, dA_ = C.unbind(0), C.unsqueeze(2).unbind(0), TC.unbind(0), dA.unbind(0)
+        dA_ = dA.unbind(0)
         dM_ = dM.unbind(0) if dM is not None else None
         dC_ = dC.unbind(0) if dC is not None else None
-        dm = dM_[T - 1] if dM is not None else A.new_zeros(B, H)
+        dm = dM_[T - 1].clone() if dM is not None else A.new_zeros(B, H)
         dc = A.new_zeros(B, H)
-        for t in range(T - 1, -1, -1):
-            i, f, o, g, tc, c_prev = i_[t], f_[t], o_[t], g_[t], TC_[t], C_[t]
-            if dC_ is not None:
-                dc = dc + dC_[t]
-            da_t = dA_[t] if da is None else da
-            da_i, da_f, da_o, da_g = da_t.split(H, 1)
-            da_if = da_t[:, : 2 * H]
-            torch.addcmul(one, g, g, value=-1, out=da_g).mul_(i).mul_(dc)     # da_g
-            if new_m:
-                dm = cand.plus(dm, da_g if da is None else dA_[t][:, 3 * H :].copy_(da_g), sd)
-            torch.addcmul(A_if[t], A_if[t], A_if[t], value=-1, out=da_if)     # i(1-i), f(1-f)
-            da_i.mul_(g)
-            da_f.mul_(c_prev)
-            da_if.unflatten(1, (2, H)).mul_(dc.unsqueeze(1))
-            torch.mul(dm, tc, out=da_o).mul_(torch.addcmul(o, o, o, value=-1))
-            dc = torch.mul(dc, f).addcmul_(dm, torch.addcmul(one, tc, tc, value=-1).mul_(o))
-            dc.addcmul_(da_i, V_ic).addcmul_(da_f, V_fc).addcmul_(da_o, V_oc)   # dc_{t-1}
-            dV.addcmul_(da_t[:, : 3 * H].unflatten(1, (3, H)), Cu_[t])        # all peek at c_{t-1}
-            db.add_(da_t)
-            if da is not None:
-                dA_[t][:, : n_rec].copy_(da_t[:, : n_rec])
-            dm = gates.plus(dM_[t - 1] if (dM_ is not None and t > 0) else None, dA_[t][:, :n_rec], sd)
+        if ctx.mode:
+            db, dV = A.new_zeros(4 * H), A.new_zeros(3, H)
+            dC_arr = dC.contiguous() if dC is not None else A.new_empty(0, B, H)
+            aA, aC, aTC, aV, adm, adc, adC, adA, ada, adb, adV = kernels.arrays(
+                A, C, TC, V, dm, dc, dC_arr, dA, da if bf16 else dA[0], db, dV)
+            for t in range(T - 1, -1, -1):
+                lazy_frame_grad_cand(t, aA, adC, adc, adA, ada, bf16)
+                if new_m:
+                    cand.acc_(dm, dA_[t][:, 3 * H :])                         # g_t reads m_t
+                lazy_frame_grad_gates(t, aA, aC, aTC, aV, adm, adc, adA, ada, adb, adV, bf16)
+                gates.into(dm, dA_[t][:, :n_rec], dM_[t - 1] if (dM_ is not None and t > 0) else None)
+        else:
+            one = A.new_ones(B, H)
+            db, dV = A.new_zeros(B, 4 * H), A.new_zeros(B, 3, H)
+            V_ic, V_fc, V_oc = V.unbind(0)
+            A_if, i_, f_, o_, g_ = A[..., : 2 * H].unbind(0), *(u.unbind(0) for u in A.split(H, 2))
+            C_, Cu_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), TC.unbind(0)
+            for t in range(T - 1, -1, -1):
+                i, f, o, g, tc, c_prev = i_[t], f_[t], o_[t], g_[t], TC_[t], C_[t]
+                if dC_ is not None:
+                    dc = dc + dC_[t]
+                da_t = dA_[t] if da is None else da
+                da_i, da_f, da_o, da_g = da_t.split(H, 1)
+                da_if = da_t[:, : 2 * H]
+                torch.addcmul(one, g, g, value=-1, out=da_g).mul_(i).mul_(dc)     # da_g
+                if new_m:
+                    dm = cand.plus(dm, da_g if da is None else dA_[t][:, 3 * H :].copy_(da_g), sd)
+                torch.addcmul(A_if[t], A_if[t], A_if[t], value=-1, out=da_if)     # i(1-i), f(1-f)
+                da_i.mul_(g)
+                da_f.mul_(c_prev)
+                da_if.unflatten(1, (2, H)).mul_(dc.unsqueeze(1))
+                torch.mul(dm, tc, out=da_o).mul_(torch.addcmul(o, o, o, value=-1))
+                dc = torch.mul(dc, f).addcmul_(dm, torch.addcmul(one, tc, tc, value=-1).mul_(o))
+                dc.addcmul_(da_i, V_ic).addcmul_(da_f, V_fc).addcmul_(da_o, V_oc)   # dc_{t-1}
+                dV.addcmul_(da_t[:, : 3 * H].unflatten(1, (3, H)), Cu_[t])        # all peek at c_{t-1}
+                db.add_(da_t)
+                if da is not None:
+                    dA_[t][:, : n_rec].copy_(da_t[:, : n_rec])
+                dm = gates.plus(dM_[t - 1] if (dM_ is not None and t > 0) else None, dA_[t][:, :n_rec], sd)
+            db, dV = db.sum(0), dV.sum(0)
         TB = T * B
         dA2 = dA.view(TB, 4 * H)
         need, wd = ctx.needs_input_grad, ctx.w_dtype
         dx = (dA2 @ Wxm).view(T, B, -1).to(ctx.x_dtype) if need[0] else None
         dW_x = (dA2.t() @ xm.reshape(TB, -1)).to(wd) if need[1] else None
-        db = db.sum(0).to(wd) if need[2] else None
+        db = db.to(wd) if need[2] else None
         m_prev = Mm[:-1].reshape(TB, H)
         dW_r = (dA2[:, : 3 * H].t() @ m_prev).to(wd) if need[3] else None
         m_cand = Mm[1:].reshape(TB, H) if new_m else m_prev        # what g_t read
         dW_cm = (dA2[:, 3 * H :].t() @ m_cand).to(wd) if need[4] else None
-        dV = dV.sum(0).to(V.dtype) if need[5] else None
+        dV = dV.to(V.dtype) if need[5] else None
         return dx, dW_x, db, dW_r, dW_cm, dV, dm, dc, None, None, None
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.models import GRU, FusedLSTM, LazyLSTM, PeepholeLSTM
+from cluster.models import GRU, FusedLSTM, LazyLSTM, PeepholeLSTM, kernels
 from cluster.models.common import FrameMatmul
 
 sig, tanh = torch.sigmoid, torch.tanh
@@ -448,3 +449,157 @@ def test_a_model_applies_interventions_per_layer():
     assert (got["L2.c"] - plain["L2.c"]).abs().max() > 1e-6  # the next layer sees them
     with pytest.raises(ValueError, match="layers 1..2"):
         model.capture(feats, interventions={3: Intervention("c", [0])})
+
+
+# --- the compiled frame kernels (kernels.py) against the torch loop they replace -----------------
+def test_the_kernel_path_is_taken_on_cpu():
+    cpu = torch.device("cpu")
+    assert kernels.kernel_mode(cpu, torch.float32, torch.float32) == "exact"
+    assert kernels.kernel_mode(cpu, F64, F64) == "exact"
+    assert kernels.kernel_mode(cpu, torch.float16, torch.float16) is None
+    from cluster.models.fused import native_bf16_lstm
+    assert kernels.kernel_mode(cpu, torch.float32, torch.bfloat16) == (None if native_bf16_lstm("cpu") else "bf16")
+    with kernels.disabled():
+        assert kernels.kernel_mode(cpu, torch.float32, torch.float32) is None
+    assert kernels.ENABLED
+
+
+def _run_both(cell, prec, x, state, lengths=None, intervention=None, seed=11):
+    """(kernel path, torch path) of one float32 layer: outputs, final state, every captured value
+    and, without an intervention, the gradients of x, the state and every parameter."""
+    layer = make(cell, D=6, H=8, seed=seed, dtype=torch.float32, prec=prec)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(0.5)
+    w = torch.randn(x.shape[0], x.shape[1], 8, generator=torch.Generator().manual_seed(seed))
+    got = []
+    for path in ("kernel", "torch"):
+        with (kernels.disabled() if path == "torch" else torch.enable_grad()):
+            xs = x.clone().requires_grad_(intervention is None)
+            st_ = tuple(s.clone().requires_grad_(intervention is None) for s in state)
+            if intervention is not None:
+                with torch.no_grad():
+                    y, final, values = layer(xs, st_, lengths=lengths, capture=True, intervention=intervention)
+                grads = ()
+            else:
+                y, final, values = layer(xs, st_, lengths=lengths, capture=True)
+                loss = (y * w).sum() + sum((s * s).sum() for s in final)
+                grads = torch.autograd.grad(loss, [xs, *st_, *layer.parameters()])
+        got.append((y, final, values, grads))
+    return got
+
+
+def _assert_paths_agree(fast, slow, tol):
+    (y, final, values, grads), (ry, rfinal, rvalues, rgrads) = fast, slow
+    torch.testing.assert_close(y, ry, rtol=tol, atol=tol)
+    for a, b in zip(final, rfinal):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert set(values) == set(rvalues)
+    for name in values:
+        torch.testing.assert_close(values[name], rvalues[name], rtol=tol, atol=tol, msg=name)
+    for k, (a, b) in enumerate(zip(grads, rgrads)):
+        torch.testing.assert_close(a, b, rtol=10 * tol, atol=10 * tol * (1 + b.abs().max().item()), msg=f"grad {k}")
+
+
+@pytest.mark.parametrize("prec", ["fp32", "bf16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_path_equals_torch_path_in_float32(cell, prec):
+    """Outputs, captured values and gradients of the kernels equal the torch loop's. fp32: to
+    float32 rounding. bf16: the two differ only in where they round the recurrent product (the
+    torch path rounds it to bf16, the kernel path keeps it fp32; both round every operand)."""
+    x = torch.randn(12, 3, 6)
+    state = tuple(s.float() * 0.5 for s in rand_state(make(cell, D=6, H=8, dtype=torch.float32), 3, dtype=F64))
+    fast, slow = _run_both(cell, prec, x, state)
+    _assert_paths_agree(fast, slow, 2e-6 if prec == "fp32" else 3e-2)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_path_bf16_rounds_every_gemm_operand(cell):
+    """bf16 on the kernel path is fp32 arithmetic on bf16-rounded GEMM operands: with weights and
+    input already bf16 values and no recurrence through the GEMMs (recurrent weights zero), it
+    equals fp32 exactly up to the cell's own float32 rounding."""
+    layer32 = make(cell, D=6, H=8, seed=12, dtype=torch.float32)
+    with torch.no_grad():
+        for p in layer32.parameters():
+            p.copy_(p.bfloat16().float())
+    layer16 = CELLS[cell](6, 8, "bf16")
+    layer16.load_state_dict(layer32.state_dict())
+    x = torch.randn(5, 2, 6).bfloat16().float()
+    y32, y16 = layer32(x)[0], layer16(x)[0]
+    if kernels.kernel_mode(x.device, torch.float32, torch.bfloat16) == "bf16":
+        with torch.no_grad():  # m_{t-1} enters through W_*m: rounded in bf16, so it may differ
+            first = (y16[0] - y32[0]).abs().max()
+        assert first <= 1e-6
+    assert (y16 - y32).abs().max() < 3e-2
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_path_padded_and_stepped_equal_the_torch_path(cell):
+    lengths = torch.tensor([9, 3, 6])
+    x = torch.randn(9, 3, 6)
+    x[3:, 1] = 1e3           # garbage in the padding
+    state = tuple(torch.zeros(3, 8) for _ in CELLS[cell](6, 8).state_names)
+    fast, slow = _run_both(cell, "fp32", x, state, lengths=lengths)
+    _assert_paths_agree(fast, slow, 2e-6)
+    layer = make(cell, D=6, H=8, seed=13, dtype=torch.float32)
+    y, final, _ = layer(x)
+    st_, ys = None, []
+    for t in range(x.shape[0]):
+        yt, st_, _ = layer(x[t : t + 1], st_)
+        ys.append(yt)
+    # the same arithmetic frame by frame, but for the input GEMM's blocking over T*B rows vs B
+    torch.testing.assert_close(torch.cat(ys), y, rtol=0, atol=1e-6)
+    for a, b in zip(st_, final):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("prec", ["fp32", "bf16"])
+@pytest.mark.parametrize("value", ["c", "m"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_path_interventions_equal_the_torch_path(cell, value, prec):
+    from cluster.models import Intervention
+
+    x = torch.randn(10, 3, 6)
+    state = tuple(torch.zeros(3, 8) for _ in CELLS[cell](6, 8).state_names)
+    iv = Intervention(value, [1, 5, 6], [0.25, -0.5, 0.0], start=4)
+    fast, slow = _run_both(cell, prec, x, state, intervention=iv)
+    _assert_paths_agree(fast, slow, 2e-6 if prec == "fp32" else 3e-2)
+    got = fast[2][value][4:, :, [1, 5, 6]]
+    torch.testing.assert_close(got, torch.tensor([0.25, -0.5, 0.0]).expand_as(got), rtol=0, atol=0)
+
+
+def _elementwise(fn, dtype):
+    import numba
+
+    @numba.njit(error_model="numpy")
+    def run(x, out):
+        for j in range(x.shape[0]):
+            out[j] = fn(x[j])
+    return lambda x: (run(x, out := np.empty_like(x)), out)[1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_sigmoid_and_tanh_are_accurate(dtype):
+    x = np.concatenate([np.linspace(-100, 100, 20001), [0.0, -0.0, 1e-30, -1e-30, 88.5, -88.5, 1e30, -1e30]]).astype(dtype)
+    with np.errstate(over="ignore"):
+        exact = 1 / (1 + np.exp(-x.astype(np.float64)))
+    sig = _elementwise(kernels.sigmoid, dtype)(x)
+    th = _elementwise(kernels.tanh, dtype)(x)
+    tol = 2e-7 if dtype == np.float32 else 1e-15
+    assert np.abs(sig - exact).max() <= tol and np.all((sig >= 0) & (sig <= 1))
+    assert np.abs(th - np.tanh(x.astype(np.float64))).max() <= 2 * tol and np.all(np.abs(th) <= 1)
+    special = np.array([np.nan, np.inf, -np.inf], dtype)
+    torch.testing.assert_close(torch.from_numpy(_elementwise(kernels.sigmoid, dtype)(special)),
+                               torch.tensor([math.nan, 1.0, 0.0], dtype=torch.from_numpy(special).dtype), equal_nan=True)
+
+
+def test_kernel_bf16_rounding_equals_torch():
+    g = torch.Generator().manual_seed(14)
+    x = torch.cat([torch.randn(10000, generator=g) * 10 ** torch.randint(-30, 30, (10000,), generator=g).float(),
+                   torch.tensor([0.0, -0.0, math.inf, -math.inf, 3.4e38, -3.4e38, 1e-40, 1.00390625, 1.01171875]),
+                   (torch.arange(1 << 16, dtype=torch.int32) << 16 | 0x8000).view(torch.float32)])  # every tie
+    x = x[torch.isfinite(x) | torch.isinf(x)]
+    got = torch.from_numpy(_elementwise(kernels.to_bf16, np.float32)(x.numpy()))
+    assert torch.equal(got.view(torch.int32), x.bfloat16().float().view(torch.int32))
+    nan = torch.from_numpy(_elementwise(kernels.to_bf16, np.float32)(np.array([np.nan], np.float32)))
+    assert torch.isnan(nan).all()
