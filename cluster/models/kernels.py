@@ -67,7 +67,7 @@ def kernel_mode(device: torch.device, state_dtype: torch.dtype, mm_dtype: torch.
     if mm_dtype == state_dtype:
         return "exact"
     if mm_dtype == torch.bfloat16 and state_dtype == torch.float32:
-        from .fused import native_bf16_lstm  # fused imports common; imported here to stay acyclic
+        from .fused import native_bf16_lstm  # deferred: fused imports common (a cycle at import time)
 
         return None if native_bf16_lstm("cpu") else "bf16"
     return None
