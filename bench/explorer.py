@@ -35,6 +35,7 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # this folder's service.py would hide the service package
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -46,8 +47,7 @@ def timed_get(url: str) -> tuple[float, bytes]:
 
 
 def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return float(np.percentile(xs, p))
 
 
 def free_port() -> int:

@@ -52,6 +52,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
                             report=str(Path(args.report).resolve()) if args.report else None,
                             utterances=args.utterances)
     private = ensure_ray()
+    print("deploying the explorer on Ray Serve (its replica loads nothing until a view asks) ...", flush=True)
     url = deploy(config, args.host, args.port)
     quiet_serve()
     wait_healthy(url)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
+from functools import cached_property
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +78,28 @@ class Loaded:
         self.values: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()  # utt -> {"L1.c": [T, H] f16}
         self.lock = threading.Lock()
 
-    def utterance(self, utt_id: str):
+    def check(self, utt_id: str) -> str:
         if utt_id not in self.split.feats_scp:
             raise NotFound(f"utterance {utt_id!r} is not in split {self.split.name} of {self.corpus.manifest_path}")
-        return self.split.load(utt_id)
+        return utt_id
+
+    def utterance(self, utt_id: str):
+        return self.split.load(self.check(utt_id))
+
+    @cached_property
+    def wavs(self) -> dict[str, str]:
+        """utt -> wav file, from the split's wav.scp (pipes refused by the reader)."""
+        rel = self.split.spec.get("wav")
+        return read_scp(self.corpus.path(rel), self.corpus.root) if rel else {}
+
+    @cached_property
+    def texts(self) -> dict[str, str]:
+        """utt -> transcript, from the split's Kaldi ``text``."""
+        rel = self.split.spec.get("text")
+        path = self.corpus.path(rel) if rel else None
+        if not path or not path.is_file():
+            return {}
+        return dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
 
     def capture(self, utt_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """{utt: {name: [T, H] float16}} for the utterances, capturing those not yet held (padded
@@ -121,10 +140,6 @@ class Explorer:
 
     # -- the store --------------------------------------------------------------------------------
 
-    def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
-        with self.store.reader(samples=SAMPLE_VIEW in sql) as con:
-            return con.sql(sql, params=params or None).pl()
-
     def _stamp(self) -> tuple:
         """What changes whenever a writer commits: the file's and its write-ahead log's size and
         time (DuckDB folds the log into the file when the writer closes)."""
@@ -150,7 +165,7 @@ class Explorer:
 
     def checkpoints(self) -> dict[str, dict]:
         return self._per_stamp("checkpoints", lambda: {
-            r["checkpoint_id"]: r for r in self.query("SELECT * FROM checkpoints").iter_rows(named=True)})
+            r["checkpoint_id"]: r for r in self.store.query("SELECT * FROM checkpoints").iter_rows(named=True)})
 
     def checkpoint_row(self, checkpoint_id: str) -> dict:
         check_id(checkpoint_id, "checkpoint")
@@ -160,7 +175,7 @@ class Explorer:
         return rows[checkpoint_id]
 
     def tables(self) -> set[str]:
-        return self._per_stamp("tables", lambda: set(self.query(
+        return self._per_stamp("tables", lambda: set(self.store.query(
             "SELECT table_name AS n FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()")["n"]))
 
     def sampled(self) -> set[tuple[str, str]]:
@@ -168,7 +183,7 @@ class Explorer:
         def read():
             if not self.store.sample_files():
                 return set()
-            return set(self.query(f"SELECT DISTINCT checkpoint_id, utt_id FROM {SAMPLE_VIEW}").rows())
+            return set(self.store.query(f"SELECT DISTINCT checkpoint_id, utt_id FROM {SAMPLE_VIEW}").rows())
         return self._per_stamp("sampled", read)
 
     def loaded(self, checkpoint_id: str) -> Loaded:
@@ -177,7 +192,7 @@ class Explorer:
                 self._models.move_to_end(checkpoint_id)
                 return self._models[checkpoint_id]
         row = self.checkpoint_row(checkpoint_id)
-        log = self.query("SELECT params FROM analyses WHERE checkpoint_id = ? AND analysis = 'capture' "
+        log = self.store.query("SELECT params FROM analyses WHERE checkpoint_id = ? AND analysis = 'capture' "
                          "AND status = 'finished' ORDER BY analysis_version DESC LIMIT 1", [checkpoint_id])
         params = json.loads(log["params"][0] or "{}") if log.height else {}
         if not Path(row["path"]).is_file():
@@ -198,14 +213,14 @@ class Explorer:
         return sorted(p.name for p in root.iterdir() if (p / "runs").is_dir())
 
     def overview(self) -> dict:
-        cks = self.query(
+        cks = self.store.query(
             "SELECT c.checkpoint_id, c.run_id, c.epoch, c.arch, c.layers, c.hidden, c.residual, c.seed, "
             "c.corpus_name, (SELECT per FROM epoch_metrics e WHERE e.run_id = c.run_id AND e.split = 'test' "
             "ORDER BY epoch DESC LIMIT 1) AS per, (SELECT frame_acc FROM epoch_metrics e WHERE e.run_id = c.run_id "
             "AND e.split = 'test' ORDER BY epoch DESC LIMIT 1) AS frame_acc, "
             "(SELECT count(*) FROM analyses a WHERE a.checkpoint_id = c.checkpoint_id AND a.status = 'finished') "
             "AS analyses FROM checkpoints c ORDER BY c.run_id NULLS LAST, c.checkpoint_id")
-        runs = self.query("SELECT run_id, arch, layers, hidden, residual, seed, status FROM runs ORDER BY run_id")
+        runs = self.store.query("SELECT run_id, arch, layers, hidden, residual, seed, status FROM runs ORDER BY run_id")
         results, claims = self.studies_facts()
         scored = {f"{r['study']}:{r['run']}": r for r in results.iter_rows(named=True)} if results.height else {}
         rows = []
@@ -226,7 +241,7 @@ class Explorer:
         if self._claims and self._claims[0] == stamp:
             return self._claims[1]
         ids = final_checkpoint_ids(self.config.storage, studies)
-        known = set(self.query("SELECT checkpoint_id FROM checkpoints")["checkpoint_id"])
+        known = self.checkpoints()
         ids = [i for i in ids if i in known]
         results = studies_results(self.config.storage, studies)
         claims = evaluate(gather(self.store, ids, results if results.height else None,
@@ -246,7 +261,7 @@ class Explorer:
             return {"units": [], "figures": []}
         marks = ", ".join("?" for _ in ids)
         subjects = [*ids, *(StudyRef(str(self.config.storage), s).subject_id for s in self.studies())]
-        figs = self.query(f"SELECT checkpoint_id, analysis, figure_paths FROM analyses WHERE status = 'finished' "
+        figs = self.store.query(f"SELECT checkpoint_id, analysis, figure_paths FROM analyses WHERE status = 'finished' "
                           f"AND analysis IN ({', '.join('?' for _ in sources)}) "
                           f"AND checkpoint_id IN ({', '.join('?' for _ in subjects)}) "
                           f"QUALIFY row_number() OVER (PARTITION BY checkpoint_id, analysis ORDER BY analysis_version DESC) = 1 "
@@ -258,7 +273,7 @@ class Explorer:
             table, sql = UNIT_QUERIES.get(analysis, (None, None))
             if sql and table in self.tables():
                 version = [SUMMARY_VERSION] if "analysis_version = ?" in sql else []
-                for r in self.query(sql.format(marks=marks), [*version, *ids]).iter_rows(named=True):
+                for r in self.store.query(sql.format(marks=marks), [*version, *ids]).iter_rows(named=True):
                     if (r["checkpoint_id"], r["layer"], r["unit"]) not in seen:
                         seen.add((r["checkpoint_id"], r["layer"], r["unit"]))
                         units.append({**r, "analysis": analysis})
@@ -325,14 +340,14 @@ class Explorer:
     def utterances(self, checkpoint_id: str) -> dict:
         m = self.loaded(checkpoint_id)
         return {"split": m.split.name, "probe": m.probe, "all": m.split.utt_ids,
-                "audio": sorted(set(m.split.utt_ids) & set(self._wavs(m)))}
+                "audio": sorted(set(m.split.utt_ids) & set(m.wavs))}
 
     def utterance(self, checkpoint_id: str, utt_id: str) -> dict:
         m = self.loaded(checkpoint_id)
         u = m.utterance(utt_id)
         tier = [{"start": s, "end": e, "phone": m.phones[p]} for s, e, p in patterns.segments(u.phones)]
         return {"utt_id": utt_id, "frames": int(u.feats.shape[0]), "frame_shift": FRAME_SHIFT_S,
-                "text": self._texts(m).get(utt_id, ""), "phones": tier, "audio": utt_id in self._wavs(m),
+                "text": m.texts.get(utt_id, ""), "phones": tier, "audio": utt_id in m.wavs,
                 "fbank": np.round(u.feats.T, 3).tolist(), "layers": len(m.model.layers),
                 "quantities": list(m.model.layers[0].value_names)}
 
@@ -342,7 +357,7 @@ class Explorer:
         a raw sample from the store where it has one, else captured now."""
         _check_quantity(quantity)
         m = self.loaded(checkpoint_id)
-        m.utterance(utt_id)  # 404 before anything else
+        m.check(utt_id)  # 404 before anything else, without reading the features
         source, v = "capture", None
         if (checkpoint_id, utt_id) in self.sampled():
             with self.store.reader(samples=True) as con:
@@ -372,7 +387,7 @@ class Explorer:
     def _responsibility(self, checkpoint_id: str, layer: int, phone: str | None, H: int) -> np.ndarray:
         if not phone:
             raise InputError("order=responsibility needs phone=<symbol>")
-        rows = self.query("SELECT unit, max(responsibility) AS r FROM phone_responsibility WHERE checkpoint_id = ? "
+        rows = self.store.query("SELECT unit, max(responsibility) AS r FROM phone_responsibility WHERE checkpoint_id = ? "
                           "AND analysis_version = ? AND layer = ? AND phone = ? GROUP BY unit",
                           [checkpoint_id, SUMMARY_VERSION, layer, phone])
         if rows.height == 0:
@@ -407,28 +422,14 @@ class Explorer:
             phones = m.split.alignments[f.utt_id].phones[f.start:f.end]
             seq = [m.phones[p] for _, _, p in patterns.segments(phones)]
             out.append({"utt_id": f.utt_id, "start": f.start, "end": f.end, "share": f.share, "phones": seq,
-                        "audio": f.utt_id in self._wavs(m)})
+                        "audio": f.utt_id in m.wavs})
         return {"units": units, "utterances": len(vals), "matches": out}
 
     # -- files --------------------------------------------------------------------------------------
 
-    def _wavs(self, m: Loaded) -> dict[str, str]:
-        if not hasattr(m, "wavs"):
-            rel = m.split.spec.get("wav")
-            m.wavs = read_scp(m.corpus.path(rel), m.corpus.root) if rel else {}
-        return m.wavs
-
-    def _texts(self, m: Loaded) -> dict[str, str]:
-        if not hasattr(m, "texts"):
-            rel = m.split.spec.get("text")
-            path = m.corpus.path(rel) if rel else None
-            m.texts = dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line) \
-                if path and path.is_file() else {}
-        return m.texts
-
     def audio_path(self, checkpoint_id: str, utt_id: str) -> Path:
         m = self.loaded(checkpoint_id)
-        entry = self._wavs(m).get(utt_id)
+        entry = m.wavs.get(utt_id)
         if entry is None:
             raise NotFound(f"utterance {utt_id!r} has no audio in {m.corpus.manifest_path} (wav.scp)")
         return inside(Path(entry), [m.corpus.root], f"audio of {utt_id}")
@@ -436,7 +437,7 @@ class Explorer:
     def figure_path(self, checkpoint_id: str, analysis: str, index: int) -> Path:
         check_id(checkpoint_id, "checkpoint")
         check_id(analysis, "analysis")
-        rows = self.query("SELECT figure_paths FROM analyses WHERE checkpoint_id = ? AND analysis = ? "
+        rows = self.store.query("SELECT figure_paths FROM analyses WHERE checkpoint_id = ? AND analysis = ? "
                           "ORDER BY analysis_version DESC LIMIT 1", [checkpoint_id, analysis])
         paths = rows["figure_paths"].to_list()[0] if rows.height else None
         if not paths or not 0 <= index < len(paths):
