@@ -183,8 +183,10 @@ def require_rows(df: pl.DataFrame, store, checkpoint_id: str, what: str, version
 
 
 def read_summary(store, analysis: str | None = None, checkpoint_ids: list[str] | None = None,
-                 metric: str | None = None) -> pl.DataFrame:
-    """analysis_summary rows (empty, with the columns, when nothing was recorded yet)."""
+                 metric: str | None = None, version: int | None = None) -> pl.DataFrame:
+    """analysis_summary rows (empty, with the columns, when nothing was recorded yet) of one
+    version per (checkpoint, analysis): ``version`` if given, else the latest recorded. Rows of
+    two versions are never mixed: after a version bump an old row means something else."""
     if not store.path.is_file() or not store.has_relation(SUMMARY_TABLE):
         return SUMMARY.empty()
     where, args = [], []
@@ -194,12 +196,17 @@ def read_summary(store, analysis: str | None = None, checkpoint_ids: list[str] |
     if metric is not None:
         where.append("metric = ?")
         args.append(metric)
+    if version is not None:
+        where.append("analysis_version = ?")
+        args.append(int(version))
     if checkpoint_ids is not None:
         if not checkpoint_ids:
             return SUMMARY.empty()
         where.append(f"checkpoint_id IN ({', '.join('?' for _ in checkpoint_ids)})")
         args += list(checkpoint_ids)
     sql = f"SELECT * FROM {SUMMARY_TABLE}" + (" WHERE " + " AND ".join(where) if where else "")
+    if version is None:
+        sql += " QUALIFY analysis_version = max(analysis_version) OVER (PARTITION BY checkpoint_id, analysis)"
     return store.query(sql + " ORDER BY ALL", args)
 
 
@@ -207,13 +214,16 @@ def read_summary(store, analysis: str | None = None, checkpoint_ids: list[str] |
 # Small numeric helpers shared by analyses and claims
 
 
-def slope(y) -> float:
-    """Least-squares slope of y over 1, 2, ..., n (NaN for fewer than two points): "falls with
-    depth" is slope < 0, which uses every layer rather than only the first and the last."""
+def slope(y, x=None) -> float:
+    """Least-squares slope of y over x (default 1, 2, ..., n; NaN for fewer than two points or
+    one x): "falls with depth" is slope < 0, which uses every layer rather than only the first and
+    the last. Pass the layer numbers as x when a layer may be missing."""
     y = np.asarray(y, dtype=np.float64)
-    if y.size < 2 or not np.all(np.isfinite(y)):
+    x = np.arange(1, y.size + 1, dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"slope: {x.size} x values for {y.size} y values")
+    if y.size < 2 or not np.all(np.isfinite(y)) or np.ptp(x) == 0:
         return float("nan")
-    x = np.arange(1, y.size + 1, dtype=np.float64)
     return float(np.polyfit(x, y, 1)[0])
 
 

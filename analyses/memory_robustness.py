@@ -62,6 +62,11 @@ NOISE_IMPACT = Table("noise_impact", "cell change caused by an inserted noise se
     ("checkpoint_id", "analysis_version", "utt_id", "noise", "snr_db", "noise_start", "layer", "frame"))
 
 
+# the impact fraction and its neighbours: each is measured (impact_frames@<fraction>) for the
+# claims' sensitivity
+FRACTIONS = (0.1, 0.05, 0.2)
+
+
 @dataclass
 class RobustnessParams(Params):
     utt_id: str | None = None  # default: the longest utterance of the split that has a wav

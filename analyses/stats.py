@@ -52,57 +52,215 @@ def over_seeds(results: pl.DataFrame, metrics=("test_per", "test_frame_acc")) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# Error rates: a paired bootstrap over test utterances (and seeds)
+# Tests over seeds: Student's t on per-seed values, one-sided p-values, TOST, Holm
+
+ALPHA = 1 - CONFIDENCE  # two-sided; each one-sided test (holds, contradicted, no effect) runs at ALPHA / 2
+MIN_SEEDS = 3  # every claim that needs seed variation: two values give a t with one degree of freedom
+
 
 @dataclass(frozen=True)
-class Contrast:
-    """An interval for a linear contrast of error rates, sum_k w_k PER_k (a difference of two
-    systems, a mean of differences, a slope over depth), from ``bootstrap_contrast``."""
+class SeedTest:
+    """A t test of one effect over replicates (seeds): the mean, its interval, and three one-sided
+    p-values: ``p_value`` for the paper's direction (H0: direction * effect <= 0), ``p_against``
+    for the other one, ``p_equiv`` for equivalence within +-margin (TOST: the larger of the two
+    one-sided p-values; NaN without a margin). NaN p-values and interval where there is none."""
 
-    effect: float  # on the data as measured
+    effect: float
     ci_low: float
     ci_high: float
-    p_negative: float  # share of resamples with a negative contrast (P(effect < 0))
-    n_seeds: int
-    n_utterances: int
-    test: str
+    p_value: float
+    p_against: float
+    p_equiv: float
+    n_seeds: int  # replicates that carried a finite value
+    df: float
+    note: str = ""
+
+    @property
+    def decidable(self) -> bool:
+        return math.isfinite(self.p_value)
 
 
-def bootstrap_contrast(errors: np.ndarray, ref_len: np.ndarray, weights, confidence: float = CONFIDENCE,
-                       n_resamples: int = 2000, seed: int = 0) -> Contrast:
-    """The paired bootstrap of Bisani and Ney (2004), what Kaldi's ``compute-wer-bootci`` does,
-    extended to seeds: ``errors[k, s, u]`` are the errors of system k's replicate s (its seed) on
-    test utterance u, ``ref_len[u]`` that utterance's reference length, and the contrast is
-    sum_k weights[k] * PER_k with PER_k = sum_{s,u} errors[k, s, u] / (S sum_u ref_len[u]).
+def t_moments(mean, se, df, direction: int = 1, margin: float = math.nan, confidence: float = CONFIDENCE):
+    """(low, high, p_value, p_against, p_equiv) of Student's t with these moments; numpy arrays
+    of any shape (the simulations call it on thousands of trials at once). ``se`` 0 or ``df`` < 1
+    gives NaN everywhere: a zero-width interval is no evidence of anything."""
+    mean, se, df = (np.asarray(a, dtype=np.float64) for a in (mean, se, df))
+    ok = (se > 0) & (df >= 1) & np.isfinite(mean) & np.isfinite(se)
+    se_ok, df_ok = np.where(ok, se, 1.0), np.where(ok, df, 1.0)
+    half = stats.t.ppf(0.5 + confidence / 2, df_ok) * se_ok
+    t = direction * mean / se_ok
+    p = stats.t.sf(t, df_ok)
+    against = stats.t.cdf(t, df_ok)
+    if math.isfinite(margin) and margin > 0:
+        equiv = np.maximum(stats.t.sf((mean + margin) / se_ok, df_ok), stats.t.cdf((mean - margin) / se_ok, df_ok))
+    else:
+        equiv = np.full(np.broadcast(mean, se_ok).shape, np.nan)
+    nan = np.nan
+    return tuple(np.where(ok, v, nan) for v in (mean - half, mean + half, p, against, equiv))
 
-    Utterances are resampled once per resample for every system (the pairing: all systems were
-    scored on the same utterances), and replicates independently of them (every system's s-th
-    seed together; with one seed only utterances are resampled). The resampling is
-    ``scipy.stats.bootstrap`` with one sample of utterance indices and one of seed indices
-    (``paired=False`` resamples them independently); the interval is its percentile interval
-    (BCa's jackknife over two or three seeds is degenerate), the same as compute-wer-bootci's."""
+
+def seed_test(values, direction: int = 1, margin: float = math.nan, confidence: float = CONFIDENCE,
+              min_seeds: int = MIN_SEEDS) -> SeedTest:
+    """Student's t over the finite per-seed ``values`` (NaN and None are not seeds)."""
+    return pooled_seed_test([values], direction, margin, confidence, min_seeds)
+
+
+def pooled_seed_test(groups, direction: int = 1, margin: float = math.nan, confidence: float = CONFIDENCE,
+                     min_seeds: int = MIN_SEEDS) -> SeedTest:
+    """The mean over groups of each group's mean over seeds (a study's seeds, say: seed 0 of two
+    studies are two trainings, not one), with the pooled within-group variance: se^2 = s_p^2
+    sum_g 1 / (G^2 n_g), df = sum_g (n_g - 1). Groups with fewer than ``min_seeds`` finite values
+    are left out (the note says so); one group is the plain Student's t over its seeds."""
+    clean = [np.asarray([v for v in g if v is not None and math.isfinite(v)], dtype=np.float64) for g in groups]
+    kept = [g for g in clean if g.size >= min_seeds]
+    dropped = [g.size for g in clean if 0 < g.size < min_seeds]
+    n = sum(g.size for g in clean)
+    note = ""
+    if dropped:
+        note = (f"{len(dropped)} group(s) with {', '.join(map(str, dropped))} seed(s) left out: an interval over seeds "
+                f"needs at least {min_seeds}")
+    if not kept:
+        means = [g.mean() for g in clean if g.size]
+        effect = float(np.mean(means)) if means else math.nan
+        return SeedTest(effect, math.nan, math.nan, math.nan, math.nan, math.nan, n, 0.0, note)
+    mean = float(np.mean([g.mean() for g in kept]))
+    df = float(sum(g.size - 1 for g in kept))
+    ss = sum(float(((g - g.mean()) ** 2).sum()) for g in kept)
+    se = math.sqrt(ss / df * sum(1.0 / g.size for g in kept)) / len(kept)
+    if all(np.all(g == g[0]) for g in kept):  # exactly (the mean's rounding leaves ss a hair above 0)
+        se = 0.0
+        note = (note + "; " if note else "") + "every seed gave the same value: zero spread is no interval"
+    low, high, p, against, equiv = (float(v) for v in t_moments(mean, se, df, direction, margin, confidence))
+    return SeedTest(mean, low, high, p, against, equiv, sum(g.size for g in kept), df, note)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN: not in the family, stays NaN).
+    Written out (six lines) rather than adding statsmodels for ``multipletests`` alone."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    if idx.size:
+        order = idx[np.argsort(p[idx], kind="stable")]
+        m = idx.size
+        adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+        out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Error rates: each seed's contrast on the shared utterances, then Student's t over seeds
+
+
+def per_seed_contrast(errors: np.ndarray, ref_len: np.ndarray, weights) -> np.ndarray:
+    """sum_k w_k PER_{k,s} per replicate s: ``errors[..., k, s, u]`` are system k's seed-s errors
+    on test utterance u (every system scored on the same utterances), ``ref_len[..., u]`` their
+    reference lengths; PER_{k,s} = sum_u errors / sum_u ref_len. Leading axes are batch axes."""
     errors = np.asarray(errors, dtype=np.float64)
     ref_len = np.asarray(ref_len, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
-    k, n_seeds, n_utts = errors.shape
-    if w.shape != (k,) or ref_len.shape != (n_utts,):
+    if errors.ndim < 3 or w.shape != errors.shape[-3:-2] or ref_len.shape[-1] != errors.shape[-1]:
         raise ValueError(f"errors {errors.shape}, ref_len {ref_len.shape}, weights {w.shape} do not match")
-    if n_utts < 2 or ref_len.sum() <= 0:
-        raise ValueError(f"{n_utts} utterances: a bootstrap over utterances needs at least 2 with references")
-    contrast = np.tensordot(w, errors, axes=1)  # (S, U): the per-replicate, per-utterance error contrast
+    total = ref_len.sum(axis=-1)
+    if np.any(total <= 0):
+        raise ValueError("no reference phones on the shared utterances")
+    per = errors.sum(axis=-1) / total[..., None, None]  # (..., K, S)
+    return np.einsum("k,...ks->...s", w, per)
 
-    def statistic(*idx, axis=-1):
-        u = idx[-1].astype(np.intp)  # (..., U)
-        s = idx[0].astype(np.intp) if len(idx) == 2 else np.zeros(u.shape[:-1] + (1,), np.intp)
-        num = contrast[s[..., :, None], u[..., None, :]].sum(axis=(-1, -2)) / s.shape[-1]
-        return num / ref_len[u].sum(axis=-1)
 
-    samples = ((np.arange(n_seeds),) if n_seeds > 1 else ()) + (np.arange(n_utts),)
-    res = stats.bootstrap(samples, statistic, paired=False, vectorized=True, n_resamples=n_resamples,
-                          confidence_level=confidence, method="percentile", batch=max(1, 2 ** 24 // (n_seeds * n_utts)),
-                          rng=np.random.default_rng(seed))
-    dist = res.bootstrap_distribution
-    test = (f"paired bootstrap over {n_utts} test utterances" + (f" and {n_seeds} seeds" if n_seeds > 1 else "")
-            + f", {n_resamples} resamples, percentile interval")
-    return Contrast(float(statistic(*samples)), float(res.confidence_interval.low), float(res.confidence_interval.high),
-                    float(np.mean(dist < 0)), n_seeds, n_utts, test)
+def seed_contrast(errors: np.ndarray, ref_len: np.ndarray, weights, direction: int = 1, margin: float = math.nan,
+                  confidence: float = CONFIDENCE) -> SeedTest:
+    """The two-stage test of an error-rate contrast: each seed's contrast on the utterances every
+    run scored (the pairing over utterances: their difficulty cancels inside a seed), then
+    Student's t over the seeds. Seed-to-seed variation of the systems and the test set's sampling
+    noise of each run both enter the per-seed values, so the t interval carries both; what it does
+    not generalise over is a system-by-utterance interaction shared by every seed (the inference
+    is about this test set). Calibrated by simulation (``calibrate``)."""
+    return seed_test(per_seed_contrast(errors, ref_len, weights), direction, margin, confidence)
+
+
+def verdict(test: SeedTest, p_holm: float, p_holm_against: float, p_holm_equiv: float, alpha: float = ALPHA) -> str:
+    """no effect / holds / contradicted / undecided from Holm-adjusted one-sided p-values, each at
+    alpha / 2 (so that with one claim *holds* is the 95 % interval excluding zero on the expected
+    side, *no effect* the 95 % interval inside +-margin). *No effect* comes first: an effect shown
+    to lie inside the margin is of no interest whichever its sign, however precisely measured."""
+    if not math.isfinite(test.effect):
+        return "not measured"
+    if not test.decidable:
+        return "undecided"
+    if math.isfinite(p_holm_equiv) and p_holm_equiv < alpha / 2:
+        return "no effect"
+    if p_holm < alpha / 2:
+        return "holds"
+    if p_holm_against < alpha / 2:
+        return "contradicted"
+    return "undecided"
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: the procedure under planted seed and utterance variation
+
+
+def simulate_errors(rng, trials: int, delta: float, seeds: int, seed_sd: float, utterances: int = 300,
+                    base: float = 0.30, utt_sd: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Errors [trials, 2, seeds, utterances] of two systems whose expected PERs differ by
+    ``delta``: a shared per-utterance difficulty (sd ``utt_sd``), a per-(system, seed) offset of
+    sd ``seed_sd`` (the seed-to-seed spread of a run's PER), binomial errors given the rate."""
+    ref = rng.integers(10, 40, size=(trials, utterances))
+    difficulty = rng.normal(0.0, utt_sd, size=(trials, 1, 1, utterances))
+    offset = rng.normal(0.0, seed_sd, size=(trials, 2, seeds, 1))
+    rate = np.clip(base + np.array([0.0, delta])[None, :, None, None] + difficulty + offset, 0.0, 1.0)
+    return rng.binomial(ref[:, None, None, :], rate), ref
+
+
+def calibrate(trials: int = 2000, seed: int = 2026, seed_sds=(0.003, 0.01), n_seeds=(3, 5),
+              effect: float = 0.02, margin: float = 0.002) -> list[dict]:
+    """Per (seed spread, seeds): the false-decision rate under a planted null (a *holds* or
+    *contradicted*), the coverage of a planted effect, the power against it (*holds*), and how
+    often the null comes out *no effect* with ``margin``. Two-stage test of ``seed_contrast``, one
+    claim (Holm with one claim is the raw p)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sd in seed_sds:
+        for s in n_seeds:
+            out = {"seed_sd": sd, "seeds": s, "trials": trials}
+            for name, delta in (("null", 0.0), ("effect", effect)):
+                errors, ref = simulate_errors(rng, trials, delta, s, sd)
+                x = per_seed_contrast(errors, ref, [-1.0, 1.0])
+                mean, se = x.mean(-1), x.std(-1, ddof=1) / math.sqrt(s)
+                low, high, p, against, equiv = t_moments(mean, se, s - 1, +1, margin)
+                decided_for, decided_against = p < ALPHA / 2, against < ALPHA / 2
+                if name == "null":
+                    out["false_decisions"] = float(np.mean(decided_for | decided_against))
+                    out["null_coverage"] = float(np.mean((low <= 0) & (0 <= high)))
+                    out["no_effect"] = float(np.mean(equiv < ALPHA / 2))
+                else:
+                    out["coverage"] = float(np.mean((low <= delta) & (delta <= high)))
+                    out["power"] = float(np.mean(decided_for))
+            rows.append(out)
+    return rows
+
+
+def _cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":  # python -m analyses.stats: the calibration table the README quotes
+    import os
+    import time
+
+    t0 = time.perf_counter()
+    table = calibrate()
+    print(f"calibration of the two-stage error-rate test ({os.cpu_count()} cores, {_cpu()}; "
+          f"{time.perf_counter() - t0:.1f} s)")
+    for r in table:
+        print(f"seed sd {100 * r['seed_sd']:.1f} PER points, {r['seeds']} seeds, {r['trials']} trials: "
+              f"false decisions {100 * r['false_decisions']:.1f} %, coverage of a 2-point effect "
+              f"{100 * r['coverage']:.1f} %, power {100 * r['power']:.1f} %, null called 'no effect' (margin 0.2) "
+              f"{100 * r['no_effect']:.1f} %")

@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from analyses import registry
-from analyses.claims import effect_text, evaluate, forest_plot, gather, study_utterances
+from analyses.claims import FINDING, SANITY, effect_text, evaluate, forest_plot, gather, source_text, study_utterances
 from analyses.common import StudyRef
 from analyses.comparisons import paper_tables
 from cluster.runs import RunDir, studies_results
@@ -47,7 +47,8 @@ figure { margin: 0.5em 0 1.5em; } figure img { max-width: 100%; border: 1px soli
 figcaption { font-size: 0.85em; color: #555; }
 .verdict { font-weight: bold; padding: 0 0.4em; border-radius: 3px; }
 .holds { background: #d8f0d8; } .contradicted { background: #f6d6d6; } .undecided { background: #fbe3c8; }
-.not-measured { background: #e8e8e8; }
+.not-measured { background: #e8e8e8; } .no-effect { background: #d6e4f6; }
+.flip { color: #a00; font-weight: bold; }
 .claim { margin-bottom: 1em; } .claim ul { margin: 0.2em 0; font-size: 0.9em; } .rule { font-size: 0.85em; color: #555; }
 pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; font-size: 0.8em; } .error { color: #a00; }
 img.missing { outline: 3px solid #c00; }
@@ -92,10 +93,20 @@ def _claim_html(c) -> str:
     cls = c.verdict.replace(" ", "-")
     items = "".join(f"<li>{_e(n)}</li>" for n in c.numbers)
     test = f"test: {_e(c.test)}" if c.test else ""
-    return (f'<div class="claim" data-claim="{_e(c.key)}" data-verdict="{_e(c.verdict)}">'
-            f'<span class="verdict {cls}">{_e(c.verdict)}</span> {_e(c.statement)}'
+    margin = f"margin: +-{c.margin:g} {_e(c.unit)} ({_e(c.margin_reason)})" if c.kind == FINDING else ""
+    sens = ""
+    for label, s in c.sensitivity.items():
+        eff = "n/a" if s.get("effect") is None else f"{s['effect']:+.3g}"
+        sens += (f'<li>{_e(label)}: <span class="verdict {_e(s["verdict"].replace(" ", "-"))}">{_e(s["verdict"])}'
+                 f"</span> effect {_e(eff)}</li>")
+    flip = ('<span class="flip" data-flips="1"> flips at a neighbouring threshold</span>' if c.flips else "")
+    return (f'<div class="claim" data-claim="{_e(c.key)}" data-verdict="{_e(c.verdict)}" data-kind="{_e(c.kind)}">'
+            f'<span class="verdict {cls}">{_e(c.verdict)}</span> {_e(c.statement)}{flip}'
+            f'<div class="rule">{_e(source_text(c))}</div>'
             f'<div class="rule">effect: {_e(c.effect_name)} = <b>{_e(effect_text(c))}</b></div>'
+            f'{f"<div class=rule>{margin}</div>" if margin else ""}'
             f'{f"<div class=rule>{test}</div>" if test else ""}'
+            f'{f"<details><summary>sensitivity</summary><ul>{sens}</ul></details>" if sens else ""}'
             f'{f"<details><summary>numbers</summary><ul>{items}</ul></details>" if items else ""}</div>')
 
 
@@ -146,7 +157,15 @@ def build_html(studies: list[str], runs: list[RunDir], log: pl.DataFrame, tables
     if claims:
         parts.append(img(str(forest_plot(claims, out_dir / "figures" / "claims_forest.png").path),
                          "claims: effect sizes with their 95 % intervals"))
-    parts += [_claim_html(c) for c in claims]
+    findings, sanity = [c for c in claims if c.kind == FINDING], [c for c in claims if c.kind == SANITY]
+    if claims:
+        parts.append("<p class=rule>Findings: one family, Holm-adjusted one-sided p-values; <i>no effect</i>: the "
+                     "95 % interval inside the claim's margin; a claim marked <span class=flip>flips</span> changes "
+                     "its verdict at a neighbouring threshold.</p>")
+    parts += [_claim_html(c) for c in findings]
+    if sanity:
+        parts.append("<h3>Sanity checks (true by construction: they test the capture, not the paper)</h3>")
+        parts += [_claim_html(c) for c in sanity]
 
     sections = [(a.name, f) for a in registry.checkpoint_analyses().values() for f in a.figures]
     for analysis, spec in sections:
