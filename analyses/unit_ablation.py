@@ -1,24 +1,42 @@
-"""Unit ablation: are the units most responsible for a phone needed for it? (Necessity, where
-Figs. 4-6 show only correlation.)
+"""Unit ablation: are the units most responsible for a phone needed for it, and for that phone
+rather than any? (Necessity and specificity, where Figs. 4-6 show only correlation.)
 
-Per layer, for each of the ``phones`` most frequent phones of the captured utterances: the
-``k`` units (at most a quarter of the layer, so the random control has units to draw from) with the highest responsibility for that phone (``phone_responsibility``, the
-capture's irregularity rule, as Figs. 4-6 read it) are ablated, and, as the control, ``k``
-units drawn at random (``repeats`` seeded draws, excluding the top units). Ablated means set
-inside the recurrence at every frame (``cluster.models.Intervention``) to their mean over the
-captured frames (``mode = "mean"``, from ``unit_stats``) or to 0 (``"zero"``). Each ablation
-runs the checkpoint on the first ``utterances`` test utterances, and measures frame
-cross-entropy and frame accuracy (on the tied-state targets) on the phone's frames and on
-all others.
+No double dipping: the units are ranked on one set of utterances and the ablation is measured on
+another. Ranking: ``rank_utterances`` utterances of ``rank_split`` (dev; a seeded draw) are run
+once with the cells captured; per layer and phone each unit's responsibility (the share of the
+phone's frames on which the unit is irregular, by the capture's rule, Sec. 4.2; a pct rule's
+threshold is that layer's percentile of |c| on these frames) and each unit's mean c (what
+``mode = "mean"`` sets it to) come from these frames alone. The ``phones`` most frequent phones
+of the ranking utterances that occur in the measured ones are studied.
 
-Each ablated model is also decoded as training scores it (the phone loop estimated from the
-corpus' training alignments, ``cluster.decode``): its phone error rate on the same utterances.
+Measuring: ``utterances`` utterances of ``split`` (test; a seeded draw, the same for every
+ablation of the checkpoint), batched. Per layer and studied phone A: its ``k`` top units (at most a
+quarter of the layer, so the random control has units to draw from) are ablated, and, as the
+control, ``k`` units drawn at random (``repeats`` seeded draws, excluding the top units). Ablated
+means set inside the recurrence at every frame (``cluster.models.Intervention``) to their mean or
+to 0. Frame accuracy and cross-entropy are measured on every studied phone's frames (the
+``target_phone_id`` rows), so that
 
-Table ``unit_ablation``; summary rows per (layer, phone): ``acc_drop_top`` and
-``acc_drop_random`` (the phone's frame accuracy without ablation minus with it; random:
-the mean over draws), their difference ``acc_drop_excess``, and ``per_rise_top`` /
-``per_rise_random`` (PER with the ablation minus without); layer 0: the mean excess drop over
-layers and phones (what the claim reads) and the baseline ``per``.
+- necessity: drop(A on A) with the top units minus the same with random units (``acc_drop_excess``);
+- specificity: [drop(A on A) - mean over the other studied phones B of drop(A on B)] with the top
+  units, minus the same with random units (``specificity_excess``): the units are needed for A
+  more than for the others, beyond what ablating any k units does.
+
+The unablated pass is run once: the input of every layer is kept, and an ablation at layer l runs
+layers l..L only (the layers below it are unchanged by it). The first ``decode_utterances`` of the
+measured ones are also decoded as training scores them (the phone loop estimated from the corpus'
+training alignments, ``cluster.decode``): the PER rise is a secondary number, and decoding is the
+costly part. What the claim reads is frame accuracy on all measured utterances: with 50 of the
+embedded corpus' utterances (about 200 frames each) a phone among the 5 most frequent has several
+hundred frames, so a paired accuracy difference on it has a binomial standard error of about 1-2
+points, within the claim's margin of 2 points once averaged over phones and layers; the claim's
+interval is over seeds (``analyses.claims``).
+
+Table ``unit_ablation``; summary rows per (layer, phone): ``acc_drop_top``, ``acc_drop_random``
+(the mean over draws), ``acc_drop_excess``, ``specificity_top``, ``specificity_random``,
+``specificity_excess``, ``per_rise_top`` / ``per_rise_random``; layer 0: the means over layers and
+phones of ``acc_drop_excess`` and ``specificity_excess`` (what the claim reads) and the baseline
+``per``.
 """
 
 from __future__ import annotations
@@ -33,13 +51,15 @@ import torch.nn.functional as F
 from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output, Params,
                              checkpoint_info, corpus_for, figure_path, grid, save, summary_frame)
 from analyses.responsibility import choose_rule
+from cluster.batching import pad_batch
 from cluster.capture import CaptureConfig, load as load_model, open_corpus
 from cluster.decode import estimate_graph, phone_error_rate, reference_phones, viterbi
 from cluster.models import Intervention
+from cluster.summaries import IrregularityRule
 from cluster.tables import C, Table
 
 NAME = "unit_ablation"
-VERSION = 1
+VERSION = 2  # 2: ranked on dev, measured on test, specificity
 FIGURE = FigureSpec("unit_ablation.png", "Ablation", "Unit ablation: a phone's accuracy without its most responsible units")
 UNIT_ABLATION = Table("unit_ablation", "frame accuracy and cross-entropy with units ablated inside the recurrence", (
     C("checkpoint_id", "VARCHAR", key=True), C("analysis_version", "INTEGER", key=True),
@@ -57,11 +77,14 @@ UNIT_ABLATION = Table("unit_ablation", "frame accuracy and cross-entropy with un
 @dataclass
 class AblationParams(Params):
     k: int = 10  # units ablated per phone: at most this, and at most a quarter of the layer (room for the control)
-    phones: int = 5  # the most frequent phones
+    phones: int = 5  # the most frequent phones of the ranking utterances
     repeats: int = 3  # random draws of the control
     mode: str = "mean"  # mean | zero
-    utterances: int = 50
+    utterances: int = 50  # measured utterances of ``split`` (a seeded draw)
     split: str = "test"
+    rank_utterances: int = 50  # utterances of ``rank_split`` the units are ranked on (a seeded draw)
+    rank_split: str = "dev"
+    decode_utterances: int = 20  # of the measured, decoded for the PER rise
     rule: str | None = None  # default: the paper's rule if captured, else the first captured
     seed: int = 0
     lm_weight: float = 1.0  # the decoder's, as training scores PER
@@ -73,19 +96,16 @@ class AblationParams(Params):
 def load(store, checkpoint_id: str, params: AblationParams) -> dict:
     if params.mode not in ("mean", "zero"):
         raise AnalysisError(f"unit_ablation.mode={params.mode!r}: mean or zero")
+    if params.split == params.rank_split:
+        raise AnalysisError(f"unit_ablation: split and rank_split are both {params.split!r}: units ranked and measured "
+                            f"on the same utterances double-dip")
     ck = checkpoint_info(store, checkpoint_id)
     rule = choose_rule(store, ck, params.rule, params.capture_version)
-    resp = store.query("SELECT layer, unit, phone_id, phone, frames, responsibility FROM phone_responsibility "
-                       "WHERE checkpoint_id = ? AND analysis_version = ? AND rule = ? AND quantity = 'c'",
-                       [checkpoint_id, params.capture_version, rule])
-    means = store.query("SELECT layer, unit, mean FROM unit_stats WHERE checkpoint_id = ? AND analysis_version = ? "
-                        "AND quantity = 'c' ORDER BY layer, unit", [checkpoint_id, params.capture_version])
-    return {"checkpoint": ck, "corpus": corpus_for(store, checkpoint_id, params.corpus), "responsibility": resp,
-            "means": means, "rule": rule}
+    return {"checkpoint": ck, "corpus": corpus_for(store, checkpoint_id, params.corpus), "rule": rule}
 
 
 def per_phone(logits: torch.Tensor, targets: np.ndarray, phones: np.ndarray) -> dict[int, tuple[int, int, float]]:
-    """{phone_id: (frames, correct, summed cross-entropy)} over one utterance's frames."""
+    """{phone_id: (frames, correct, summed cross-entropy)} over frames (rows of ``logits``)."""
     t = torch.as_tensor(targets, dtype=torch.long)
     ce = F.cross_entropy(logits.float(), t, reduction="none").numpy()
     correct = (logits.argmax(-1) == t).numpy()
@@ -96,108 +116,168 @@ def per_phone(logits: torch.Tensor, targets: np.ndarray, phones: np.ndarray) -> 
     return out
 
 
+def _draw(split, n: int, seed: int, what: str, manifest) -> list:
+    ids = split.utt_ids
+    if not ids:
+        raise AnalysisError(f"{manifest}: split {split.name} has no utterances ({what})")
+    pick = np.random.default_rng(seed).permutation(len(ids))[:max(1, n)]
+    return [split.load(ids[i]) for i in sorted(pick)]
+
+
+class _Passes:
+    """The model on one batch of utterances, its unablated pass kept: each layer's input, so an
+    ablation at layer l runs layers l..L only. Mirrors ``AcousticModel.forward`` (splice, layers
+    with the residual sum from the second layer, output), which offers no entry at a layer."""
+
+    def __init__(self, model, utts):
+        self.model, self.lengths = model, torch.tensor([len(u.feats) for u in utts])
+        x, _ = pad_batch([u.feats if u.feats.flags.writeable else u.feats.copy() for u in utts])
+        self.valid = torch.arange(x.shape[1])[None, :] < self.lengths[:, None]  # [B, T]
+        h = model.splice(x, self.lengths)
+        self.inputs = []
+        for k, layer in enumerate(model.layers, 1):
+            self.inputs.append(h)
+            h = self._step(k, h, None)
+        self.base = self._out(h)
+
+    def _step(self, k: int, h, iv):
+        y, _, _ = self.model.layers[k - 1](h, capture=False, **({"intervention": iv} if iv is not None else {}))
+        return y + h if (self.model.config.residual and k > 1) else y
+
+    def _out(self, h) -> torch.Tensor:
+        with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=self.model._bf16(h)):
+            return self.model.output(h).transpose(0, 1).float()  # [B, T, K]
+
+    def ablated(self, layer: int, iv) -> torch.Tensor:
+        h = self._step(layer, self.inputs[layer - 1], iv)
+        for k in range(layer + 1, len(self.model.layers) + 1):
+            h = self._step(k, h, None)
+        return self._out(h)
+
+
+def rank_units(model, utts, rule, phones: list[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Per layer: responsibility [H, len(phones)] of every unit for each phone, and each unit's
+    mean c, from the cells of ``utts`` (the ranking utterances) alone."""
+    x, lengths = pad_batch([u.feats if u.feats.flags.writeable else u.feats.copy() for u in utts])
+    cells = model.capture(x, lengths, dtype=torch.float32, values=("c",))
+    valid = (torch.arange(x.shape[1])[None, :] < lengths[:, None]).numpy()
+    frame_phones = np.concatenate([u.phones[:len(u.feats)] for u in utts])
+    onehot = (frame_phones[:, None] == np.asarray(phones)[None, :]).astype(np.float64)  # [N, P]
+    counts = onehot.sum(0)
+    resp, means = {}, {}
+    for k in range(1, len(model.layers) + 1):
+        c = np.abs(cells[f"L{k}.c"].numpy()[valid].astype(np.float64))  # [N, H], frames in utterance order
+        means[k] = cells[f"L{k}.c"].numpy()[valid].astype(np.float64).mean(0)
+        thr = float(np.percentile(c, rule.value)) if rule.is_percentile else rule.value
+        irregular = (c > thr) if rule.op == ">" else (c < thr)
+        resp[k] = irregular.T.astype(np.float64) @ onehot / np.maximum(counts, 1)[None, :]
+    return resp, means
+
+
 def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
     ck = inputs["checkpoint"]
     cid = ck["checkpoint_id"]
     torch.set_num_threads(1)
     model, meta = load_model(ck["path"])
     corpus = open_corpus(CaptureConfig(checkpoint=ck["path"], corpus=inputs["corpus"]), meta)
-    split = corpus.split(params.split)
-    utts = [split.load(u) for u in split.utt_ids[:params.utterances]]
-    if not utts:
-        raise AnalysisError(f"{corpus.manifest_path}: split {params.split} has no utterances")
-    H, L = model.config.hidden, model.config.layers
     if params.k < 1:
         raise AnalysisError(f"unit_ablation.k={params.k}: at least 1")
+    utts = _draw(corpus.split(params.split), params.utterances, params.seed, "measured", corpus.manifest_path)
+    ranking = _draw(corpus.split(params.rank_split), params.rank_utterances, params.seed + 1, "ranking",
+                    corpus.manifest_path)
+    H, L = model.config.hidden, model.config.layers
     k = min(params.k, max(1, H // 4))
-    phones_all = np.concatenate([u.phones for u in utts])
-    ids, counts = np.unique(phones_all, return_counts=True)
+    measured_phones = np.concatenate([u.phones[:len(u.feats)] for u in utts])
+    rank_phones = np.concatenate([u.phones[:len(u.feats)] for u in ranking])
+    ids, counts = np.unique(rank_phones[np.isin(rank_phones, measured_phones)], return_counts=True)
     chosen = [int(p) for p in ids[np.argsort(-counts, kind="stable")][:params.phones]]
-    resp, means = inputs["responsibility"], inputs["means"]
+    if not chosen:
+        raise AnalysisError(f"{corpus.manifest_path}: no phone of the {params.rank_split} utterances occurs in the "
+                            f"{params.split} utterances measured")
     try:
         graph = estimate_graph(corpus.split("train").alignments.values(), corpus.num_targets,
                                phone_symbols=corpus.phones)
     except (KeyError, ValueError) as e:
         raise AnalysisError(f"{corpus.manifest_path}: no training alignments to build the decoder from ({e})") from None
-    refs = [reference_phones(u.phones, u.targets, graph) for u in utts]
+    decoded = utts[:params.decode_utterances]
+    refs = [reference_phones(u.phones, u.targets, graph) for u in decoded]
+    targets = np.concatenate([u.targets[:len(u.feats)] for u in utts])
+    rule = IrregularityRule.parse(inputs["rule"])
 
-    def measure(interventions) -> tuple[dict[int, tuple[int, int, float]], float]:
-        total: dict[int, list] = {}
-        hyps = []
-        with torch.inference_mode():
-            for u in utts:
-                logits = model(torch.from_numpy(u.feats), interventions=interventions)
-                for p, (n, ok, ce) in per_phone(logits, u.targets, u.phones).items():
-                    acc = total.setdefault(p, [0, 0, 0.0])
-                    acc[0], acc[1], acc[2] = acc[0] + n, acc[1] + ok, acc[2] + ce
-                hyps.append(viterbi(torch.log_softmax(logits.float(), -1).numpy(), graph, lm_weight=params.lm_weight,
-                                    prior_scale=params.prior_scale))
-        per = phone_error_rate(refs, hyps, ignore=graph.silence)["per"]
-        return {p: tuple(v) for p, v in total.items()}, float(per)
+    with torch.inference_mode():
+        resp, unit_means = rank_units(model, ranking, rule, chosen)
+        passes = _Passes(model, utts)
 
-    def rows_of(layer, phone, ablated, draw, units, measured) -> list[dict]:
-        res, per = measured
-        return [{"layer": layer, "phone_id": phone, "ablated": ablated, "draw": draw, "phone": _sym(corpus, phone),
-                 "units": [int(u) for u in units], "mode": params.mode, "target_phone_id": q, "frames": n,
-                 "frame_acc": ok / n, "frame_ce": ce / n, "per": per}
-                for q, (n, ok, ce) in sorted(res.items()) if q in chosen]
+        def measure(logits: torch.Tensor) -> tuple[dict[int, tuple[int, int, float]], float]:
+            res = per_phone(logits[passes.valid], targets, measured_phones)
+            hyps = [viterbi(torch.log_softmax(logits[b, :len(u.feats)], -1).numpy(), graph,
+                            lm_weight=params.lm_weight, prior_scale=params.prior_scale) for b, u in enumerate(decoded)]
+            return res, float(phone_error_rate(refs, hyps, ignore=graph.silence)["per"])
 
-    measured_base = measure(None)
-    base, base_per = measured_base
-    table = rows_of(0, -1, "none", 0, [], measured_base)
-    rng = np.random.default_rng(params.seed)
-    summary, excess = [], {}
-    for layer in range(1, L + 1):
-        mean_c = means.filter(pl.col("layer") == layer).sort("unit")["mean"].to_numpy()
-        if params.mode == "mean" and mean_c.size != H:
-            raise AnalysisError(f"checkpoint {cid} layer {layer}: {mean_c.size} unit means stored, {H} units")
-        r_layer = resp.filter(pl.col("layer") == layer)
-        for phone in chosen:
-            ranked = r_layer.filter(pl.col("phone_id") == phone).sort(["responsibility", "unit"], descending=[True, False])
-            top = ranked["unit"].to_list()[:k]
-            if len(top) < k:
-                raise AnalysisError(f"checkpoint {cid} layer {layer}: responsibility for phone {phone} of "
-                                    f"{len(top)} units, {k} needed")
+        def rows_of(layer, phone, ablated, draw, units, measured) -> list[dict]:
+            res, per = measured
+            return [{"layer": layer, "phone_id": phone, "ablated": ablated, "draw": draw, "phone": _sym(corpus, phone),
+                     "units": [int(u) for u in units], "mode": params.mode, "target_phone_id": q, "frames": n,
+                     "frame_acc": ok / n, "frame_ce": ce / n, "per": per}
+                    for q, (n, ok, ce) in sorted(res.items()) if q in chosen]
 
-            def iv(units):
-                to = mean_c[units] if params.mode == "mean" else 0.0
-                return {layer: Intervention("c", units, to)}
+        base, base_per = measured_base = measure(passes.base)
+        acc0 = {p: base[p][1] / base[p][0] for p in chosen}
+        table = rows_of(0, -1, "none", 0, [], measured_base)
+        rng = np.random.default_rng(params.seed)
+        summary, excess, specific = [], [], []
+        for layer in range(1, L + 1):
+            for j, phone in enumerate(chosen):
+                top = sorted(np.lexsort((np.arange(H), -resp[layer][:, j]))[:k].tolist())
 
-            m_top = measure(iv(top))
-            res_top, per_top = m_top
-            table += rows_of(layer, phone, "top", 0, top, m_top)
-            others = np.setdiff1d(np.arange(H), top)
-            drops, rises = [], []
-            for draw in range(params.repeats):
-                units = sorted(rng.choice(others, k, replace=False).tolist())
-                m = measure(iv(units))
-                res, per = m
-                table += rows_of(layer, phone, "random", draw, units, m)
-                drops.append(base[phone][1] / base[phone][0] - res[phone][1] / res[phone][0])
-                rises.append(per - base_per)
-            d_top = base[phone][1] / base[phone][0] - res_top[phone][1] / res_top[phone][0]
-            d_rand = float(np.mean(drops))
-            excess[(layer, phone)] = d_top - d_rand
-            summary += [{"layer": layer, "phone_id": phone, "label": _sym(corpus, phone), "metric": m, "value": v}
-                        for m, v in (("acc_drop_top", d_top), ("acc_drop_random", d_rand),
-                                     ("acc_drop_excess", d_top - d_rand), ("per_rise_top", per_top - base_per),
-                                     ("per_rise_random", float(np.mean(rises))))]
-    summary += [{"metric": "acc_drop_excess", "value": float(np.mean(list(excess.values())))},
+                def ablate(units):
+                    to = unit_means[layer][units] if params.mode == "mean" else 0.0
+                    res, per = m = measure(passes.ablated(layer, Intervention("c", units, to)))
+                    drops = {q: acc0[q] - res[q][1] / res[q][0] for q in chosen}
+                    return m, drops, per
+
+                m_top, d_top, per_top = ablate(top)
+                table += rows_of(layer, phone, "top", 0, top, m_top)
+                others = np.setdiff1d(np.arange(H), top)
+                d_rand, rises = [], []
+                for draw in range(params.repeats):
+                    units = sorted(rng.choice(others, k, replace=False).tolist())
+                    m, d, per = ablate(units)
+                    table += rows_of(layer, phone, "random", draw, units, m)
+                    d_rand.append(d)
+                    rises.append(per - base_per)
+                spec = lambda d: d[phone] - float(np.mean([d[q] for q in chosen if q != phone]))  # noqa: E731
+                s_top = spec(d_top) if len(chosen) > 1 else float("nan")
+                s_rand = float(np.mean([spec(d) for d in d_rand])) if len(chosen) > 1 else float("nan")
+                a_rand = float(np.mean([d[phone] for d in d_rand]))
+                excess.append(d_top[phone] - a_rand)
+                specific.append(s_top - s_rand)
+                summary += [{"layer": layer, "phone_id": phone, "label": _sym(corpus, phone), "metric": m, "value": v}
+                            for m, v in (("acc_drop_top", d_top[phone]), ("acc_drop_random", a_rand),
+                                         ("acc_drop_excess", excess[-1]), ("specificity_top", s_top),
+                                         ("specificity_random", s_rand), ("specificity_excess", specific[-1]),
+                                         ("per_rise_top", per_top - base_per),
+                                         ("per_rise_random", float(np.mean(rises))))]
+    summary += [{"metric": "acc_drop_excess", "value": float(np.mean(excess))},
+                {"metric": "specificity_excess", "value": float(np.mean(specific))},
                 {"metric": "per", "value": base_per}]
     frame = pl.DataFrame(table, schema={c: t for c, t in UNIT_ABLATION.schema.items()
                                         if c not in ("checkpoint_id", "analysis_version")})
     frame = frame.select(pl.lit(cid).alias("checkpoint_id"), pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"),
                          pl.all())
-    figure = _draw(frame, chosen, corpus, cid, params, k, fig_dir)
+    figure = _draw_figure(frame, chosen, corpus, cid, params, k, fig_dir)
     return Output(NAME, VERSION, cid, summary_frame(summary, cid, NAME, VERSION), [figure],
-                  params.to_dict() | {"rule": inputs["rule"], "phones_measured": chosen, "k_used": k}, tables={UNIT_ABLATION.name: frame})
+                  params.to_dict() | {"rule": inputs["rule"], "phones_measured": chosen, "k_used": k,
+                                      "measured_utterances": [u.utt_id for u in utts],
+                                      "ranking_utterances": [u.utt_id for u in ranking]},
+                  tables={UNIT_ABLATION.name: frame})
 
 
 def _sym(corpus, phone: int) -> str:
     return corpus.phones[phone] if 0 <= phone < len(corpus.phones) else str(phone)
 
 
-def _draw(frame: pl.DataFrame, chosen: list[int], corpus, cid: str, params: AblationParams, k: int, fig_dir):
+def _draw_figure(frame: pl.DataFrame, chosen: list[int], corpus, cid: str, params: AblationParams, k: int, fig_dir):
     layers = sorted(set(frame.filter(pl.col("layer") > 0)["layer"].to_list()))
     fig, axes = grid(len(layers), cols=2, size=(5.2, 3.4))
     base = frame.filter(pl.col("ablated") == "none")

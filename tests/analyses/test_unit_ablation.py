@@ -1,5 +1,8 @@
 """Unit ablation: a planted unit that alone carries one phone drops that phone's accuracy when
-ablated and no other; the analysis on a real capture against its random control."""
+ablated and no other, and is ranked top for it; an ablation from a kept layer input equals a full
+pass; the analysis on a real capture ranks on dev, measures on test, against its random control."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -10,9 +13,9 @@ from analyses import unit_ablation as ua
 from cluster.models import Intervention, ModelConfig, build_model
 
 
-def test_a_planted_unit_carries_one_phone():
+def _planted_model():
     """Two phones, two units: unit 0 tracks phone A's feature, unit 1 phone B's; the output reads
-    unit 0 for A's target and unit 1 for B's. Zeroing unit 0 inside the recurrence costs A, not B."""
+    unit 0 for A's target and unit 1 for B's."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(cell="lstm", layers=1, hidden=2, num_targets=2, context=0), torch.zeros(40),
                         torch.ones(40))
@@ -30,20 +33,48 @@ def test_a_planted_unit_carries_one_phone():
     phones = np.where(np.arange(T) % 20 < 10, 0, 1)
     feats = np.zeros((T, 40), np.float32)
     feats[phones == 0, 0], feats[phones == 1, 1] = 1.0, 1.0
+    return model, feats, phones
+
+
+def test_a_planted_unit_carries_one_phone():
+    """Zeroing unit 0 inside the recurrence costs A, not B: specific to A; and ranking on other
+    utterances puts unit 0 first for A, unit 1 for B."""
+    model, feats, phones = _planted_model()
     with torch.inference_mode():
         c = model.capture(torch.from_numpy(feats), dtype=torch.float32, values=("c",))["L1.c"]
         base = ua.per_phone(model(torch.from_numpy(feats)), phones, phones)
         assert c[phones == 0, 0].min() > 0.9 and c[phones == 1, 0].abs().max() < 1e-3
         cut = ua.per_phone(model(torch.from_numpy(feats), interventions={1: Intervention("c", [0], 0.0)}),
                            phones, phones)
+        utt = SimpleNamespace(feats=feats, phones=phones, targets=phones)
+        resp, means = ua.rank_units(model, [utt], ua.IrregularityRule.parse("abs>0.5"), [0, 1])
     acc = lambda r, p: r[p][1] / r[p][0]  # noqa: E731
     assert acc(base, 0) == acc(base, 1) == 1.0
     assert acc(cut, 0) < 0.1 and acc(cut, 1) == 1.0
+    assert resp[1] == pytest.approx(np.eye(2)) and means[1] == pytest.approx([0.5, 0.5], abs=0.01)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_an_ablation_from_a_kept_layer_input_is_the_full_pass(residual):
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(cell="gru", layers=3, hidden=8, num_targets=5, residual=residual),
+                        torch.zeros(40), torch.ones(40))
+    rng = np.random.default_rng(0)
+    utts = [SimpleNamespace(feats=rng.normal(size=(n, 40)).astype(np.float32)) for n in (30, 17)]
+    iv = Intervention("c", [1, 4], 0.0)
+    with torch.inference_mode():
+        passes = ua._Passes(model, utts)
+        for b, u in enumerate(utts):
+            full = model(torch.from_numpy(u.feats))
+            assert torch.allclose(passes.base[b, :len(u.feats)], full, atol=1e-5)
+            cut = model(torch.from_numpy(u.feats), interventions={2: iv})
+            assert torch.allclose(passes.ablated(2, iv)[b, :len(u.feats)], cut, atol=1e-5)
+            assert not torch.allclose(cut, full, atol=1e-3)
 
 
 @pytest.mark.slow
 def test_ablation_of_a_real_capture(captured, tmp_path):
-    params = ua.AblationParams(k=4, phones=3, repeats=2, utterances=6)
+    params = ua.AblationParams(k=4, phones=3, repeats=2, utterances=6, rank_utterances=6, decode_utterances=3)
     out = ua.run(ua.load(captured["store"], captured["lstm"], params), params, tmp_path)
     t = out.tables["unit_ablation"]
     assert set(t["ablated"]) == {"none", "top", "random"}
@@ -55,6 +86,10 @@ def test_ablation_of_a_real_capture(captured, tmp_path):
         top.sort("layer", "phone_id", "target_phone_id")["units"]))
     s = out.summary
     assert set(s["metric"]) == {"acc_drop_top", "acc_drop_random", "acc_drop_excess", "per_rise_top", "per_rise_random",
-                                "per"}
+                                "specificity_top", "specificity_random", "specificity_excess", "per"}
     assert t["per"].is_between(0, 2).all() and t.filter(pl.col("ablated") == "none")["per"].n_unique() == 1
     assert s.filter(pl.col("layer") == 0)["value"].is_finite().all()
+    # ranked on dev, measured on test: no utterance in both
+    assert not set(out.params["measured_utterances"]) & set(out.params["ranking_utterances"])
+    with pytest.raises(ua.AnalysisError, match="double-dip"):
+        ua.load(captured["store"], captured["lstm"], ua.AblationParams(rank_split="test"))
