@@ -278,8 +278,7 @@ def gather(store, checkpoint_ids: list[str], results: pl.DataFrame | None = None
         s = read_summary(store, analysis, ids, version=version)
         s = s.filter((pl.col("layer") > 0) & (pl.col("unit") == -1) & (pl.col("phone_id") == -1)
                      & pl.col("metric").is_in(metrics))
-        if analysis == "temporal_trace":
-            s = s.filter(pl.col("label") == "")  # the per-layer average over utterances
+        s = s.filter(pl.col("label") == "")  # the per-layer number over utterances and conditions
         if s.height == 0:
             return template
         wide = s.pivot(on="metric", index=["checkpoint_id", "layer"], values="value", aggregate_function="mean")

@@ -1,9 +1,12 @@
 """Fig. 8: memory robustness, the change of the cell values caused by an inserted noise segment
 (Sec. 4.4).
 
-One test utterance is read from its 16 kHz wav (the embedded corpus keeps them), a noise
-segment (white, pink, brown or babble; length and SNR as parameters; ``cluster.data.noise``)
-is inserted at a frame boundary, and the model is run on the clean and on the noisy stream.
+Per checkpoint, several conditions: ``utterances`` test utterances (a seeded draw of those whose
+16 kHz wav the corpus keeps; the embedded corpus keeps them), each with a noise segment of each of
+``NOISES`` (white, pink, babble; ``cluster.data.noise``) inserted at each of ``AT_FRACTIONS`` of
+the utterance, at one SNR. ``utt_id``, ``noise`` and ``at_s`` restrict it to one of each. The
+model runs once on the clean stream and once on all of an utterance's noisy streams as one batch
+(they have one length), so 20 utterances x 6 conditions cost 20 clean and 20 batched passes.
 
 Frame alignment. The segment is a whole number N of 10 ms frames and starts on a frame
 boundary, so after it the noisy stream is the clean one shifted by N frames: noisy frame k
@@ -21,10 +24,19 @@ difference first falls below max(fraction x peak, floor). ``floor`` is an absolu
 for float rounding (a model without memory leaves ~1e-7). If it never falls below before the
 utterance ends, the duration is censored: the frames observed, flagged ``censored``.
 
-Rows: the store's ``noise_impact`` table (per layer and noisy frame: mean, max and RMS of
-|difference| over units) and summary rows per layer: impact_frames, censored, peak, threshold,
-frames_after, pre_noise_max (difference before the noise could reach the model: should be 0);
-layer 0: impact_frames averaged over layers. ``label`` = "<utt>:<noise>:<snr>dB".
+Aggregation over conditions, with censoring: a condition whose difference never falls below the
+threshold before the utterance ends is censored (its duration is at least the frames observed),
+so the per-layer impact is the Kaplan-Meier median over conditions (``analyses.stats.km_median``),
+flagged ``impact_at_least`` when more than half are censored; a plain median would count a
+censored condition as ending where the utterance did.
+
+Rows: the store's ``noise_impact`` table (per condition, layer and noisy frame: mean, max and RMS
+of |difference| over units) and summary rows per condition (label "<utt>:<noise>:<snr>dB@<at>s")
+and layer: impact_frames, censored, peak, threshold, frames_after, pre_noise_max (difference
+before the noise could reach the model: should be 0), and impact_frames@<f> / censored@<f> for
+each fraction of ``FRACTIONS`` (the claims' sensitivity); per layer (label ''): the Kaplan-Meier
+medians impact_frames and impact_frames@<f>, impact_at_least, censored_share, conditions; layer 0
+(label ''): impact_frames averaged over layers.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from scipy.io import wavfile
 
 from analyses.common import (CHECKPOINT, Analysis, AnalysisError, FigureSpec, Output, Params, checkpoint_info,
                              corpus_for, figure_path, grid, save, summary_frame)
+from analyses.stats import km_median
 from cluster.capture import CaptureConfig, load as load_model, open_corpus
 from cluster.data.features import FRAME_SHIFT, SAMPLE_RATE, dither_seed, fbank
 from cluster.data.kaldi import read_scp
@@ -48,7 +61,7 @@ from cluster.data.noise import KINDS, insert_noise
 from cluster.tables import C, Table
 
 NAME = "memory_robustness"
-VERSION = 1
+VERSION = 2  # 2: several utterances, noises and insertion points; Kaplan-Meier medians
 FIGURE = FigureSpec("fig08_memory_robustness.png", "Fig. 8",
                     "Memory robustness: |c noisy - c clean| after an inserted noise segment")
 NOISE_IMPACT = Table("noise_impact", "cell change caused by an inserted noise segment (Sec. 4.4, Fig. 8)", (
@@ -65,19 +78,22 @@ NOISE_IMPACT = Table("noise_impact", "cell change caused by an inserted noise se
 # the impact fraction and its neighbours: each is measured (impact_frames@<fraction>) for the
 # claims' sensitivity
 FRACTIONS = (0.1, 0.05, 0.2)
+NOISES = ("white", "pink", "babble")
+AT_FRACTIONS = (0.25, 0.5)  # insertion points, as fractions of the utterance
 
 
 @dataclass
 class RobustnessParams(Params):
-    utt_id: str | None = None  # default: the longest utterance of the split that has a wav
+    utterances: int = 20  # test utterances (a seeded draw of those with a wav)
+    utt_id: str | None = None  # only this utterance
     split: str = "test"
-    noise: str = "white"  # white | pink | brown | babble
+    noise: str | None = None  # only this noise (white | pink | brown | babble); default: each of NOISES
     snr_db: float = 0.0  # relative to the utterance's speech power
     noise_s: float = 0.3  # segment length, seconds (rounded to whole 10 ms frames)
-    at_s: float | None = None  # insertion point, seconds (default: a third into the utterance)
+    at_s: float | None = None  # only this insertion point, seconds; default: each of AT_FRACTIONS
     fraction: float = 0.1  # impact lasts until the mean difference falls below fraction x peak ...
     floor: float = 1e-3  # ... or below this absolute value, whichever is larger
-    seed: int = 0  # noise seed (with the utterance id)
+    seed: int = 0  # the draw of utterances, and the noise seed (with the utterance id)
     babble_sources: int = 8  # other utterances of the split mixed into babble
     corpus: str | None = None  # default: the corpus the capture used
 
@@ -175,42 +191,69 @@ class NoisyPair:
     params: dict  # what was done, for the log
 
 
-def noisy_pair(model, meta, corpus_path: str | None, checkpoint_path: str, params: RobustnessParams) -> NoisyPair:
-    if params.noise not in KINDS:
-        raise AnalysisError(f"noise {params.noise!r}: choose one of {', '.join(KINDS)}")
+def noisy_pairs(model, meta, corpus_path: str | None, checkpoint_path: str, params: RobustnessParams) -> list[NoisyPair]:
+    """Every condition of ``params`` (utterance x noise x insertion point), clean and noisy."""
+    noises = [params.noise] if params.noise else list(NOISES)
+    bad = [n for n in noises if n not in KINDS]
+    if bad:
+        raise AnalysisError(f"noise {bad[0]!r}: choose one of {', '.join(KINDS)}")
     corpus = open_corpus(CaptureConfig(checkpoint=checkpoint_path, corpus=corpus_path), meta)
     split = corpus.split(params.split)
     wavs = wav_paths(corpus, params.split)
-    utt_id = params.utt_id or max((u for u in split.utt_ids if u in wavs),
-                                  key=lambda u: (len(split.alignments[u].phones), u), default=None)
-    if utt_id is None or utt_id not in wavs:
-        raise AnalysisError(f"{corpus.manifest_path}: no wav for utterance {utt_id} in split {params.split}")
-    wave = read_wav(wavs[utt_id])
+    if params.utt_id is not None:
+        if params.utt_id not in wavs:
+            raise AnalysisError(f"{corpus.manifest_path}: no wav for utterance {params.utt_id} in split {params.split}")
+        utt_ids = [params.utt_id]
+    else:
+        have = [u for u in split.utt_ids if u in wavs]
+        if not have:
+            raise AnalysisError(f"{corpus.manifest_path}: no utterance of split {params.split} has a wav")
+        utt_ids = sorted(have[i] for i in np.random.default_rng(params.seed).permutation(len(have))[:params.utterances])
     seed = (corpus.manifest.get("generator") or {}).get("seed", 0)
     frames_inserted = max(1, int(round(params.noise_s * SAMPLE_RATE / FRAME_SHIFT)))
-    at_s = params.at_s if params.at_s is not None else len(wave) / SAMPLE_RATE / 3
-    at = int(at_s * SAMPLE_RATE) // FRAME_SHIFT * FRAME_SHIFT
-    if not 0 <= at <= len(wave):
-        raise AnalysisError(f"{wavs[utt_id]}: insertion point {at_s} s outside the utterance ({len(wave) / SAMPLE_RATE:.2f} s)")
-    others = [u for u in sorted(wavs) if u != utt_id][:params.babble_sources]
-    sources = [read_wav(wavs[u]) for u in others] if params.noise == "babble" else None
-    clean_f, noisy_f = streams(wave, at, frames_inserted * FRAME_SHIFT, params.noise, params.snr_db,
-                               [params.seed, zlib.crc32(utt_id.encode())], dither_seed(seed, utt_id), sources)
-    stored = split.load(utt_id).feats
-    feat_diff = float(np.abs(stored - clean_f).max()) if stored.shape == clean_f.shape else float("inf")
-    if corpus.manifest.get("generator") and feat_diff > 1e-3:
-        raise AnalysisError(f"{wavs[utt_id]}: features recomputed from the wav differ from the corpus features "
-                            f"of {utt_id} by {feat_diff:g} (shapes {clean_f.shape} vs {stored.shape})")
-    with torch.inference_mode():
-        c_clean = model.capture(torch.from_numpy(clean_f), dtype=torch.float32, values=("c",))
-        c_noisy = model.capture(torch.from_numpy(noisy_f), dtype=torch.float32, values=("c",))
-    ref, s, e = alignment(len(clean_f), at, frames_inserted)
-    if len(noisy_f) != len(ref):
-        raise AnalysisError(f"{wavs[utt_id]}: {len(noisy_f)} noisy frames, expected {len(ref)}")
-    end = e + model.config.context
-    return NoisyPair(c_clean, c_noisy, ref, s, end, utt_id, f"{utt_id}:{params.noise}:{params.snr_db:g}dB",
-                     wavs[utt_id], {"utt_id": utt_id, "at_samples": at, "noise_frames": frames_inserted,
-                                    "noise_start": s, "noise_end": end, "feature_check_max_abs_diff": feat_diff})
+    cache: dict[str, np.ndarray] = {}
+
+    def wav(u: str) -> np.ndarray:
+        if u not in cache:
+            cache[u] = read_wav(wavs[u])
+        return cache[u]
+
+    pairs = []
+    for utt_id in utt_ids:
+        wave = wav(utt_id)
+        sources = [wav(u) for u in [u for u in sorted(wavs) if u != utt_id][:params.babble_sources]] \
+            if "babble" in noises else None
+        points = [params.at_s] if params.at_s is not None else [f * len(wave) / SAMPLE_RATE for f in AT_FRACTIONS]
+        conditions, clean_f = [], None
+        for at_s in points:
+            at = int(at_s * SAMPLE_RATE) // FRAME_SHIFT * FRAME_SHIFT
+            if not 0 <= at <= len(wave):
+                raise AnalysisError(f"{wavs[utt_id]}: insertion point {at_s} s outside the utterance "
+                                    f"({len(wave) / SAMPLE_RATE:.2f} s)")
+            for noise in noises:
+                clean_f, noisy_f = streams(wave, at, frames_inserted * FRAME_SHIFT, noise, params.snr_db,
+                                           [params.seed, zlib.crc32(utt_id.encode())], dither_seed(seed, utt_id),
+                                           sources if noise == "babble" else None)
+                conditions.append((noise, at_s, at, noisy_f))
+        stored = split.load(utt_id).feats
+        feat_diff = float(np.abs(stored - clean_f).max()) if stored.shape == clean_f.shape else float("inf")
+        if corpus.manifest.get("generator") and feat_diff > 1e-3:
+            raise AnalysisError(f"{wavs[utt_id]}: features recomputed from the wav differ from the corpus features "
+                                f"of {utt_id} by {feat_diff:g} (shapes {clean_f.shape} vs {stored.shape})")
+        with torch.inference_mode():
+            c_clean = model.capture(torch.from_numpy(clean_f), dtype=torch.float32, values=("c",))
+            batch = torch.from_numpy(np.stack([x for *_, x in conditions]))  # one length: one batch
+            c_noisy = model.capture(batch, dtype=torch.float32, values=("c",))
+        for j, (noise, at_s, at, noisy_f) in enumerate(conditions):
+            ref, s, e = alignment(len(clean_f), at, frames_inserted)
+            if len(noisy_f) != len(ref):
+                raise AnalysisError(f"{wavs[utt_id]}: {len(noisy_f)} noisy frames, expected {len(ref)}")
+            end = e + model.config.context
+            pairs.append(NoisyPair(c_clean, {k: v[j] for k, v in c_noisy.items()}, ref, s, end, utt_id,
+                                   f"{utt_id}:{noise}:{params.snr_db:g}dB@{at_s:.2f}s", wavs[utt_id],
+                                   {"utt_id": utt_id, "noise": noise, "at_samples": at, "noise_frames": frames_inserted,
+                                    "noise_start": s, "noise_end": end, "feature_check_max_abs_diff": feat_diff}))
+    return pairs
 
 
 def aligned_diff(pair: NoisyPair, name: str) -> np.ndarray:
@@ -222,39 +265,61 @@ def aligned_diff(pair: NoisyPair, name: str) -> np.ndarray:
     return d
 
 
-def checkpoint_pair(inputs: dict, params: RobustnessParams) -> tuple[str, object, NoisyPair]:
-    """(checkpoint id, model, its ``NoisyPair``) of a loaded analysis input (one thread: a Ray task)."""
+def checkpoint_pairs(inputs: dict, params: RobustnessParams) -> tuple[str, object, list[NoisyPair]]:
+    """(checkpoint id, model, its ``NoisyPair`` per condition) of a loaded analysis input (one
+    thread: a Ray task)."""
     ck = inputs["checkpoint"]
     torch.set_num_threads(1)
     model, meta = load_model(ck["path"])
-    return ck["checkpoint_id"], model, noisy_pair(model, meta, inputs["corpus"], ck["path"], params)
+    return ck["checkpoint_id"], model, noisy_pairs(model, meta, inputs["corpus"], ck["path"], params)
+
+
+def layer_names(pair: NoisyPair) -> list[tuple[int, str]]:
+    return sorted((int(n[1:].split(".")[0]), n) for n in pair.clean)
 
 
 def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
-    cid, model, pair = checkpoint_pair(inputs, params)
-    c_clean, s, end, utt_id, label = pair.clean, pair.s, pair.end, pair.utt_id, pair.label
-    rows, impact_rows, diffs, durations = [], [], {}, []
-    for name in sorted(c_clean, key=lambda n: int(n[1:].split(".")[0])):
-        layer = int(name[1:].split(".")[0])
-        d = diffs[layer] = aligned_diff(pair, name)
-        mean, mx, rms = _rowstat(d, np.mean), _rowstat(d, np.max), np.sqrt(_rowstat(d ** 2, np.mean))
-        stats = impact_duration(mean, end, params.fraction, params.floor)
-        stats["pre_noise_max"] = float(np.max(mean[:max(s - model.config.context, 0)], initial=0.0))
-        durations.append(stats["impact_frames"])
-        rows += [{"label": label, "layer": layer, "metric": m, "value": v} for m, v in stats.items()]
-        impact_rows.append(pl.DataFrame({
-            "utt_id": utt_id, "noise": params.noise, "snr_db": float(params.snr_db), "noise_start": int(s),
-            "noise_frames": pair.params["noise_frames"], "layer": np.full(len(mean), layer, np.int32),
-            "frame": np.arange(len(mean), dtype=np.int32), "mean_abs_diff": mean, "max_abs_diff": mx,
-            "rms_diff": rms}))
-        if stats["pre_noise_max"] > 1e-2:
-            raise AnalysisError(f"checkpoint {cid}: cells differ by {stats['pre_noise_max']:g} before the noise "
-                                f"({pair.wav}): the clean and noisy streams are misaligned")
-    rows.append({"label": label, "metric": "impact_frames", "value": float(np.mean(durations))})
+    cid, model, pairs = checkpoint_pairs(inputs, params)
+    fractions = list(dict.fromkeys((params.fraction, *FRACTIONS)))
+    rows, impact_rows = [], []
+    per_layer: dict[int, dict[float, list[tuple[float, bool]]]] = {}
+    for pair in pairs:
+        for layer, name in layer_names(pair):
+            d = aligned_diff(pair, name)
+            mean, mx, rms = _rowstat(d, np.mean), _rowstat(d, np.max), np.sqrt(_rowstat(d ** 2, np.mean))
+            stats = impact_duration(mean, pair.end, params.fraction, params.floor)
+            stats["pre_noise_max"] = float(np.max(mean[:max(pair.s - model.config.context, 0)], initial=0.0))
+            if stats["pre_noise_max"] > 1e-2:
+                raise AnalysisError(f"checkpoint {cid}: cells differ by {stats['pre_noise_max']:g} before the noise "
+                                    f"({pair.wav}, {pair.label}): the clean and noisy streams are misaligned")
+            for f in fractions:
+                at_f = impact_duration(mean, pair.end, f, params.floor)
+                stats[f"impact_frames@{f:g}"], stats[f"censored@{f:g}"] = at_f["impact_frames"], at_f["censored"]
+                per_layer.setdefault(layer, {}).setdefault(f, []).append((at_f["impact_frames"], bool(at_f["censored"])))
+            rows += [{"label": pair.label, "layer": layer, "metric": m, "value": v} for m, v in stats.items()]
+            impact_rows.append(pl.DataFrame({
+                "utt_id": pair.utt_id, "noise": pair.params["noise"], "snr_db": float(params.snr_db),
+                "noise_start": int(pair.s), "noise_frames": pair.params["noise_frames"],
+                "layer": np.full(len(mean), layer, np.int32), "frame": np.arange(len(mean), dtype=np.int32),
+                "mean_abs_diff": mean, "max_abs_diff": mx, "rms_diff": rms}))
+    medians = []
+    for layer, by_f in sorted(per_layer.items()):
+        for f, obs in by_f.items():
+            median, at_least = km_median([t for t, _ in obs], [c for _, c in obs])
+            rows.append({"layer": layer, "metric": f"impact_frames@{f:g}", "value": median})
+            if f == params.fraction:
+                medians.append(median)
+                rows += [{"layer": layer, "metric": m, "value": v} for m, v in (
+                    ("impact_frames", median), ("impact_at_least", float(at_least)),
+                    ("censored_share", float(np.mean([c for _, c in obs]))), ("conditions", float(len(obs))))]
+    rows.append({"metric": "impact_frames", "value": float(np.mean(medians))})
     table = pl.concat(impact_rows).with_columns(pl.col("noise_start", "noise_frames").cast(pl.Int32)).select(
         pl.lit(cid).alias("checkpoint_id"), pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"), pl.all())
-    figure = _draw(diffs, rows, s, end, cid, label, fig_dir)
-    p = params.to_dict() | pair.params
+    first = pairs[0]
+    figure = _draw({layer: aligned_diff(first, name) for layer, name in layer_names(first)},
+                   [r for r in rows if r.get("label") == first.label], first.s, first.end, cid,
+                   f"{first.label} (1 of {len(pairs)} conditions)", fig_dir)
+    p = params.to_dict() | first.params | {"conditions": [q.label for q in pairs], "noise_frames": first.params["noise_frames"]}
     return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure], p,
                   tables={NOISE_IMPACT.name: table})
 

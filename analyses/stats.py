@@ -198,6 +198,29 @@ def verdict(test: SeedTest, p_holm: float, p_holm_against: float, p_holm_equiv: 
 
 
 # ---------------------------------------------------------------------------------------------
+# Durations with censoring
+
+
+def km_median(times, censored) -> tuple[float, bool]:
+    """The Kaplan-Meier median of durations of which the ``censored`` ones are right-censored (the
+    event was not seen before the data ended: the duration is at least that), through
+    ``scipy.stats.ecdf``. Returns (median, at_least): when the survival curve never falls to one
+    half (too many censored), the median is only known to be at least the longest time observed.
+    A plain median would count a censored unit at the frames observed, biasing it short."""
+    t = np.asarray(times, dtype=np.float64)
+    c = np.asarray(censored, dtype=bool)
+    ok = np.isfinite(t)
+    t, c = t[ok], c[ok]
+    if t.size == 0:
+        return math.nan, False
+    sf = stats.ecdf(stats.CensoredData(uncensored=t[~c], right=t[c])).sf
+    hit = np.flatnonzero(sf.probabilities <= 0.5)
+    if hit.size:
+        return float(sf.quantiles[hit[0]]), False
+    return float(t.max()), True
+
+
+# ---------------------------------------------------------------------------------------------
 # Calibration: the procedure under planted seed and utterance variation
 
 

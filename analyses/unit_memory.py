@@ -12,9 +12,16 @@ inserted noise segment (Fig. 8's set-up, ``analyses.memory_robustness.noisy_pair
   rises above ``floor`` carried nothing of the noise (``measured`` NaN, ``silent``); one that never
   falls below in the frames left is censored (the frames observed).
 
-Table ``unit_memory`` (per layer and unit); summary rows per layer: median implied and measured
-timescales, the share of censored units, and the Spearman correlation of implied with measured;
-layer 0: their means over layers.
+Several conditions (``memory_robustness.noisy_pairs``: utterances x noise types x insertion
+points): a unit's measured timescale is the Kaplan-Meier median over the conditions that reached
+it (``analyses.stats.km_median``; censored ones count as at least the frames observed), and a
+layer's is the Kaplan-Meier median over all its (unit, condition) measurements; each is flagged
+"at least" when more than half are censored.
+
+Table ``unit_memory`` (per layer and unit); summary rows per layer (label ''): median implied and
+measured timescales, whether the measured one is only a lower bound (``measured_at_least``), the
+share of censored measurements, and the Spearman correlation of implied with measured (per unit);
+layer 0: the means of the medians over layers.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ from scipy.stats import spearmanr
 
 from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output,
                              checkpoint_info, corpus_for, figure_path, grid, require_rows, save, summary_frame)
-from analyses.memory_robustness import RobustnessParams, aligned_diff, checkpoint_pair
+from analyses.memory_robustness import RobustnessParams, layer_names, aligned_diff, checkpoint_pairs
+from analyses.stats import km_median
 from cluster.tables import C, Table
 
 NAME = "unit_memory"
-VERSION = 1
+VERSION = 2  # 2: several conditions, Kaplan-Meier medians
 FIGURE = FigureSpec("unit_memory.png", "Memory per unit", "Per-unit memory: implied (forget gate) and measured timescales")
 UNIT_MEMORY = Table("unit_memory", "how long each unit remembers: implied by its forget gate, measured after noise", (
     C("checkpoint_id", "VARCHAR", key=True), C("analysis_version", "INTEGER", key=True),
@@ -40,8 +48,8 @@ UNIT_MEMORY = Table("unit_memory", "how long each unit remembers: implied by its
     C("mean_f", "DOUBLE", "mean forget gate over the captured frames (GRU: 1 - update gate)"),
     C("implied_tau", "DOUBLE", "1 / (1 - mean f), frames"),
     C("measured_frames", "DOUBLE", "frames from the peak of |c_noisy - c_clean| after the noise until below "
-                                   "fraction x peak (NaN: the unit carried no noise)"),
-    C("censored", "BOOLEAN", "never fell below before the utterance ended"),
+                                   "fraction x peak, Kaplan-Meier median over conditions (NaN: no noise reached it)"),
+    C("censored", "BOOLEAN", "the unit's median over conditions is a lower bound (too many never fell below)"),
     C("peak", "DOUBLE", "peak |c_noisy - c_clean| after the noise left the input")),
     ("checkpoint_id", "analysis_version", "layer", "unit"))
 
@@ -90,35 +98,44 @@ def measured_frames(d: np.ndarray, end: int, fraction: float, floor: float) -> t
 
 
 def run(inputs: dict, params: UnitMemoryParams, fig_dir) -> Output:
-    cid, _, pair = checkpoint_pair(inputs, params)
+    cid, _, pairs = checkpoint_pairs(inputs, params)
     forget = inputs["forget"]
     parts, rows, drawn = [], [], {}
-    for name in sorted(pair.clean, key=lambda n: int(n[1:].split(".")[0])):
-        layer = int(name[1:].split(".")[0])
+    for layer, name in layer_names(pairs[0]):
         f = forget.filter(pl.col("layer") == layer).sort("unit")["mean"].to_numpy()
-        d = aligned_diff(pair, name)
-        if f.size != d.shape[1]:
-            raise AnalysisError(f"checkpoint {cid} layer {layer}: {f.size} forget-gate means stored, {d.shape[1]} units")
+        obs = [measured_frames(aligned_diff(pair, name), pair.end, params.fraction, params.floor) for pair in pairs]
+        frames_c = np.stack([o[0] for o in obs])  # [conditions, H]
+        cens_c = np.stack([o[1] for o in obs])
+        if f.size != frames_c.shape[1]:
+            raise AnalysisError(f"checkpoint {cid} layer {layer}: {f.size} forget-gate means stored, "
+                                f"{frames_c.shape[1]} units")
         tau = implied_tau(f)
-        frames, censored, peak = measured_frames(d, pair.end, params.fraction, params.floor)
+        per_unit = [km_median(frames_c[:, u], cens_c[:, u]) for u in range(f.size)]
+        frames = np.array([m for m, _ in per_unit])
+        censored = np.array([a for _, a in per_unit], dtype=bool)
+        peak = np.nanmax(np.stack([o[2] for o in obs]), axis=0)
         parts.append(pl.DataFrame({"layer": np.full(f.size, layer, np.int32), "unit": np.arange(f.size, dtype=np.int32),
                                    "mean_f": f, "implied_tau": tau, "measured_frames": frames, "censored": censored,
                                    "peak": peak}))
         ok = np.isfinite(frames) & np.isfinite(tau)
         rho = float(spearmanr(tau[ok], frames[ok]).statistic) if ok.sum() >= 3 and np.ptp(tau[ok]) > 0 else math.nan
-        stats = {"implied_tau_median": float(np.median(tau)), "measured_frames_median": float(np.nanmedian(frames))
-                 if np.isfinite(frames).any() else math.nan, "censored_share": float(censored.mean()),
-                 "spearman_implied_measured": rho}
-        rows += [{"label": pair.label, "layer": layer, "metric": m, "value": v} for m, v in stats.items()]
+        layer_median, at_least = km_median(frames_c.ravel(), cens_c.ravel())
+        reached = np.isfinite(frames_c)
+        stats = {"implied_tau_median": float(np.median(tau)), "measured_frames_median": layer_median,
+                 "measured_at_least": float(at_least),
+                 "censored_share": float(cens_c[reached].mean()) if reached.any() else math.nan,
+                 "spearman_implied_measured": rho, "conditions": float(len(pairs))}
+        rows += [{"layer": layer, "metric": m, "value": v} for m, v in stats.items()]
         drawn[layer] = (tau, frames, censored)
     for m in ("implied_tau_median", "measured_frames_median"):
         vals = [r["value"] for r in rows if r["metric"] == m and r["value"] == r["value"]]
-        rows.append({"label": pair.label, "metric": m, "value": float(np.mean(vals)) if vals else math.nan})
+        rows.append({"metric": m, "value": float(np.mean(vals)) if vals else math.nan})
     table = pl.concat(parts).select(pl.lit(cid).alias("checkpoint_id"),
                                     pl.lit(VERSION, dtype=pl.Int32).alias("analysis_version"), pl.all())
-    figure = _draw(drawn, cid, pair.label, params.fraction, fig_dir)
-    return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure], params.to_dict() | pair.params,
-                  tables={UNIT_MEMORY.name: table})
+    label = f"{len(pairs)} conditions ({pairs[0].label}, ...)"
+    figure = _draw(drawn, cid, label, params.fraction, fig_dir)
+    return Output(NAME, VERSION, cid, summary_frame(rows, cid, NAME, VERSION), [figure],
+                  params.to_dict() | {"conditions": [p.label for p in pairs]}, tables={UNIT_MEMORY.name: table})
 
 
 def _draw(drawn: dict, cid: str, label: str, fraction: float, fig_dir):

@@ -11,7 +11,7 @@ import polars as pl
 import torch
 
 # Fast settings every test uses for the slow parts (t-SNE iterations, utterances).
-FAST = {"temporal_trace": {"tsne_iter": 250, "utterances": 2}, "memory_robustness": {"noise_s": 0.2}}
+FAST = {"temporal_trace": {"tsne_iter": 250, "utterances": 2}, "memory_robustness": {"noise_s": 0.2, "utterances": 3}}
 
 
 def save_model(corpus_dir: Path, path: Path, cell: str, layers: int = 2, hidden: int = 16, seed: int = 0,

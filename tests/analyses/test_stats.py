@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from analyses.stats import (ALPHA, MIN_SEEDS, calibrate, holm, mean_interval, over_seeds, per_seed_contrast,
+from analyses.stats import (ALPHA, MIN_SEEDS, calibrate, holm, km_median, mean_interval, over_seeds, per_seed_contrast,
                             pooled_seed_test, seed_contrast, seed_test, simulate_errors, t_moments)
 
 TRIALS = 2000
@@ -116,6 +116,15 @@ def test_seed_contrast_decides_a_clear_effect():
     errors, ref = simulate_errors(rng, 1, 0.05, 5, 0.003)
     t = seed_contrast(errors[0], ref[0], [-1, 1], direction=+1)
     assert t.p_value < 0.01 and t.ci_low > 0 and t.n_seeds == 5
+
+
+def test_kaplan_meier_median_counts_censored_durations_as_at_least():
+    assert km_median([5, 6, 7], [False] * 3) == (6.0, False)
+    # two conditions censored early (the utterance ended at 2 frames): they do not pull the median to 5
+    assert km_median([2, 2, 5, 6, 7], [True, True, False, False, False]) == (6.0, False)
+    # more than half censored: only a lower bound
+    assert km_median([3, 4, 10, 10, 10], [False, False, True, True, True]) == (10.0, True)
+    assert math.isnan(km_median([float("nan")], [False])[0])
 
 
 def test_runs_group_by_grid_point_over_seeds():
