@@ -129,9 +129,7 @@ def run(inputs: dict, params: ComparisonParams, fig_dir) -> Output:
     fig, axes = grid(2, cols=2, size=(5.0, 3.4))
     for ax, (key, what) in zip(axes, (("test_per", "test PER %"), ("test_frame_acc", "test frame accuracy %"))):
         if df.height:
-            for (cell, residual), sub in df.sort("layers").group_by("cell", "residual", maintain_order=True):
-                ax.plot(sub["layers"].to_numpy(), 100 * sub[key].to_numpy(), "o-",
-                        label=SYSTEM.get(cell, cell) + (" + residual" if residual else ""))
+            _by_depth(ax, df, key)
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
@@ -142,6 +140,25 @@ def run(inputs: dict, params: ComparisonParams, fig_dir) -> Output:
     fig.tight_layout()
     figure = save(fig, figure_path(fig_dir, "study", f"{study}-{FIGURE.file}"), FIGURE.paper)
     return Output(NAME, VERSION, sid, summary_frame(rows, sid, NAME, VERSION), [figure], params.to_dict())
+
+
+def _by_depth(ax, df: pl.DataFrame, key: str) -> None:
+    """Per system (cell, residual): each grid point's mean over seeds joined by a line, its 95 %
+    interval over seeds as an error bar (none with one seed), and every seed's value as a point,
+    so that the line is never a zig-zag through single seeds."""
+    points = over_seeds(df, metrics=(key,))
+    for k, ((cell, residual), sub) in enumerate(points.sort("layers").group_by("cell", "residual", maintain_order=True)):
+        colour = f"C{k}"
+        x = sub["layers"].to_numpy().astype(float)
+        mean = 100 * sub[key].to_numpy()
+        low, high = 100 * sub[f"{key}_ci_low"].to_numpy(), 100 * sub[f"{key}_ci_high"].to_numpy()
+        err = np.where(np.isfinite(low), [mean - low, high - mean], 0.0)
+        label = SYSTEM.get(cell, cell) + (" + residual" if residual else "")
+        ax.errorbar(x, mean, yerr=err, fmt="o-", color=colour, capsize=3, label=f"{label} (mean, 95 % CI)")
+        seeds = df.filter((pl.col("cell") == cell) & (pl.col("residual") == residual))
+        jitter = 0.06 * (k - 1)
+        ax.scatter(seeds["layers"].to_numpy() + jitter, 100 * seeds[key].to_numpy(), s=10, color=colour, alpha=0.5,
+                   marker="x")
 
 
 ANALYSIS = Analysis(NAME, VERSION, STUDY, order=100, params=ComparisonParams, load=load, run=run, figures=(FIGURE,))

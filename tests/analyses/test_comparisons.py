@@ -36,3 +36,23 @@ def test_only_the_tables_the_runs_allow(small_corpus, tmp_path):
     make_study(tmp_path, "t1", small_corpus, [dict(r, model=False) for r in RUNS[:4]])
     assert [t.name for t in cp.paper_tables(cp.load(None, StudyRef(str(tmp_path), "t1"), cp.ComparisonParams())["results"])] == ["Table 1"]
     assert cp.paper_tables(cp.load(None, StudyRef(str(tmp_path), "nothing"), cp.ComparisonParams())["results"]) == []
+
+
+def test_error_by_depth_shows_means_with_intervals_and_seeds_as_points():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    base = {"hidden": 16, "residual": False, "lazy_layers": None, "precision": "fp32", "test_frame_acc": 0.5}
+    pers = {(1, 0): 0.30, (1, 1): 0.32, (1, 2): 0.34, (2, 0): 0.36, (2, 1): 0.28, (2, 2): 0.26}
+    df = pl.DataFrame([{**base, "run": f"lstm_L{n}_s{s}", "cell": "lstm", "layers": n, "seed": s, "test_per": p}
+                       for (n, s), p in pers.items()])
+    fig, ax = plt.subplots()
+    cp._by_depth(ax, df, "test_per")
+    (line,) = ax.lines[:1]
+    np.testing.assert_allclose(line.get_ydata(), [32.0, 30.0])  # the means over seeds, not a zig-zag over seeds
+    assert len(line.get_xdata()) == 2
+    bars = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    assert bars and len(bars[0].get_segments()) == 2  # one 95 % interval per grid point
+    seeds = [c for c in ax.collections if c.__class__.__name__ == "PathCollection"]
+    assert sum(len(c.get_offsets()) for c in seeds) == 6  # every seed a point
+    plt.close(fig)
