@@ -76,14 +76,16 @@ def capture_into(store, checkpoint: Path, rules=(), sample: int = 2) -> str:
 
 def make_study(storage: Path, study: str, corpus_dir: Path, runs: list[dict]) -> None:
     """A study folder as a finished grid leaves it: per run a checkpoint directory whose model.pt
-    is the final (test) report, run.json stamps and epochs.parquet."""
+    is the final (test) report stamped with the run's seed (0, as run.json says; ``seed`` only seeds
+    the weights), run.json stamps and epochs.parquet."""
     for r in runs:
         name = f"{r['cell']}_L{r['layers']}_H16{'_res' if r.get('residual') else ''}_s0"
         run_dir = storage / study / "runs" / name
         metrics = {"final": True, "test_per": r["per"], "test_frame_acc": r["acc"]}
         if r.get("model", True):
             save_model(corpus_dir, run_dir / "checkpoint_2026-01-01_00-00-00.000000" / "model.pt", r["cell"],
-                       layers=r["layers"], seed=r.get("seed", 0), extra={"metrics": metrics})
+                       layers=r["layers"], seed=r.get("seed", 0),
+                       extra={"metrics": metrics, "stamps": {"config": {"corpus": str(corpus_dir)}, "seed": 0}})
         config = {"corpus": str(corpus_dir), "cell": r["cell"], "layers": r["layers"], "hidden": 16,
                   "residual": bool(r.get("residual")), "lazy_layers": "last", "precision": "fp32", "seed": 0}
         run_dir.mkdir(parents=True, exist_ok=True)
