@@ -35,8 +35,9 @@ interval is over seeds (``analyses.claims``).
 Table ``unit_ablation``; summary rows per (layer, phone): ``acc_drop_top``, ``acc_drop_random``
 (the mean over draws), ``acc_drop_excess``, ``specificity_top``, ``specificity_random``,
 ``specificity_excess``, ``per_rise_top`` / ``per_rise_random``; layer 0: the means over layers and
-phones of ``acc_drop_excess`` and ``specificity_excess`` (what the claim reads) and the baseline
-``per``.
+phones of ``acc_drop_excess`` and ``specificity_excess`` (what the claim reads), of
+``specificity_excess@k<n>`` for each of ``neighbour_ks`` (the claim's sensitivity to k; measured
+on frame accuracy alone, undecoded, with their own seeded draws), and the baseline ``per``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class AblationParams(Params):
     mode: str = "mean"  # mean | zero
     utterances: int = 50  # measured utterances of ``split`` (a seeded draw)
     split: str = "test"
+    neighbour_ks: tuple[int, ...] = (5, 20)  # the claim's sensitivity: specificity with k of these (capped alike)
     rank_utterances: int = 50  # utterances of ``rank_split`` the units are ranked on (a seeded draw)
     rank_split: str = "dev"
     decode_utterances: int = 20  # of the measured, decoded for the PER rise
@@ -208,8 +210,10 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
         resp, unit_means = rank_units(model, ranking, rule, chosen)
         passes = _Passes(model, utts)
 
-        def measure(logits: torch.Tensor) -> tuple[dict[int, tuple[int, int, float]], float]:
+        def measure(logits: torch.Tensor, decode: bool = True) -> tuple[dict[int, tuple[int, int, float]], float]:
             res = per_phone(logits[passes.valid], targets, measured_phones)
+            if not decode:
+                return res, float("nan")
             hyps = [viterbi(torch.log_softmax(logits[b, :len(u.feats)], -1).numpy(), graph,
                             lm_weight=params.lm_weight, prior_scale=params.prior_scale) for b, u in enumerate(decoded)]
             return res, float(phone_error_rate(refs, hyps, ignore=graph.silence)["per"])
@@ -226,13 +230,16 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
         table = rows_of(0, -1, "none", 0, [], measured_base)
         rng = np.random.default_rng(params.seed)
         summary, excess, specific = [], [], []
+        neighbours = sorted({min(n, max(1, H // 4)) for n in params.neighbour_ks} - {k})
+        specific_at: dict[int, list[float]] = {n: [] for n in neighbours}
         for layer in range(1, L + 1):
             for j, phone in enumerate(chosen):
-                top = sorted(np.lexsort((np.arange(H), -resp[layer][:, j]))[:k].tolist())
+                ranked = np.lexsort((np.arange(H), -resp[layer][:, j]))
+                top = sorted(ranked[:k].tolist())
 
-                def ablate(units):
+                def ablate(units, decode=True):
                     to = unit_means[layer][units] if params.mode == "mean" else 0.0
-                    res, per = m = measure(passes.ablated(layer, Intervention("c", units, to)))
+                    res, per = m = measure(passes.ablated(layer, Intervention("c", units, to)), decode)
                     drops = {q: acc0[q] - res[q][1] / res[q][0] for q in chosen}
                     return m, drops, per
 
@@ -249,6 +256,13 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
                 spec = lambda d: d[phone] - float(np.mean([d[q] for q in chosen if q != phone]))  # noqa: E731
                 s_top = spec(d_top) if len(chosen) > 1 else float("nan")
                 s_rand = float(np.mean([spec(d) for d in d_rand])) if len(chosen) > 1 else float("nan")
+                for n in neighbours:  # the sensitivity to k: frame accuracy only, its own seeded draws
+                    alt_rng = np.random.default_rng([params.seed, n, layer, phone])
+                    rest = np.setdiff1d(np.arange(H), ranked[:n])
+                    alt_top = spec(ablate(sorted(ranked[:n].tolist()), decode=False)[1])
+                    alt_rand = [spec(ablate(sorted(alt_rng.choice(rest, n, replace=False).tolist()), decode=False)[1])
+                                for _ in range(params.repeats)]
+                    specific_at[n].append(alt_top - float(np.mean(alt_rand)) if len(chosen) > 1 else float("nan"))
                 a_rand = float(np.mean([d[phone] for d in d_rand]))
                 excess.append(d_top[phone] - a_rand)
                 specific.append(s_top - s_rand)
@@ -260,6 +274,7 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
                                          ("per_rise_random", float(np.mean(rises))))]
     summary += [{"metric": "acc_drop_excess", "value": float(np.mean(excess))},
                 {"metric": "specificity_excess", "value": float(np.mean(specific))},
+                *({"metric": f"specificity_excess@k{n}", "value": float(np.mean(v))} for n, v in specific_at.items()),
                 {"metric": "per", "value": base_per}]
     frame = pl.DataFrame(table, schema={c: t for c, t in UNIT_ABLATION.schema.items()
                                         if c not in ("checkpoint_id", "analysis_version")})

@@ -332,6 +332,8 @@ def _plant_store(store: Store, mode: str, old_version_rows: bool = False) -> lis
         if a.height:
             v = cl.unit_ablation.VERSION
             rows = [{"metric": m, "value": a[m][0]} for m in ("specificity_excess", "acc_drop_excess")]
+            rows += [{"metric": "specificity_excess@k5", "value": a["specificity_excess"][0]},  # k's neighbours:
+                     {"metric": "specificity_excess@k20", "value": -a["specificity_excess"][0]}]  # one flips
             store.log_started(cid, "unit_ablation", v)
             store.ingest_output(Output("unit_ablation", v, cid, summary_frame(rows, cid, "unit_ablation", v)))
     return ids
@@ -355,6 +357,11 @@ def test_verdicts_from_numbers_in_the_store(tmp_path, mode):
     text = cl.format_claims(list(claims.values()))
     assert f"[{EXPECTED[mode]}] LSTM traces are smoother than GRU traces" in text
     assert "Student's t over 3 seeds" in text
+    abl = claims["responsible_units_needed"]
+    assert set(abl.sensitivity) == {"necessity (any drop on the phone, top - random)", "k = 5", "k = 20"}
+    if mode == "holds":
+        assert abl.sensitivity["k = 5"]["verdict"] == cl.HOLDS and abl.sensitivity["k = 20"]["verdict"] == cl.CONTRADICTED
+        assert abl.flips and "flips at a neighbouring threshold" in text
     d = {x["key"]: x for x in json.loads(cl.to_json(list(claims.values())))}
     assert d["lstm_smoother_than_gru"]["p_holm"] is not None and d["lstm_smoother_than_gru"]["margin"] == 0.05
 

@@ -76,6 +76,12 @@ def test_study_claims_and_report(ray_cluster, small_corpus, tmp_path, capsys):
         assert claims[key]["verdict"] == "undecided" and claims[key]["n_seeds"] == 1, claims[key]
         assert claims[key]["effect"] is not None and "needs at least 3" in claims[key]["note"]
     assert claims["lazy_lowers_error"]["verdict"] == "not measured"
+    for c in claims.values():  # what `gatelens claims --format json` carries for every claim
+        assert {"p_value", "p_holm", "margin", "paper_quote", "ours", "sensitivity", "kind"} <= set(c)
+        assert (c["paper_quote"] is None) != (c["ours"] is None)
+    assert claims["gru_bounded"]["kind"] == "sanity check" and set(claims["lstm_near_zero"]["sensitivity"]) == {
+        "(-1, 1)", "(-3, 3)"}
+    assert "Sanity checks" in html and 'data-kind="sanity check"' in html
     assert 'data-claim="gru_bounded" data-verdict="holds"' in html
 
 

@@ -74,7 +74,8 @@ def test_an_ablation_from_a_kept_layer_input_is_the_full_pass(residual):
 
 @pytest.mark.slow
 def test_ablation_of_a_real_capture(captured, tmp_path):
-    params = ua.AblationParams(k=4, phones=3, repeats=2, utterances=6, rank_utterances=6, decode_utterances=3)
+    params = ua.AblationParams(k=4, phones=3, repeats=2, utterances=6, rank_utterances=6, decode_utterances=3,
+                               neighbour_ks=(2, 20))  # 20 is capped at a quarter of the 16 units: 4, the main k
     out = ua.run(ua.load(captured["store"], captured["lstm"], params), params, tmp_path)
     t = out.tables["unit_ablation"]
     assert set(t["ablated"]) == {"none", "top", "random"}
@@ -86,7 +87,8 @@ def test_ablation_of_a_real_capture(captured, tmp_path):
         top.sort("layer", "phone_id", "target_phone_id")["units"]))
     s = out.summary
     assert set(s["metric"]) == {"acc_drop_top", "acc_drop_random", "acc_drop_excess", "per_rise_top", "per_rise_random",
-                                "specificity_top", "specificity_random", "specificity_excess", "per"}
+                                "specificity_top", "specificity_random", "specificity_excess", "per",
+                                "specificity_excess@k2"}
     assert t["per"].is_between(0, 2).all() and t.filter(pl.col("ablated") == "none")["per"].n_unique() == 1
     assert s.filter(pl.col("layer") == 0)["value"].is_finite().all()
     # ranked on dev, measured on test: no utterance in both
