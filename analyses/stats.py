@@ -1,8 +1,16 @@
-"""Statistics over seeds: a mean and its 95 % interval, from scipy.stats.
+"""Statistics over seeds, from scipy.stats: what a table or a claim may say about a grid point.
 
-A study trains every grid point once per seed; what a table or a claim may say about a point is
-its mean over seeds with the interval that seed-to-seed variation allows (Student's t on the seed
-means). With one seed there is no interval: it is NaN, and the table says so rather than pretend.
+- ``mean_interval`` / ``over_seeds``: a grid point's mean over seeds and its 95 % Student's t
+  interval (NaN with one seed: the table says so rather than pretend).
+- ``seed_test`` / ``pooled_seed_test``: Student's t over per-seed values (NaN values are not
+  seeds; fewer than ``MIN_SEEDS`` or a zero spread give no interval), with one-sided p-values
+  for and against the expected direction and a TOST p-value for equivalence within a margin.
+- ``seed_contrast``: error-rate contrasts in two stages, each seed's contrast on the shared test
+  utterances, then Student's t over seeds.
+- ``holm``: the family-wise correction over one call's claims; ``verdict``: the decision.
+- ``km_median``: a Kaplan-Meier median of durations some of which are censored.
+- ``calibrate``: the false-decision rate, coverage and power of the error-rate test under
+  planted seed and utterance variation (``python -m analyses.stats [trials]`` prints them).
 """
 
 from __future__ import annotations

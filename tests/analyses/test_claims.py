@@ -403,3 +403,49 @@ def test_real_capture_gru_is_bounded(captured):
     assert near.numbers and near.effect is not None and math.isfinite(near.effect)  # measured from real rows
     row = ev.cells.filter(pl.col("arch") == "lstm").row(0, named=True)
     assert 0 <= row["share_inside_1"] <= row["share_inside_2"] <= row["share_inside_3"] <= 1
+
+
+def _lstm_cells(mode: str, seed: int, layer: int, rng) -> np.ndarray:
+    """c values [frames, 4 units] of an LSTM layer: concentrated near 0 with a few great values,
+    less so at layer 2 (holds); two bumps at +-2.5, more at 0 at layer 2 (contradicted); a normal
+    distribution at both layers (no effect); undecided: seed 1 contradicted, the others hold."""
+    if mode == "undecided":
+        mode = "contradicted" if seed == 1 else "holds"
+    n = (20000, 4)
+    if mode == "no effect":
+        return rng.normal(0, 1.5, n)
+    near = rng.normal(0, 0.3, n)
+    if mode == "holds":
+        far = rng.choice([-1, 1], n) * rng.uniform(10, 40, n)
+        return np.where(rng.random(n) < (0.05 if layer == 1 else 0.15 + 0.01 * seed), far, near)
+    bumps = rng.choice([-1, 1], n) * rng.normal(2.5, 0.2, n)
+    return np.where(rng.random(n) < (0.0 if layer == 1 else 0.1 + 0.01 * seed), near, bumps)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cell_claims_from_captures_in_the_store(tmp_path, mode):
+    """Captured c values summarised by the capture's own UnitSummary into layer_stats of a real
+    store: the range-share claims decide as planted, their neighbouring bands with them."""
+    from cluster.summaries import UnitSummary
+
+    store = Store(tmp_path / "s.duckdb")
+    ids = []
+    for seed in SEEDS:
+        rng = np.random.default_rng(zlib.crc32(f"{mode}{seed}".encode()))
+        summary = UnitSummary("lstm", 3)
+        values = {f"L{layer}.c": _lstm_cells(mode, seed, layer, rng).astype(np.float32) for layer in (1, 2)}
+        summary.update(values, np.ones(20000, dtype=np.int64))
+        cid = f"lstm-2-s{seed}"
+        store.ingest(cid, "capture", SUMMARY_VERSION, {"layer_stats": summary.layer_stats_frame(cid)},
+                     checkpoint={"arch": "lstm", "layers": 2, "hidden": 4, "residual": False, "seed": seed})
+        ids.append(cid)
+    claims = {c.key: c for c in cl.evaluate(cl.gather(store, ids))}
+    near, falls = claims["lstm_near_zero"], claims["lstm_concentration_falls"]
+    assert near.verdict == EXPECTED[mode], (near.effect, near.ci_low, near.ci_high, near.numbers)
+    assert falls.verdict == EXPECTED[mode], (falls.effect, falls.ci_low, falls.ci_high, falls.numbers)
+    assert near.n_seeds == falls.n_seeds == 3 and claims["gru_bounded"].verdict == cl.NOT_MEASURED
+    if mode == "holds":
+        assert {s["verdict"] for s in near.sensitivity.values()} == {cl.HOLDS} and not near.flips
+    if mode == "contradicted":  # the bumps at +-2.5 lie inside (-3, 3): that band says "near 0" and flips it
+        assert near.sensitivity["(-1, 1)"]["verdict"] == cl.CONTRADICTED
+        assert near.sensitivity["(-3, 3)"]["verdict"] == cl.HOLDS and near.flips
