@@ -224,12 +224,15 @@ def noisy_pairs(model, meta, corpus_path: str | None, checkpoint_path: str, para
         sources = [wav(u) for u in [u for u in sorted(wavs) if u != utt_id][:params.babble_sources]] \
             if "babble" in noises else None
         points = [params.at_s] if params.at_s is not None else [f * len(wave) / SAMPLE_RATE for f in AT_FRACTIONS]
-        conditions, clean_f = [], None
+        conditions, clean_f, seen = [], None, set()
         for at_s in points:
             at = int(at_s * SAMPLE_RATE) // FRAME_SHIFT * FRAME_SHIFT
             if not 0 <= at <= len(wave):
                 raise AnalysisError(f"{wavs[utt_id]}: insertion point {at_s} s outside the utterance "
                                     f"({len(wave) / SAMPLE_RATE:.2f} s)")
+            if at in seen:  # a very short utterance: two fractions on one frame are one condition
+                continue
+            seen.add(at)
             for noise in noises:
                 clean_f, noisy_f = streams(wave, at, frames_inserted * FRAME_SHIFT, noise, params.snr_db,
                                            [params.seed, zlib.crc32(utt_id.encode())], dither_seed(seed, utt_id),
