@@ -16,8 +16,9 @@ FAST = {"temporal_trace": {"tsne_iter": 250, "utterances": 2}, "memory_robustnes
 
 def save_model(corpus_dir: Path, path: Path, cell: str, layers: int = 2, hidden: int = 16, seed: int = 0,
                edit=None, extra: dict | None = None) -> Path:
-    """An untrained model with larger input weights (so cells leave 0 and gates move); ``edit``
-    plants weights (a model without memory, or with perfect memory)."""
+    """An untrained model with larger input weights (so cells leave 0 and gates move), stamped
+    with its seed as training stamps it; ``edit`` plants weights (a model without memory, or with
+    perfect memory)."""
     from cluster.data.kaldi import read_corpus
     from cluster.models import ModelConfig, build_model, save_checkpoint
 
@@ -34,7 +35,7 @@ def save_model(corpus_dir: Path, path: Path, cell: str, layers: int = 2, hidden:
             for layer in model.layers:
                 edit(layer)
     return save_checkpoint(path, model, corpus.identity,
-                           extra={"stamps": {"config": {"corpus": str(corpus_dir)}}, **(extra or {})})
+                           extra={"stamps": {"config": {"corpus": str(corpus_dir)}, "seed": seed}, **(extra or {})})
 
 
 def no_memory(layer) -> None:
