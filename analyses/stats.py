@@ -301,4 +301,5 @@ if __name__ == "__main__":  # python -m analyses.stats [trials]: the calibration
               f"{100 * r['false_decisions']:.2f} % (naive bootstrap-like {100 * r['naive_false_decisions']:.1f} %), "
               f"null coverage {100 * r['null_coverage']:.2f} %; 1-point effect: coverage {100 * r['coverage@0.01']:.2f} %, "
               f"power {100 * r['power@0.01']:.1f} %; 2-point effect: coverage {100 * r['coverage@0.02']:.2f} %, "
-              f"power {100 * r['power@0.02']:.1f} %")
+              f"power {100 * r['power@0.02']:.1f} %; null called 'no effect' (margin 0.2 points) "
+              f"{100 * r['no_effect']:.2f} %")

@@ -26,11 +26,12 @@ The unablated pass is run once: the input of every layer is kept, and an ablatio
 layers l..L only (the layers below it are unchanged by it). The first ``decode_utterances`` of the
 measured ones are also decoded as training scores them (the phone loop estimated from the corpus'
 training alignments, ``cluster.decode``): the PER rise is a secondary number, and decoding is the
-costly part. What the claim reads is frame accuracy on all measured utterances: with 50 of the
-embedded corpus' utterances (about 200 frames each) a phone among the 5 most frequent has several
-hundred frames, so a paired accuracy difference on it has a binomial standard error of about 1-2
-points, within the claim's margin of 2 points once averaged over phones and layers; the claim's
-interval is over seeds (``analyses.claims``).
+costly part. What the claim reads is frame accuracy on all measured utterances (50 by default,
+batched, undecoded): on a phone with n measured frames a frame accuracy has a binomial standard
+error of at most 0.5 / sqrt(n), 2 points (the claim's margin) at n = 625, and the claim averages
+it over phones and layers before its interval over seeds (``analyses.claims``); the logged
+params list the utterances measured and ranked on; raise ``utterances`` where a
+phone's frames are few.
 
 Table ``unit_ablation``; summary rows per (layer, phone): ``acc_drop_top``, ``acc_drop_random``
 (the mean over draws), ``acc_drop_excess``, ``specificity_top``, ``specificity_random``,

@@ -298,8 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "service.cli.analyses:cmd_claims", "claims", study=True,
                  help="check the paper's findings against the stored numbers",
-                 description="Print each of the paper's claims with the numbers measured on the study's checkpoints "
-                             "and trial results, and a verdict: holds / does not hold / not measured.")
+                 description="Print each of the paper's claims (its sentence, or 'ours' and why) with the numbers "
+                             "measured on the study's checkpoints and trial results, its 95 % interval over seeds, "
+                             "one-sided and Holm-adjusted p-values, its margin, its verdicts at neighbouring "
+                             "thresholds, and a verdict: holds / contradicted / no effect / undecided / not "
+                             "measured; sanity checks apart.")
     p.add_argument("--format", choices=["text", "json"], default="text")
 
     p = _command(sub, "service.cli.analyses:cmd_report", "report", study=True,
