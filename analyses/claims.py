@@ -849,7 +849,8 @@ def forest_plot(claims: list[Claim], path):
         ax.tick_params(axis="x", labelsize=7, pad=1)
         ax.ticklabel_format(axis="x", useOffset=False)
         flag = " *" if c.flips else ""
-        ax.set_ylabel(f"{c.statement}\n[{c.verdict}]{flag}", rotation=0, ha="right", va="center", fontsize=8,
+        kind = "sanity check: " if c.kind == SANITY else ""
+        ax.set_ylabel(f"{c.statement}\n[{kind}{c.verdict}]{flag}", rotation=0, ha="right", va="center", fontsize=8,
                       color=colour)
         ax.text(1.01, 0.5, c.unit, transform=ax.transAxes, fontsize=7, va="center")
     fig.suptitle(f"Claims: effect and {100 * CONFIDENCE:.0f} % interval (shaded: the expected direction; dotted: "
