@@ -78,9 +78,15 @@ def _import(args: argparse.Namespace) -> int:
     print(f"importing {kind} {source} into {out} ...", file=sys.stderr, flush=True)
     plan = plan_import(kind, source, out, phone_map=args.phone_map, shares=shares, seed=args.seed,
                        audio_root=args.audio, data=args.data, keep_sa=args.timit_keep_sa)
-    quiet_ray(out.resolve().parent / "logs", "corpus-import")  # only now: a refused source leaves no log folder
+    log = quiet_ray(out.resolve().parent / "logs", "corpus-import")
     options = ImportOptions(seed=args.seed, keep_wavs=args.keep_wavs, shard_size=args.shard_size,
                             overwrite=args.overwrite)
-    manifest = write_corpus(plan, out, options, progress=_progress_shards)
+    try:
+        manifest = write_corpus(plan, out, options, progress=_progress_shards)
+    except InputError:  # refused audio: the console said why, and a refused import leaves nothing behind
+        log.unlink(missing_ok=True)
+        if not any(log.parent.iterdir()):
+            log.parent.rmdir()
+        raise
     print(describe(manifest, out))
     return 0
