@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.data import phones as P
-from cluster.data.kaldi import read_corpus
+from cluster.data.kaldi import read_corpus, read_scp
 
 VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
 
@@ -76,6 +76,25 @@ def segments_from_frames(phones: np.ndarray, targets: np.ndarray, duration: floa
         bounds.append(float(cands[k][j]))
     bounds = bounds[::-1]
     return [(symbols[phones[t]], bounds[k], bounds[k + 1]) for k, t in enumerate(starts)], loose
+
+
+def embedded_utterances(corpus_dir: Path, splits: list[str]) -> list[Utt]:
+    """The utterances of these splits of an embedded corpus that kept its wavs, with their timings."""
+    import soundfile as sf
+
+    corpus = read_corpus(corpus_dir)
+    out = []
+    for name in splits:
+        split = corpus.split(name)
+        wavs = read_scp(corpus.path(split.spec["wav"]), corpus.root)
+        texts = dict(line.split(" ", 1) for line in corpus.path(split.spec["text"]).read_text().splitlines())
+        for utt_id in split.utt_ids:
+            ali = split.alignments[utt_id]
+            n = sf.info(wavs[utt_id]).frames
+            segments, loose = segments_from_frames(ali.phones, ali.targets, n / 16000, corpus.phones)
+            out.append(Utt(utt_id, split.utt2spk[utt_id], Path(wavs[utt_id]), n, texts[utt_id], segments,
+                           ali.targets, frozenset(loose)))
+    return out
 
 
 def speaker_splits(utts: list[Utt]) -> dict[str, str]:
@@ -163,7 +182,7 @@ def write_timit(utts: list[Utt], folder: Path) -> tuple[Path, dict[str, str]]:
     names, taken = {}, {"dev": 0, "test": 0}
     for s in sorted({u.speaker for u in utts}):
         if split_of[s] == "train":
-            names[s] = ("TRAIN", f"M{chr(65 + len(names))}TR0")
+            names[s] = ("TRAIN", f"MTR{len(names):03d}")
         else:
             names[s] = ("TEST", TIMIT_SPEAKERS[split_of[s]][taken[split_of[s]]])
             taken[split_of[s]] += 1

@@ -55,7 +55,7 @@ def load_audio(u: SourceUtterance) -> tuple[np.ndarray, int]:
         if a.recording is not None:
             from lhotse import Recording  # deferred: lhotse imports torch (a second); only lhotse sources need it
 
-            rec = Recording.from_dict(a.recording)
+            rec = Recording.from_dict(dict(a.recording))  # from_dict pops its keys
             x = np.asarray(rec.load_audio(offset=a.offset, duration=a.duration, channels=a.channel), dtype=np.float64)
             return x.reshape(-1) * 32768.0, int(rec.sampling_rate)
         if not Path(a.path).is_file():  # a fifo or device would block or never end

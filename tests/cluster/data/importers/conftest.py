@@ -7,25 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.data.kaldi import read_corpus, read_scp
-from import_sources import Utt, import_cli, segments_from_frames, write_ctm, write_lhotse, write_textgrids, write_timit
+from import_sources import Utt, embedded_utterances, import_cli, write_ctm, write_lhotse, write_textgrids, write_timit
 
 
 @pytest.fixture(scope="session")
 def embedded_utts(small_corpus) -> list[Utt]:
-    corpus = read_corpus(small_corpus)
-    split = corpus.split("test")
-    wavs = read_scp(corpus.path(split.spec["wav"]), corpus.root)
-    texts = dict(line.split(" ", 1) for line in corpus.path(split.spec["text"]).read_text().splitlines())
-    import soundfile as sf
-
-    out = []
-    for utt_id in split.utt_ids:
-        ali = split.alignments[utt_id]
-        n = sf.info(wavs[utt_id]).frames
-        segments, loose = segments_from_frames(ali.phones, ali.targets, n / 16000, corpus.phones)
-        out.append(Utt(utt_id, split.utt2spk[utt_id], Path(wavs[utt_id]), n, texts[utt_id], segments, ali.targets,
-                       frozenset(loose)))
+    out = embedded_utterances(small_corpus, ["test"])
     loose = sum(len(u.loose) for u in out)
     assert loose < 0.05 * sum(len(u.targets) for u in out), f"{loose} frames compared by phone only"
     return out
