@@ -218,6 +218,18 @@ function phoneTier(c, u, px) {
   c.dataset.drawn = "1";
 }
 
+// the word tier (corpora with word timings): words in frames, drawn under the phone tier
+function wordTier(c, u, px) {
+  const g = c.getContext("2d");
+  g.font = "11px sans-serif"; g.textBaseline = "middle";
+  u.words.forEach((w, k) => {
+    g.fillStyle = k % 2 ? "#efe" : "#dfd"; g.fillRect(w.start * px, 0, (w.end - w.start) * px, c.height);
+    g.fillStyle = "#222";
+    if ((w.end - w.start) * px > 20) g.fillText(w.word, w.start * px + 2, c.height / 2);
+  });
+  c.dataset.drawn = "1"; c.dataset.words = String(u.words.length);
+}
+
 function phoneAt(u, t) { const p = u.phones.find((s) => s.start <= t && t < s.end); return p ? p.phone : ""; }
 
 // spectrogram, phone tier, heatmap (hover, brush) and a cursor that follows the audio
@@ -235,6 +247,7 @@ function layerPanel(box, u, v, opts) {
   heat.dataset.drawn = "1";
   phoneTier(tier, u, px);
   wrap.appendChild(tier);
+  if (u.words && u.words.length) { const wt = canvas(T * px, 18, "words"); wordTier(wt, u, px); wrap.appendChild(wt); }
   const hw = document.createElement("div"); hw.style.position = "relative";
   hw.appendChild(heat); hw.appendChild(over); wrap.appendChild(hw);
   box.appendChild(wrap);
