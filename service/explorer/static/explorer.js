@@ -218,16 +218,10 @@ function phoneTier(c, u, px) {
   c.dataset.drawn = "1";
 }
 
-// the word tier (corpora with word timings): words in frames, drawn under the phone tier
+// the word tier (corpora with word timings): drawn as the phone tier is, one interval per word
 function wordTier(c, u, px) {
-  const g = c.getContext("2d");
-  g.font = "11px sans-serif"; g.textBaseline = "middle";
-  u.words.forEach((w, k) => {
-    g.fillStyle = k % 2 ? "#efe" : "#dfd"; g.fillRect(w.start * px, 0, (w.end - w.start) * px, c.height);
-    g.fillStyle = "#222";
-    if ((w.end - w.start) * px > 20) g.fillText(w.word, w.start * px + 2, c.height / 2);
-  });
-  c.dataset.drawn = "1"; c.dataset.words = String(u.words.length);
+  phoneTier(c, {phones: u.words.map((w) => ({start: w.start, end: w.end, phone: w.word}))}, px);
+  c.dataset.words = String(u.words.length);
 }
 
 function phoneAt(u, t) { const p = u.phones.find((s) => s.start <= t && t < s.end); return p ? p.phone : ""; }
