@@ -62,6 +62,8 @@ def read_phone_map(path: str | Path) -> dict[str, str]:
         parts = text.split()
         if len(parts) != 2:
             raise CorpusError(f"{path}:{n}: expected 'SOURCE TARGET' (two columns), got {line!r}")
+        if parts[1] in ("<eps>", "#0") or parts[1].startswith("#"):
+            raise CorpusError(f"{path}:{n}: {parts[1]!r} is reserved in a Kaldi phone table; map to a phone or SIL")
         if parts[0] in out and out[parts[0]] != parts[1]:
             raise CorpusError(f"{path}:{n}: {parts[0]!r} is mapped twice ({out[parts[0]]!r} and {parts[1]!r})")
         out[parts[0]] = parts[1]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cluster.data import phones as P
-from cluster.data.importers.phonesets import TIMIT_61_TO_39, PhoneSet
+from cluster.data.importers.phonesets import TIMIT_61_TO_39, PhoneSet, read_phone_map
+from cluster.data.kaldi import CorpusError
 
 
 def test_arpabet_folds_stress_position_and_case_and_maps_silence_explicitly():
@@ -30,3 +33,14 @@ def test_a_phone_map_is_looked_up_first_and_may_add_phones():
     s = PhoneSet("arpabet", {"spn": "SPN", "ɑ": "AA"})
     assert s.map("spn") == "SPN" and s.map("ɑ") == "AA" and s.symbols == [*P.PHONES, "SPN"]
     assert s.ids["SPN"] == len(P.PHONES) + 1
+
+
+def test_phone_map_files_are_checked_line_by_line(tmp_path):
+    path = tmp_path / "map"
+    for text, what in (("a b c\n", ":1: expected 'SOURCE TARGET'"), ("x SIL\nx AA\n", ":2: 'x' is mapped twice"),
+                       ("x <eps>\n", "reserved"), ("# only a comment\n", "phone map is empty")):
+        path.write_text(text)
+        with pytest.raises(CorpusError, match=what):
+            read_phone_map(path)
+    path.write_text("x SIL  # silence\ny AA\n")
+    assert read_phone_map(path) == {"x": "SIL", "y": "AA"}
