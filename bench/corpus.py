@@ -61,7 +61,6 @@ def main() -> None:
 def bench_import(utterances: int) -> None:
     import shutil
 
-    import numpy as np
     import ray
     import soundfile as sf
 
@@ -95,7 +94,6 @@ def bench_import(utterances: int) -> None:
             print(f"  {kind:8s}: {rtf:6.0f}x real time ({got / 60:.1f} min imported in {wall:.1f} s, Ray tasks on 2 "
                   f"CPUs); ratio to baseline {rtf / base_rtf:.2f}")
             shutil.rmtree(root / f"out-{kind}")
-        del np
     ray.shutdown()
 
 
