@@ -114,8 +114,8 @@ class Loaded:
             f = line.split()
             if len(f) == 5:
                 start, dur = float(f[2]), float(f[3])
-                out.setdefault(f[0], []).append({"start": start / FRAME_SHIFT_S, "end": (start + dur) / FRAME_SHIFT_S,
-                                                 "word": f[4]})
+                out.setdefault(f[0], []).append({"start": round(start / FRAME_SHIFT_S, 2),
+                                                 "end": round((start + dur) / FRAME_SHIFT_S, 2), "word": f[4]})
         return out
 
     def capture(self, utt_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:

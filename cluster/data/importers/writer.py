@@ -149,10 +149,10 @@ def write_corpus(plan, out: str | os.PathLike, options: ImportOptions = ImportOp
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    t0 = time.time()
     refs: list = []
     try:
         ensure_ray()
+        t0 = time.time()  # after Ray's start: the import's own real-time factor
         task = ray.remote(num_cpus=1)(import_shard)
         shards = []
         for split in SPLITS:
