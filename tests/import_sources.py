@@ -173,9 +173,9 @@ TIMIT_SPEAKERS = {"dev": ["FAKS0", "MGWT0"], "test": ["MDAB0", "FELC0"]}
 
 
 def write_timit(utts: list[Utt], folder: Path) -> tuple[Path, dict[str, str]]:
-    """TRAIN/TEST/DRn/SPEAKER/SENTENCE.{WAV (NIST SPHERE), PHN, WRD, TXT}; returns the folder and
-    imported id -> embedded id. Dev and test speakers take names from the standard lists; one extra TEST
-    speaker outside both and one SA sentence are written too, and must be left out."""
+    """TRAIN/TEST/DRn/SPEAKER/SENTENCE.{WAV (NIST SPHERE; the first RIFF, .WAV.wav), PHN, WRD, TXT};
+    returns the folder and imported id -> embedded id. Dev and test speakers take names from the standard
+    lists; one extra TEST speaker outside both and one SA sentence are written too, and must be left out."""
     import soundfile as sf
 
     split_of = speaker_splits(utts)
@@ -188,11 +188,14 @@ def write_timit(utts: list[Utt], folder: Path) -> tuple[Path, dict[str, str]]:
             taken[split_of[s]] += 1
     ids = {}
 
-    def sentence(u: Utt, part: str, spk: str, sent: str) -> None:
+    def sentence(u: Utt, part: str, spk: str, sent: str, riff: bool = False) -> None:
         d = folder / part / "DR1" / spk
         d.mkdir(parents=True, exist_ok=True)
         x, _ = sf.read(u.wav, dtype="int16")
-        sf.write(d / f"{sent}.WAV", x, 16000, format="NIST", subtype="PCM_16")
+        if riff:  # as some re-distributions ship TIMIT
+            sf.write(d / f"{sent}.WAV.wav", x, 16000, subtype="PCM_16")
+        else:
+            sf.write(d / f"{sent}.WAV", x, 16000, format="NIST", subtype="PCM_16")
         labels = []
         for j, (p, a, b) in enumerate(u.segments):
             lab = ("h#" if j in (0, len(u.segments) - 1) else "pau") if p == P.SIL else p.lower()
@@ -204,7 +207,7 @@ def write_timit(utts: list[Utt], folder: Path) -> tuple[Path, dict[str, str]]:
 
     for k, u in enumerate(utts):
         part, spk = names[u.speaker]
-        sentence(u, part, spk, f"SX{100 + k}")
+        sentence(u, part, spk, f"SX{100 + k}", riff=k == 0)
         ids[f"{spk}-SX{100 + k}"] = u.utt_id
     sentence(utts[0], names[utts[0].speaker][0], names[utts[0].speaker][1], "SA1")
     sentence(utts[1], "TEST", "MZZZ0", "SI999")  # a TEST speaker in neither list

@@ -9,7 +9,7 @@ import pytest
 
 from cluster.data.importers.phonesets import PhoneSet
 from cluster.data.kaldi import read_corpus
-from import_sources import assert_frames_match, capture_trained
+from import_sources import assert_frames_match, capture_trained, import_cli
 
 pytestmark = pytest.mark.slow
 TIMIT = PhoneSet("timit")
@@ -29,6 +29,16 @@ def test_timit_imports_with_its_own_splits_and_the_39_phones(imported, sources, 
     # the embedded phones folded as TIMIT's 39 classes fold them (AO -> AA, ZH -> SH)
     fold = lambda p: p if p == "SIL" else TIMIT.map(p.lower())  # noqa: E731
     assert assert_frames_match(out, embedded_utts, sources["timit"][2], fold) == len(embedded_utts)
+
+
+def test_splits_by_speaker_when_asked(sources, tmp_path, capsys):
+    assert import_cli(["--from", "timit", sources["timit"][0], "--out", tmp_path / "out", "--splits", "50,25,25",
+                       "--keep-wavs", "none"]) == 0
+    assert "by speaker, 50,25,25 % of utterances, seed 0" in capsys.readouterr().out
+    corpus = read_corpus(tmp_path / "out")
+    spk = [set(corpus.split(s).utt2spk.values()) for s in ("train", "dev", "test")]
+    assert all(spk) and not (spk[0] & spk[1] or spk[0] & spk[2] or spk[1] & spk[2])
+    assert "MZZZ0" in set().union(*spk)  # every speaker takes part in a split by speaker
 
 
 def test_timit_trains_and_captures(trained):
