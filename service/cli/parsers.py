@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "`gatelens corpus check MANIFEST` validates a corpus (embedded or a real Kaldi setup).")
     p.add_argument("action", nargs="?", choices=["build", "import", "check"], default="build",
                    help="build (default), import or check")
-    p.add_argument("manifest", nargs="?", metavar="SOURCE",
+    p.add_argument("manifest", nargs="?", metavar="PATH",
                    help="for check: corpus directory or manifest (.json/.toml); for import: the source (lhotse "
                         "manifest file or folder, folder of TextGrids, TIMIT folder, or CTM file)")
     p.add_argument("--out", default=None,
