@@ -33,7 +33,9 @@ from cluster.data import features as F
 from cluster.data.importers.source import Audio, SourceUtterance, checked_words, fit_to_audio
 from cluster.data.kaldi import (MANIFEST, CorpusError, check_corpus, cmvn_stats_matrix, move_into_place,
                                 save_shard_arks, write_kaldi_tables)
+from cluster.data.importers.phonesets import PhoneSet
 from cluster.data.phones import STATES_PER_PHONE
+from cluster.errors import GatelensError
 from cluster.runtime import ensure_ray
 
 SPLITS = ("train", "dev", "test")
@@ -164,7 +166,11 @@ def write_corpus(plan, out: str | os.PathLike, options: ImportOptions = ImportOp
                 for split, k, items in shards]
         results = []
         for k, ref in enumerate(refs):
-            results.append(ray.get(ref))
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayError as e:  # a crash, not the input: exit status 1, its first line
+                raise GatelensError(f"import shard {shards[k][1]} of split {shards[k][0]} failed: "
+                                    f"{str(e).strip().splitlines()[-1]}") from None
             if "error" in results[-1]:
                 raise CorpusError(results[-1]["error"])
             if progress:
