@@ -109,23 +109,36 @@ def stressed(p: str, k: int) -> str:
 
 # ------------------------------------------------------------------------------------------ lhotse
 
-def write_lhotse(utts: list[Utt], folder: Path, cuts: bool = False) -> Path:
-    """``embedded_{recordings,supervisions}_{split}.jsonl.gz`` (or one CutSet file with ``cuts``)."""
+def write_lhotse(utts: list[Utt], folder: Path, cuts: bool = False, long: bool = False) -> Path:
+    """``embedded_{recordings,supervisions}_{split}.jsonl.gz`` (or one CutSet file with ``cuts``); with
+    ``long``, each speaker's utterances are supervisions at their offsets in one recording of them all."""
+    import soundfile as sf
     from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
     from lhotse.supervision import AlignmentItem
 
     folder.mkdir(parents=True, exist_ok=True)
     split_of = speaker_splits(utts)
-    recs, sups = {}, {}
+    recs, sups, offsets = {}, {}, {}
+    if long:
+        for spk in sorted({u.speaker for u in utts}):
+            mine = [u for u in utts if u.speaker == spk]
+            path = folder / f"rec-{spk}.wav"
+            sf.write(path, np.concatenate([sf.read(u.wav, dtype="int16")[0] for u in mine]), 16000, subtype="PCM_16")
+            recs.setdefault(split_of[spk], []).append(Recording.from_file(path, recording_id=f"rec-{spk}"))
+            t = 0
+            for u in mine:
+                offsets[u.utt_id] = (f"rec-{spk}", t / 16000)
+                t += u.samples
     for u in utts:
-        rec = Recording.from_file(u.wav, recording_id=u.utt_id)
+        if not long:
+            recs.setdefault(split_of[u.speaker], []).append(Recording.from_file(u.wav, recording_id=u.utt_id))
+        rec_id, t0 = offsets.get(u.utt_id, (u.utt_id, 0.0))
         phones = [AlignmentItem("sp" if p == P.SIL and 0 < k < len(u.segments) - 1 else
-                                "sil" if p == P.SIL else stressed(p, k), a, round(b - a, 6))
+                                "sil" if p == P.SIL else stressed(p, k), t0 + a, round(b - a, 6))
                   for k, (p, a, b) in enumerate(u.segments)]
-        words = [AlignmentItem(w, a, round(b - a, 6)) for w, a, b in u.words()]
-        sup = SupervisionSegment(u.utt_id, u.utt_id, 0.0, rec.duration, channel=0, text=u.text, speaker=u.speaker,
+        words = [AlignmentItem(w, t0 + a, round(b - a, 6)) for w, a, b in u.words()]
+        sup = SupervisionSegment(u.utt_id, rec_id, t0, u.samples / 16000, channel=0, text=u.text, speaker=u.speaker,
                                  alignment={"phone": phones, "word": words})
-        recs.setdefault(split_of[u.speaker], []).append(rec)
         sups.setdefault(split_of[u.speaker], []).append(sup)
     if cuts:
         path = folder / "cuts.jsonl.gz"

@@ -31,8 +31,13 @@ def test_split_manifests_import_with_their_splits_and_word_alignments(imported, 
     assert assert_frames_match(out, embedded_utts) == len(embedded_utts)
 
 
-def test_a_single_cutset_splits_by_speaker(embedded_utts, ray_cluster, tmp_path):
-    cuts = write_lhotse(embedded_utts, tmp_path / "src", cuts=True)
+def test_a_single_cutset_of_long_recordings_splits_by_speaker(embedded_utts, ray_cluster, tmp_path):
+    """Each speaker's utterances are supervisions at their offsets into one recording (times in the
+    cut's own clock): the importer reads each one's span and alignment from its own start."""
+    from lhotse import load_manifest
+
+    cuts = write_lhotse(embedded_utts, tmp_path / "src", cuts=True, long=True)
+    assert sum(s.start > 0 for c in load_manifest(cuts) for s in c.supervisions) >= 3
     m = import_corpus("lhotse", cuts, tmp_path / "out", options=ImportOptions(keep_wavs="none"))
     assert m["importer"]["splits"].startswith("by speaker, 80,10,10")
     corpus = read_corpus(tmp_path / "out")
