@@ -52,7 +52,7 @@ def _check_sources(recording, path: Path) -> dict:
     return recording.to_dict()
 
 
-def _utterances(sup, recording: dict, origin: Path, audio_path: str, offset: float, split: str | None) -> SourceUtterance:
+def _utterance(sup, recording: dict, origin: Path, audio_path: str, offset: float, split: str | None) -> SourceUtterance:
     ali = sup.alignment or {}
     if "phone" not in ali:
         raise CorpusError(f"{origin}: supervision {sup.id}: no phone alignment (supervision.alignment['phone']; "
@@ -103,14 +103,14 @@ def read_lhotse(source: str | Path) -> tuple[list[SourceUtterance], list[str]]:
                                   f"(mixed and padded cuts are not read)")
             rec = _check_sources(cut.recording, path)
             for sup in cut.supervisions:
-                utts.append(_utterances(sup, rec, path, _audio_name(cut.recording), cut.start, split))
+                utts.append(_utterance(sup, rec, path, _audio_name(cut.recording), cut.start, split))
     for supset, path, split in supervisions:
         for sup in supset:
             if sup.recording_id not in recordings:
                 raise CorpusError(f"{path}: supervision {sup.id}: recording {sup.recording_id!r} is in no "
                                   f"recordings manifest beside it")
             rec, rec_path = recordings[sup.recording_id]
-            utts.append(_utterances(sup, _check_sources(rec, rec_path), path, _audio_name(rec), 0.0, split))
+            utts.append(_utterance(sup, _check_sources(rec, rec_path), path, _audio_name(rec), 0.0, split))
     if supervisions and not recordings:
         raise CorpusError(f"{source}: supervisions but no recordings manifest")
     if not utts:

@@ -1,4 +1,5 @@
-"""Montreal Forced Aligner output: ``.TextGrid`` files with "words" and "phones" tiers, read with praatio.
+"""Montreal Forced Aligner output: ``.TextGrid`` files with "words" and "phones" tiers (or one speaker's
+"NAME - words" / "NAME - phones"), read with praatio.
 
 MFA mirrors its input corpus: one sub-folder per speaker (a file at the top is its own speaker), the
 audio (``.wav`` or ``.flac``, same relative path and stem) beside the TextGrid or under ``audio_root``
@@ -22,6 +23,9 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".WAV", ".FLAC")
 
 def _tier(tg, path: Path, name: str, required: bool):
     names = {n.lower(): n for n in tg.tierNames}
+    suffixed = [n for n in names if n.endswith(f" - {name}")]  # MFA's "SPEAKER - phones" in multi-speaker files
+    if name not in names and len(suffixed) == 1:
+        name = suffixed[0]
     if name not in names:
         if required:
             raise CorpusError(f"{path}: no {name!r} tier (has {', '.join(map(repr, tg.tierNames)) or 'none'})")
