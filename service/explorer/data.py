@@ -110,12 +110,18 @@ class Loaded:
         out: dict[str, list[dict]] = {}
         if not path or not path.is_file():
             return out
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             f = line.split()
-            if len(f) == 5:
-                start, dur = float(f[2]), float(f[3])
-                out.setdefault(f[0], []).append({"start": round(start / FRAME_SHIFT_S, 2),
-                                                 "end": round((start + dur) / FRAME_SHIFT_S, 2), "word": f[4]})
+            if not f:
+                continue
+            try:
+                start, dur = (float(f[2]), float(f[3])) if len(f) == 5 else (float("nan"),) * 2
+            except ValueError:
+                start = dur = float("nan")
+            if not (np.isfinite(start) and np.isfinite(dur)):
+                raise InputError(f"{path}:{n}: expected 'UTT CHANNEL START DURATION WORD', got {line[:80]!r}")
+            out.setdefault(f[0], []).append({"start": round(start / FRAME_SHIFT_S, 2),
+                                             "end": round((start + dur) / FRAME_SHIFT_S, 2), "word": f[4]})
         return out
 
     def capture(self, utt_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:

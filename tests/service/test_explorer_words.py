@@ -26,3 +26,9 @@ def test_the_word_tier_of_an_imported_corpus(ray_cluster, small_corpus, tmp_path
         assert [w["word"] for w in tier] == [w for w, _, _ in want]
         for w, (_, start, end) in zip(tier, want):  # frames of 10 ms, to the CTM's millisecond
             assert w["start"] == pytest.approx(start * 100, abs=0.1) and w["end"] == pytest.approx(end * 100, abs=0.1)
+    words = tmp_path / "corpus" / "test" / "words.ctm"
+    words.write_text(words.read_text() + "x 1 nan 0.1 w\n")
+    from cluster.errors import InputError
+
+    with pytest.raises(InputError, match=r"words.ctm:\d+: expected 'UTT CHANNEL START DURATION WORD'"):
+        Loaded("ck", str(ckpt), ExplorerConfig(store=str(tmp_path / "s.duckdb")), {"split": "test"}).words
