@@ -37,7 +37,7 @@ from cluster.data import features as F
 from cluster.data import phones as P
 from cluster.data.espeak import SAMPLE_RATE as ESPEAK_RATE
 from cluster.data.espeak import Synthesizer, Voice
-from cluster.data.kaldi import CorpusError, MANIFEST, cmvn_stats_matrix, write_kaldi_tables
+from cluster.data.kaldi import CorpusError, MANIFEST, cmvn_stats_matrix, move_into_place, save_shard_arks, write_kaldi_tables
 from cluster.errors import InputError
 from cluster.runtime import ensure_ray
 
@@ -189,12 +189,7 @@ def generate_shard(items: list[Planned], seed: int, tmp_root: str, split: str, s
             (root / split / "wav").mkdir(exist_ok=True)
             wavfile.write(root / wav_rel, F.SAMPLE_RATE, wave)
             wav_lines.append(f"{p.utt_id} {wav_rel}\n")
-    scp = {}
-    for name, table in (("feats", feats), ("phones", phones), ("pdf", targets)):
-        ark = data / f"{name}.{shard:03d}.ark"
-        kaldiio.save_ark(str(ark), table, scp=str(ark.with_suffix(".scp")))
-        scp[name] = ark.with_suffix(".scp").read_text().replace(f"{tmp_root}/", "")
-        ark.with_suffix(".scp").unlink()
+    scp = save_shard_arks(data, shard, {"feats": feats, "phones": phones, "pdf": targets}, Path(tmp_root))
     stacked = np.concatenate(list(feats.values())).astype(np.float64)
     return {
         "scp": scp,
@@ -258,13 +253,7 @@ def prepare_embedded(out_dir: str | os.PathLike, utterances: int = 3000, seed: i
                 progress(done, len(refs), time.time() - t0)
         results = ray.get(refs)
         manifest = _write_tables(tmp, planned, shards, results, seed, utterances, shard_size, keep)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

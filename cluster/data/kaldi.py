@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tomllib
 from dataclasses import dataclass
 from functools import cached_property
@@ -87,6 +88,30 @@ def write_kaldi_tables(split_dir: Path, utts: dict[str, tuple[str, str]], scp: d
         (split_dir / f"{name}.scp").write_text(sorted_lines(lines))
     if wav_scp is not None:
         (split_dir / "wav.scp").write_text(sorted_lines(wav_scp))
+
+
+def save_shard_arks(data_dir: Path, shard: int, tables: dict[str, dict[str, np.ndarray]], root: Path) -> dict[str, str]:
+    """``{name}.{shard:03d}.ark`` per table under ``data_dir``; returns each one's scp lines with
+    paths relative to ``root`` (the corpus root), so that the corpus can be moved as a folder."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    scp = {}
+    for name, table in tables.items():
+        ark = data_dir / f"{name}.{shard:03d}.ark"
+        kaldiio.save_ark(str(ark), table, scp=str(ark.with_suffix(".scp")))
+        scp[name] = ark.with_suffix(".scp").read_text().replace(f"{root}/", "")
+        ark.with_suffix(".scp").unlink()
+    return scp
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """A complete corpus folder ``tmp`` becomes ``out``, replacing what was there only at the end."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -321,7 +346,7 @@ def _typed(manifest_path: Path, m: dict, field: str, kind, default=None):
     return value
 
 
-PATH_FIELDS = ("feats", "targets", "phones", "utt2spk", "spk2utt", "text", "wav")  # a split's files
+PATH_FIELDS = ("feats", "targets", "phones", "utt2spk", "spk2utt", "text", "wav", "words")  # a split's files
 
 
 class Corpus:

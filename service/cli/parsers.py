@@ -161,13 +161,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(sub, "service.cli.corpus:cmd_corpus", "corpus",
-                 help="generate the embedded eSpeak corpus, or check a Kaldi-format corpus",
+                 help="generate the embedded eSpeak corpus, import your own, or check a Kaldi-format corpus",
                  description="`gatelens corpus --out DIR` synthesises the embedded corpus as Kaldi data directories; "
+                             "`gatelens corpus import --from lhotse|textgrid|timit|ctm SOURCE --out DIR` writes the "
+                             "same layout from your own aligned speech; "
                              "`gatelens corpus check MANIFEST` validates a corpus (embedded or a real Kaldi setup).")
-    p.add_argument("action", nargs="?", choices=["build", "check"], default="build", help="build (default) or check")
-    p.add_argument("manifest", nargs="?", help="for check: corpus directory or manifest (.json/.toml)")
-    p.add_argument("--out", default=os.environ.get("GATELENS_CORPUS", DEFAULT_CORPUS),
-                   help=f"output directory (default: $GATELENS_CORPUS or {DEFAULT_CORPUS})")
+    p.add_argument("action", nargs="?", choices=["build", "import", "check"], default="build",
+                   help="build (default), import or check")
+    p.add_argument("manifest", nargs="?", metavar="PATH",
+                   help="for check: corpus directory or manifest (.json/.toml); for import: the source (lhotse "
+                        "manifest file or folder, folder of TextGrids, TIMIT folder, or CTM file)")
+    p.add_argument("--out", default=None,
+                   help=f"output directory (default for build: $GATELENS_CORPUS or {DEFAULT_CORPUS}; import needs it)")
+    # nargs="+": `corpus import --from KIND SOURCE` (argparse gives the optional positional SOURCE no
+    # value after an option), and `corpus import SOURCE --from KIND` too
+    p.add_argument("--from", dest="source_kind", nargs="+", metavar=("KIND", "SOURCE"),
+                   help="for import: the source's format (lhotse, textgrid, timit or ctm), then the source")
+    p.add_argument("--phone-map", help="for import: two-column file SOURCE_LABEL TARGET_PHONE, looked up first")
+    p.add_argument("--splits", help="for import: train,dev,test percentages of utterances, split by speaker "
+                                    "(default: the source's own splits, else 80,10,10)")
+    p.add_argument("--audio", help="for import --from textgrid: the folder of the audio (MFA's input corpus; "
+                                   "default: beside the TextGrids)")
+    p.add_argument("--data", help="for import --from ctm: the Kaldi data dir with wav.scp, segments, utt2spk, text "
+                                  "(default: the CTM's folder)")
+    p.add_argument("--timit-keep-sa", action="store_true", help="for import --from timit: keep the SA sentences")
     p.add_argument("--utterances", type=positive_int, default=3000, help="utterances over all splits (default: %(default)s)")
     p.add_argument("--seed", type=count, default=0, help="seed: same seed, same bytes (default: %(default)s)")
     p.add_argument("--shard-size", type=positive_int, default=500, help="utterances per Ray task (default: %(default)s)")

@@ -101,6 +101,29 @@ class Loaded:
             return {}
         return dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
 
+    @cached_property
+    def words(self) -> dict[str, list[dict]]:
+        """utt -> word tier in frames ({start, end, word}), from the split's word alignment (a CTM,
+        ``utt chan start dur word`` in seconds), where the corpus has one (imported corpora)."""
+        rel = self.split.spec.get("words")
+        path = self.corpus.path(rel) if rel else None
+        out: dict[str, list[dict]] = {}
+        if not path or not path.is_file():
+            return out
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            f = line.split()
+            if not f:
+                continue
+            try:
+                start, dur = (float(f[2]), float(f[3])) if len(f) == 5 else (float("nan"),) * 2
+            except ValueError:
+                start = dur = float("nan")
+            if not (np.isfinite(start) and np.isfinite(dur)):
+                raise InputError(f"{path}:{n}: expected 'UTT CHANNEL START DURATION WORD', got {line[:80]!r}")
+            out.setdefault(f[0], []).append({"start": round(start / FRAME_SHIFT_S, 2),
+                                             "end": round((start + dur) / FRAME_SHIFT_S, 2), "word": f[4]})
+        return out
+
     def capture(self, utt_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """{utt: {name: [T, H] float16}} for the utterances, capturing those not yet held (padded
         batches of 16; the model's own capture, as training and the store's capture run it)."""
@@ -347,7 +370,8 @@ class Explorer:
         u = m.utterance(utt_id)
         tier = [{"start": s, "end": e, "phone": m.phones[p]} for s, e, p in patterns.segments(u.phones)]
         return {"utt_id": utt_id, "frames": int(u.feats.shape[0]), "frame_shift": FRAME_SHIFT_S,
-                "text": m.texts.get(utt_id, ""), "phones": tier, "audio": utt_id in m.wavs,
+                "text": m.texts.get(utt_id, ""), "phones": tier, "words": m.words.get(utt_id, []),
+                "audio": utt_id in m.wavs,
                 "fbank": np.round(u.feats.T, 3).tolist(), "layers": len(m.model.layers),
                 "quantities": list(m.model.layers[0].value_names)}
 

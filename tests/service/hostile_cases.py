@@ -142,4 +142,31 @@ STORAGE_CASES: list[Case] = [
          r"a manifest is a table of fields, not a list", setup=lambda d: (d / "m.json").write_text("[1, 2]")),
     Case("manifest-not-utf8", lambda d: ["corpus", "check", d / "m.toml"], 2, r"not a valid TOML manifest",
          setup=lambda d: (d / "m.toml").write_bytes(b"name = \"\xff\xfe\"\n")),
+    # corpus sources (gatelens corpus import) whose audio would run a command
+    Case("import-ctm-with-a-piped-wav-scp", lambda d: ["corpus", "import", "--from", "ctm", d / "src" / "a.ctm",
+                                                       "--out", d / "out"], 2,
+         r"wav\.scp: recording r1: 'touch .*\|' is a Kaldi pipe or command", setup=lambda d: _ctm_source(d),
+         marker=MARK),
+    Case("import-lhotse-with-a-command-source", lambda d: ["corpus", "import", "--from", "lhotse", d / "src",
+                                                           "--out", d / "out"], 2,
+         r"recording r1: audio source of type 'command' is refused", setup=lambda d: _lhotse_source(d), marker=MARK),
 ]
+
+
+def _ctm_source(d: Path) -> None:
+    (d / "src").mkdir()
+    (d / "src" / "wav.scp").write_text(f"r1 touch {d / MARK} |\n")
+    (d / "src" / "text").write_text("r1 A\n")
+    (d / "src" / "a.ctm").write_text("r1 1 0.00 0.50 AH0\n")
+
+
+def _lhotse_source(d: Path) -> None:
+    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+    from lhotse.audio import AudioSource
+    from lhotse.supervision import AlignmentItem
+
+    (d / "src").mkdir()
+    rec = Recording("r1", [AudioSource("command", [0], f"touch {d / MARK}")], 16000, 16000, 1.0)
+    RecordingSet.from_recordings([rec]).to_file(d / "src" / "x_recordings.jsonl.gz")
+    sup = SupervisionSegment("u1", "r1", 0.0, 1.0, text="A", speaker="s", alignment={"phone": [AlignmentItem("AH0", 0, 1)]})
+    SupervisionSet.from_segments([sup]).to_file(d / "src" / "x_supervisions.jsonl.gz")

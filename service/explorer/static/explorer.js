@@ -218,6 +218,12 @@ function phoneTier(c, u, px) {
   c.dataset.drawn = "1";
 }
 
+// the word tier (corpora with word timings): drawn as the phone tier is, one interval per word
+function wordTier(c, u, px) {
+  phoneTier(c, {phones: u.words.map((w) => ({start: w.start, end: w.end, phone: w.word}))}, px);
+  c.dataset.words = String(u.words.length);
+}
+
 function phoneAt(u, t) { const p = u.phones.find((s) => s.start <= t && t < s.end); return p ? p.phone : ""; }
 
 // spectrogram, phone tier, heatmap (hover, brush) and a cursor that follows the audio
@@ -235,6 +241,7 @@ function layerPanel(box, u, v, opts) {
   heat.dataset.drawn = "1";
   phoneTier(tier, u, px);
   wrap.appendChild(tier);
+  if (u.words && u.words.length) { const wt = canvas(T * px, 18, "words"); wordTier(wt, u, px); wrap.appendChild(wt); }
   const hw = document.createElement("div"); hw.style.position = "relative";
   hw.appendChild(heat); hw.appendChild(over); wrap.appendChild(hw);
   box.appendChild(wrap);
