@@ -703,12 +703,51 @@ class Store:
         old = con.execute("SELECT params, rows, started_at, figure_paths FROM analyses WHERE checkpoint_id = ? "
                           "AND analysis = ? AND analysis_version = ?", [checkpoint_id, analysis, version]).fetchone()
         o_params, o_rows, o_started, o_figs = old if old and not start else (None, None, None, None)
-        con.execute("INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        con.execute("INSERT OR REPLACE INTO analyses (checkpoint_id, analysis, analysis_version, status, error, "
+                    "params, rows, started_at, finished_at, figure_paths, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
             checkpoint_id, analysis, version, status, error,
             json.dumps(params) if params is not None else o_params,
             rows if rows is not None else o_rows,
             o_started or now, now if finish else None,
-            list(figure_paths) if figure_paths is not None else o_figs])
+            list(figure_paths) if figure_paths is not None else o_figs, owner()])
+
+    # -- orphans: running rows of a process that is gone --------------------------------------------
+
+    def running(self) -> pl.DataFrame:
+        """The log's running rows (checkpoint_id, analysis, analysis_version, owner, started_at) with
+        ``alive``: whether their owner still runs (``owner_alive``; a row from before owners were
+        recorded has none, and is taken as orphaned). On another host an owner counts as gone once
+        its row has run for a day."""
+        if not self.path.is_file() or not self.has_relation("analyses"):
+            return pl.DataFrame(schema={"checkpoint_id": pl.String, "analysis": pl.String,
+                                        "analysis_version": pl.Int32, "owner": pl.String,
+                                        "started_at": pl.Datetime, "alive": pl.Boolean})
+        df = self.query("SELECT checkpoint_id, analysis, analysis_version, owner, started_at FROM analyses "
+                        "WHERE status = 'running' ORDER BY started_at, checkpoint_id, analysis")
+        epoch = datetime(1970, 1, 1)
+        alive = [owner_alive(r["owner"], stale_after=86400,
+                             since=(r["started_at"] - epoch).total_seconds() if r["started_at"] else None)
+                 for r in df.iter_rows(named=True)]
+        return df.with_columns(pl.Series("alive", alive, dtype=pl.Boolean))
+
+    def reap_orphans(self) -> pl.DataFrame:
+        """Log ``failed`` every running row whose owner is gone (a pass killed mid-analysis), saying
+        so, so that the next pass redoes it; returns those rows. A row a live process runs stays."""
+        gone = self.running().filter(~pl.col("alive"))
+        if gone.height:
+            with self.transaction() as con:
+                for r in gone.iter_rows(named=True):
+                    still = con.execute("SELECT owner FROM analyses WHERE checkpoint_id = ? AND analysis = ? AND "
+                                        "analysis_version = ? AND status = 'running'",
+                                        [r["checkpoint_id"], r["analysis"], r["analysis_version"]]).fetchone()
+                    if still is None or still[0] != r["owner"]:
+                        continue  # finished or restarted meanwhile
+                    self._log(con, r["checkpoint_id"], r["analysis"], r["analysis_version"], "failed",
+                              error=f"orphaned: left running by {r['owner'] or 'a process of an older gatelens'}, "
+                                    f"which is gone (killed mid-analysis); redone by the next pass",
+                              finish=True)
+        return gone
 
     # -- the watcher's failures -------------------------------------------------------------------
 
