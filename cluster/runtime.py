@@ -128,27 +128,21 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
         if not _log_to_driver:
             logging.getLogger("ray").warning("worker output: %s/logs", _session_dir)
 
-    def joined(address: str, how: str) -> bool:
+    def join(address: str, how: str) -> bool:
+        _token_auth_for_head()
+        try:
+            init(address=address)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise _join_failed(address, how, e) from None
         cpus = int(ray.cluster_resources().get("CPU", 0))
         _say(f"ray: on the cluster at {address} ({how}; {cpus} CPUs, {len(ray.nodes())} nodes)")
         return False
 
     if os.environ.get("RAY_ADDRESS"):
-        address = os.environ["RAY_ADDRESS"]
-        _token_auth_for_head()
-        try:
-            init(address=address)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise _join_failed(address, "RAY_ADDRESS", e) from None
-        return joined(address, "RAY_ADDRESS")
+        return join(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
     head = head_address()
     if head and _listening(head):
-        _token_auth_for_head()
-        try:
-            init(address=head)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise _join_failed(head, "the head `gatelens up` started", e) from None
-        return joined(head, "the head `gatelens up` started")
+        return join(head, "the head `gatelens up` started")
     if head:
         _say(f"ray: the head `gatelens up` started at {head} is gone (nothing answers there)")
     if connect_only:
