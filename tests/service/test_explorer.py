@@ -310,11 +310,18 @@ def test_browser_claim_to_unit_to_frame_to_audio_to_match(explorer, browser):
     ready(d, "overview")
     claim = d.find_element("css selector", '[data-claim="gru_bounded"]')
     assert claim.get_attribute("data-verdict") == "holds"
+    links = claim.find_element("css selector", "details.links")  # collapsed: the claims read as a list
+    assert links.get_attribute("open") is None and not claim.find_element("css selector", "a.unit-link").is_displayed()
+    links.find_element("tag name", "summary").click()
     claim.find_element("css selector", "a.unit-link").click()
     ready(d, "unit")
     hists = d.find_elements("css selector", "canvas.hist")
     assert len(hists) == 6 and all(h.get_attribute("data-drawn") == "1" for h in hists)
-    assert d.find_elements("css selector", 'canvas.resp[data-drawn="1"]')
+    resp = d.find_elements("css selector", 'canvas.resp[data-drawn="1"]')
+    assert resp
+    for cv in resp:  # the phone labels drawn do not overlap
+        boxes = json.loads(cv.get_attribute("data-labels"))
+        assert boxes and all(a[1] < b[0] for a, b in zip(boxes, boxes[1:]))
     d.find_element("css selector", "tr.top-frame a").click()
     ready(d, "utterance")
     assert d.find_element("css selector", 'canvas.heatmap').get_attribute("data-drawn") == "1"
