@@ -124,11 +124,9 @@ def owner() -> str:
 def owner_alive(who: str | None, stale_after: float | None = None, since: float | None = None) -> bool:
     """Whether the process ``host:pid`` still runs. On this host it is asked (signal 0); a process
     on another host is taken as alive unless ``since`` (epoch seconds) is more than ``stale_after``
-    seconds ago. A Ray task id (``ray:<hex>``) is asked of the cluster this process is joined to."""
+    seconds ago."""
     if not who:
         return False
-    if who.startswith("ray:"):
-        return _ray_task_alive(who[4:])
     host, _, pid = who.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
         try:
@@ -139,22 +137,6 @@ def owner_alive(who: str | None, stale_after: float | None = None, since: float 
             return True
         return True
     return stale_after is None or since is None or time.time() - since < stale_after
-
-
-def _ray_task_alive(task_id: str) -> bool:
-    try:
-        import ray
-        from ray.util.state import get_task
-    except ImportError:
-        return False
-    if not ray.is_initialized():
-        return True  # cannot tell from here: not taken as gone
-    try:
-        task = get_task(task_id, timeout=10)
-    except Exception:  # noqa: BLE001 -- the state API unreachable: not taken as gone
-        return True
-    task = task[-1] if isinstance(task, list) and task else task
-    return task is not None and getattr(task, "state", None) not in ("FINISHED", "FAILED")
 
 
 # -- readers: one read-only instance per store file and process -----------------------------------
