@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+
+from cluster.errors import GatelensError
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _started_local = False
@@ -71,7 +74,7 @@ def _token_auth_for_head() -> None:
     kept. Ray's own helper is used (it also refreshes the configuration Ray cached at import)."""
     if "RAY_AUTH_MODE" in os.environ:
         return
-    try:
+    try:  # deferred: Ray costs ~1 s to import (see ensure_ray)
         from ray._private.authentication.authentication_token_setup import \
             maybe_enable_token_auth_if_token_available
     except ImportError:  # another Ray: the variable alone (read when Ray starts its core worker)
@@ -84,7 +87,6 @@ def _token_auth_for_head() -> None:
 def _listening(address: str, timeout: float = 2.0) -> bool:
     """Whether something accepts connections at ``host:port`` (a head's GCS), before ray.init's
     own ~20 s of retries."""
-    import socket
 
     host, _, port = address.rpartition(":")
     try:
@@ -95,7 +97,6 @@ def _listening(address: str, timeout: float = 2.0) -> bool:
 
 
 def _join_failed(address: str, how: str, e: Exception):
-    from cluster.errors import GatelensError
 
     auth = os.environ.get("RAY_AUTH_MODE", "unset")
     return GatelensError(f"cannot join the Ray head at {address} ({how}): {type(e).__name__}: "

@@ -12,8 +12,10 @@ import copy
 import json
 import math
 import os
+import queue as queue_mod
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
@@ -28,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.queue import Queue
 
 from cluster.batching import bucket_batches, pad_batch
 from cluster.data.kaldi import read_corpus
@@ -424,11 +427,6 @@ def fit_quietly(trainer_of, name: str, epochs: int, say, quiet_after: float = 10
     """``trainer_of(callbacks).fit()`` with one line per epoch (``report_line``) said as it is
     reported, and a line whenever nothing was said for ``quiet_after`` seconds (Ray Train
     starting its workers takes ~30 s here); returns the fit's Result (or raises its error)."""
-    import queue as queue_mod
-    import threading
-
-    from ray.util.queue import Queue
-
     reports = Queue()
     box: dict = {}
     t0 = last = time.time()
