@@ -85,7 +85,7 @@ def main() -> None:
 
     from cluster.capture import CaptureConfig, capture, load
     from cluster.data.kaldi import read_corpus
-    from cluster.runtime import ensure_ray, log_ray_to
+    from cluster.runtime import ensure_ray, log_ray_to, machine
     from cluster.summaries import SUMMARY_VERSION
     from cluster.tables import CAPTURE
     from service.cli.explore import wait_healthy
@@ -104,7 +104,7 @@ def main() -> None:
             shutil.copytree(src.samples_dir, tmp / "store.samples")
         store = Store(tmp / "store.duckdb")
         log = log_ray_to(tmp / "logs", "bench-explorer")
-        print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"load average {os.getloadavg()[0]:.2f}; Ray's messages: {log}")
         private = ensure_ray()
 

@@ -43,7 +43,9 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=1, help="checkpoints landing at once (seeds 0..n-1)")
     ap.add_argument("--no-split", action="store_true", help="skip the step-by-step split")
     args = ap.parse_args()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} before")
+    from cluster.runtime import machine
+
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} before")
 
     from analyses.registry import checkpoint_analyses
     from cluster.models import checkpoint_id
@@ -125,7 +127,8 @@ def main() -> None:
           f"({done} of {expected} captures and analyses finished; ratio to baseline {per / forward_s:.1f}x"
           f"{', target <= 5x: ' + ('met' if per / forward_s <= 5 else 'NOT met')})")
     if own:
-        print("  each on its own, as the pass printed it: " + ", ".join(f"{k} {v:.1f} s" for k, v in own.items()))
+        print("  submission -> result of each (queued for a CPU behind the others), as the pass printed it: "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in own.items()))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.no_split:
         return
@@ -172,16 +175,6 @@ def split_steps(tmp: Path, target: Path, args, cid_of):
         store.ingest_output(out)
         split_rows.append((name, t_read, t_fig, time.perf_counter() - t0))
     return t_capture, t_ingest, split_rows
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

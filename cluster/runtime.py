@@ -160,6 +160,22 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
     return True
 
 
+def machine() -> str:
+    """This machine's CPU as benchmarks name it: model, cores, AVX-512 (and bf16) when present."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    avx = ", AVX-512" + (" incl. avx512_bf16" if "avx512_bf16" in flags else "") if "avx512f" in flags else ""
+    return f"{model} ({os.cpu_count()} cores{avx})"
+
+
 @lru_cache(maxsize=1)
 def git_revision() -> str | None:
     """HEAD of the repository this code runs from, with "-dirty" when tracked files differ from it;
