@@ -163,14 +163,14 @@ def main() -> None:
               f"max {max(cold):.0f} ms over {len(cold)} checkpoints")
 
         # warm JSON endpoints of the unit and utterance views
-        utt = probe[0]
+        utt, H = probe[0], min(50, demo[0]["hidden"])
         endpoints = {
             "unit": lambda k: f"api/unit/{ck}/{1 + k % demo[0]['layers']}/{k % demo[0]['hidden']}",
             "top": lambda k: f"api/top/{ck}/{1 + k % demo[0]['layers']}/{k % demo[0]['hidden']}?quantity=c&k=12",
             "utterance": lambda k: f"api/utterance/{ck}/{probe[k % len(probe)]}",
             "values": lambda k: f"api/values/{ck}/{probe[k % len(probe)]}?layer=1&quantity=c&order=variance",
             "pattern": lambda k: f"api/pattern/{ck}/{utt}?layer=1&quantity=o&start=20&end=30&threshold=0.6",
-            "match": lambda k: f"api/match/{ck}?layer=1&quantity=o&units={k % 50},{(k + 7) % 50}&threshold=0.6",
+            "match": lambda k: f"api/match/{ck}?layer=1&quantity=o&units={k % H},{(k + 7) % H}&threshold=0.6",
             "overview": lambda k: "api/overview",
         }
         single = {}
