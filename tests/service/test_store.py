@@ -270,7 +270,7 @@ def test_many_reading_threads_and_a_writing_process_never_poison_each_other(stor
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         from service.store import Store
         s = Store({str(store.path)!r}, busy_timeout=60)
-        for i in range(12):
+        for i in range(8):
             s.log_started("w", "x", i)
             s.log_finished("w", "x", i, rows=i)
         print("wrote", flush=True)
@@ -280,7 +280,7 @@ def test_many_reading_threads_and_a_writing_process_never_poison_each_other(stor
     def read(k: int) -> None:
         s = store if k % 2 else Store(store.path, busy_timeout=60)  # a shared Store and own ones
         try:
-            for _ in range(20):
+            for _ in range(10):
                 answers.append(s.query("SELECT count(*) AS n FROM unit_stats")["n"][0])
                 with s.reader() as con:
                     for sql in ("SELECT * FROM read_csv('/etc/passwd')", "SET enable_external_access = true"):
@@ -299,6 +299,6 @@ def test_many_reading_threads_and_a_writing_process_never_poison_each_other(stor
         t.join(120)
     out, err = writer.communicate(timeout=120)
     assert errors == []
-    assert answers == [2 * 4 * 6] * 8 * 20
+    assert answers == [2 * 4 * 6] * 8 * 10
     assert writer.returncode == 0 and out.strip() == "wrote", err
-    assert store.query("SELECT count(*) AS n FROM analyses WHERE checkpoint_id = 'w'")["n"][0] == 12
+    assert store.query("SELECT count(*) AS n FROM analyses WHERE checkpoint_id = 'w'")["n"][0] == 8
