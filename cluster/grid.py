@@ -59,7 +59,7 @@ class Progress(tune.Callback):
 
     def __init__(self, configs: dict[str, TrainConfig]):
         self.configs, self.t0, self.done = configs, time.time(), 0  # no stream held: Tune may pickle its callbacks
-        self.last = self.t0
+        self.last, self.epochs_seen = self.t0, False
 
     def _say(self, text: str) -> None:
         print(f"[{clock(time.time() - self.t0):>7}] {text}", file=sys.stderr, flush=True)
@@ -74,14 +74,16 @@ class Progress(tune.Callback):
             self.done += 1
         line = report_line(name, result, cfg.epochs, done=f" ({self.done}/{len(self.configs)})")
         if line:
+            self.epochs_seen = True
             self._say(line)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"{trial.config['point']['name']:<22} starting: Ray Train starts its workers")
 
     def on_step(self, iteration, trials, **info):
-        """A line while nothing else is said (trials starting take ~30 s here): never silent > ~10 s."""
-        if time.time() - self.last > 10:
+        """A line while nothing else is said: after 10 s while no trial has reported an epoch yet
+        (trials starting take ~30 s here), after a minute once epochs are under way."""
+        if time.time() - self.last > (60 if self.epochs_seen else 10):
             running = [t for t in trials if t.status == "RUNNING"]
             pending = sum(t.status == "PENDING" for t in trials)
             self._say(f"{len(running)} trials running, {pending} waiting, {self.done}/{len(self.configs)} done")

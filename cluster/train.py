@@ -425,8 +425,9 @@ class ReportsTo(ray.train.UserCallback):
 
 def fit_quietly(trainer_of, name: str, epochs: int, say, quiet_after: float = 10.0):
     """``trainer_of(callbacks).fit()`` with one line per epoch (``report_line``) said as it is
-    reported, and a line whenever nothing was said for ``quiet_after`` seconds (Ray Train
-    starting its workers takes ~30 s here); returns the fit's Result (or raises its error)."""
+    reported, and a line whenever nothing was said for ``quiet_after`` seconds before the first
+    epoch (Ray Train starting its workers takes ~30 s here), six times that after it; returns the
+    fit's Result (or raises its error)."""
     reports = Queue()
     box: dict = {}
     t0 = last = time.time()
@@ -445,7 +446,7 @@ def fit_quietly(trainer_of, name: str, epochs: int, say, quiet_after: float = 10
             line = report_line(name, reports.get(timeout=1.0), epochs)
         except queue_mod.Empty:
             line = None
-            if worker.is_alive() and time.time() - last > quiet_after:
+            if worker.is_alive() and time.time() - last > (6 * quiet_after if said_epoch else quiet_after):
                 line = (f"{name:<22} {'epoch under way' if said_epoch else 'starting: Ray Train starts its workers'}"
                         f" ({clock(time.time() - t0)} so far)")
         if line:
