@@ -251,7 +251,8 @@ def running(config: WatchConfig) -> list[str]:
     """The log's running rows, each as one line: who runs it, or that its owner is gone (a killed
     pass: the next pass redoes it)."""
     rows = Store(config.store).running()
-    return [f"{r['checkpoint_id']} ({r['analysis']}) since {r['started_at']:%Y-%m-%d %H:%M:%S} UTC: "
+    return [f"{r['checkpoint_id']} ({r['analysis']}) since "
+            + (f"{r['started_at']:%Y-%m-%d %H:%M:%S} UTC: " if r["started_at"] else "an unknown time: ")
             + (f"running in {r['owner']}" if r["alive"] else
                f"orphaned, {r['owner'] or 'an older gatelens'} is gone; the next pass redoes it")
             for r in rows.iter_rows(named=True)]
