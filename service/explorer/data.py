@@ -22,6 +22,7 @@ first ``utterances`` of the utterances its capture summarised (the capture's own
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from functools import cached_property
 from collections import OrderedDict
@@ -45,6 +46,7 @@ from service.schema import SAMPLE_VIEW
 from service.store import Store, check_id
 
 FRAME_SHIFT_S = 0.01  # every corpus here: Kaldi's 10 ms frame shift
+log = logging.getLogger("gatelens.explorer")
 
 
 class NotFound(InputError):
@@ -140,7 +142,7 @@ class Explorer:
         self._units_lock = threading.Lock()
         self._overview: tuple[tuple, dict] | None = None  # (stamp it was computed at, overview)
         self._overview_lock = threading.Lock()  # one computation at a time
-        self._refreshing = False
+        self._refresh_lock, self._refreshing = threading.Lock(), False  # one background refresh at a time
 
     # -- the store --------------------------------------------------------------------------------
 
@@ -247,15 +249,16 @@ class Explorer:
                     stamp = self.overview_stamp()
                     if self._overview is None or self._overview[0] != stamp:
                         self._overview = (stamp, self._compute_overview())
-            except Exception:  # noqa: BLE001 -- busy or mid-write: the old overview stays; retried on the next request
-                pass
+            except Exception as e:  # noqa: BLE001 -- busy or mid-write: the old overview stays; retried on the next request
+                log.warning("overview refresh failed (the last one is served, marked stale): %s: %s",
+                            type(e).__name__, e)
             finally:
                 self._refreshing = False
 
         if not background:
             work()
             return
-        with self._units_lock:
+        with self._refresh_lock:
             if self._refreshing:
                 return
             self._refreshing = True
