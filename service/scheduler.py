@@ -149,7 +149,7 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
                 c0 = time.time()
                 if ensure_captured(store, RunDir.of_checkpoint(path), path, cid, utterances=config.utterances,
                                    sample=config.sample, corpus=config.corpus, allow_pipes=config.allow_pipes,
-                                   progress=lambda m: None):
+                                   progress=progress):
                     progress(f"  {cid} capture: finished ({time.time() - c0:.1f} s) {path}")
                 todo[cid] = (path, st, key, earlier)
             except Exception as e:  # one checkpoint's failure must not stop the pass
