@@ -8,7 +8,8 @@
 2. The split, running the same steps one at a time: capture + summaries (sharded Ray tasks),
    ingest of the capture rows, then per analysis: SQL read, figures (a Ray task), ingest.
 Baseline, measured in the same run: a plain forward pass of the model over the same utterances
-(no capture, no Ray), so the printed ratio says what the service adds to the model's own cost.
+(no capture, no Ray), the best of 3 before and 3 after the pass, so the printed ratio says what
+the service adds to the model's own cost.
 
     .venv/bin/python bench/service.py [--corpus DIR] [--utterances 100] [--hidden 128 --layers 2]
                                       [--checkpoints 1] [--no-split]
@@ -77,11 +78,17 @@ def main() -> None:
         ids = split.utt_ids[: args.utterances]
         utts = [split.load(u) for u in ids]
         torch.set_num_threads(1)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for u in utts:
-                model(torch.from_numpy(u.feats)[None])
-        forward_s = time.perf_counter() - t0
+
+        def forward() -> float:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for u in utts:
+                    model(torch.from_numpy(u.feats)[None])
+            return time.perf_counter() - t0
+
+        # the best of 3 before the pass and 3 after: this machine is shared, and a baseline measured
+        # in a moment of load would flatter the ratio
+        forwards = [forward() for _ in range(3)]
 
         # 1. end to end through a watcher pass
         storage = tmp / "runs"
@@ -104,6 +111,8 @@ def main() -> None:
         run_pass(config, progress=lines.append)
         done = Store(config.store).query("SELECT count(*) AS n FROM analyses WHERE status = 'finished'")["n"][0]
         e2e = time.perf_counter() - t0
+        forwards += [forward() for _ in range(3)]
+        forward_s = min(forwards)
         target = targets[0]
         expected = args.checkpoints * (1 + len(checkpoint_analyses()))
         own = {}  # analysis -> its seconds, as the pass printed them (the first checkpoint's)
@@ -122,7 +131,8 @@ def main() -> None:
     per = e2e / args.checkpoints
     print(f"model {args.cell} {args.layers}x{args.hidden}, {args.utterances} test utterances ({frames} frames); "
           f"{args.checkpoints} checkpoint(s) at once")
-    print(f"baseline: forward pass alone          {forward_s:7.2f} s")
+    print(f"baseline: forward pass alone          {forward_s:7.2f} s (best of {len(forwards)}; worst "
+          f"{max(forwards):.2f} s)")
     print(f"appearance -> every analysis queryable {e2e:7.2f} s for {args.checkpoints}: {per:.2f} s per checkpoint "
           f"({done} of {expected} captures and analyses finished; ratio to baseline {per / forward_s:.1f}x"
           f"{', target <= 5x: ' + ('met' if per / forward_s <= 5 else 'NOT met')})")
