@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 from datetime import datetime, timezone
@@ -130,6 +131,9 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
             logging.getLogger("ray").warning("worker output: %s/logs", _session_dir)
 
     def join(address: str, how: str) -> bool:
+        if re.fullmatch(r"[\w.-]+:\d+", address) and not _listening(address):
+            raise GatelensError(f"cannot join the Ray head at {address} ({how}): nothing answers there; "
+                                f"nothing was run on a private cluster instead")
         _token_auth_for_head()
         try:
             init(address=address)

@@ -38,6 +38,25 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "corpus" in out.stdout and "watch" in out.stdout
 
 
+def test_a_head_that_is_meant_but_does_not_answer_is_an_error_not_a_private_cluster(tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    # what every command runs first (a fresh process: this one may have joined the test cluster)
+    out = subprocess.run([sys.executable, "-c", "import ray, sys\nfrom cluster.runtime import ensure_ray\n"
+                          "from cluster.errors import GatelensError\ntry:\n    ensure_ray()\n"
+                          "except GatelensError as e:\n    print(e, file=sys.stderr)\n    sys.exit(1)\n"
+                          "print(ray.is_initialized())"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"cannot join the Ray head at 127.0.0.1:{port} (RAY_ADDRESS): nothing answers there; nothing was run "
+        f"on a private cluster instead")
+
+
 def test_a_command_joins_a_token_auth_head_without_exporting_ray_auth_mode(tmp_path):
     """`gatelens up` starts a head with Ray's token auth; a later command (here `watch --status`)
     joins it without RAY_AUTH_MODE in its environment, and says which cluster it runs on."""
