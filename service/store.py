@@ -111,7 +111,7 @@ def connect(path: Path, read_only: bool, timeout: float, config: dict | None = N
             if time.monotonic() + delay > deadline:
                 raise StoreBusy(f"the store {path} is busy in this process ({e}); waited {timeout:g} s") from None
         time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        delay = min(delay * 2, 0.1)  # a writer waiting for readers to drain should not sleep long past it
 
 
 # -- owners: which process holds a writer's marker or runs an analysis ----------------------------
