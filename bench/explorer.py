@@ -10,11 +10,14 @@ checkpoint (untrained LSTM, 4 x 512, captured over 20 test utterances) so the he
                (which reads that checkpoint's rows from the store) apart
   capture      an on-demand capture of one utterance through /api/values (first request for an
                utterance the store holds no sample of), against the model's own capture call
+  clients      ``--clients`` at once on the unit, top-frames, values and overview views: errors,
+               and each view's p50 / p95 beside its single-client p95 (targets: no errors, the
+               unit view's p95 at most 2x, the overview's under 100 ms)
   heatmap      512 units x the longest test utterance's frames, fetched and drawn in headless
                Chromium (the page's own timings: fetch, then draw)
 
     .venv/bin/python bench/explorer.py [--store data/gatelens.duckdb] [--storage data/runs]
-                                       [--requests 40] [--screenshots docs/explorer]
+                                       [--requests 40] [--clients 8] [--screenshots docs/explorer]
 """
 
 from __future__ import annotations
@@ -75,12 +78,14 @@ def main() -> None:
     ap.add_argument("--storage", default="data/runs")
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients after the single-client figures")
+    ap.add_argument("--no-browser", action="store_true", help="skip the heatmap in Chromium")
     ap.add_argument("--screenshots", help="write a PNG of each view (the demo store's) here")
     args = ap.parse_args()
 
     from cluster.capture import CaptureConfig, capture, load
     from cluster.data.kaldi import read_corpus
-    from cluster.runtime import ensure_ray, log_ray_to
+    from cluster.runtime import ensure_ray, log_ray_to, machine
     from cluster.summaries import SUMMARY_VERSION
     from cluster.tables import CAPTURE
     from service.cli.explore import wait_healthy
@@ -99,9 +104,9 @@ def main() -> None:
             shutil.copytree(src.samples_dir, tmp / "store.samples")
         store = Store(tmp / "store.duckdb")
         log = log_ray_to(tmp / "logs", "bench-explorer")
-        print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        print(f"machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
               f"load average {os.getloadavg()[0]:.2f}; Ray's messages: {log}")
-        ensure_ray()
+        private = ensure_ray()
 
         # the paper's shape, for a 512-unit heatmap
         big = paper_checkpoint(Path(args.corpus).resolve(), tmp / "paper" / "checkpoint_0" / "model.pt")
@@ -126,7 +131,8 @@ def main() -> None:
               f"the command {cli_ms:.0f} ms wall")
 
         url = deploy(ExplorerConfig(store=str(store.path), storage=str(Path(args.storage).resolve()),
-                                    utterances=40), port=free_port())
+                                    utterances=40), port=free_port(), autoscale=not private)
+        print(f"explorer  on {'a private cluster: one replica' if private else 'a shared head: autoscaling replicas'}")
         wait_healthy(url)
         cks = json.loads(timed_get(url + "api/overview")[1])["checkpoints"]
         demo = [c for c in cks if c["checkpoint_id"] != big_id]
@@ -157,23 +163,31 @@ def main() -> None:
               f"max {max(cold):.0f} ms over {len(cold)} checkpoints")
 
         # warm JSON endpoints of the unit and utterance views
-        utt = probe[0]
+        utt, H = probe[0], min(50, demo[0]["hidden"])
         endpoints = {
             "unit": lambda k: f"api/unit/{ck}/{1 + k % demo[0]['layers']}/{k % demo[0]['hidden']}",
             "top": lambda k: f"api/top/{ck}/{1 + k % demo[0]['layers']}/{k % demo[0]['hidden']}?quantity=c&k=12",
             "utterance": lambda k: f"api/utterance/{ck}/{probe[k % len(probe)]}",
             "values": lambda k: f"api/values/{ck}/{probe[k % len(probe)]}?layer=1&quantity=c&order=variance",
             "pattern": lambda k: f"api/pattern/{ck}/{utt}?layer=1&quantity=o&start=20&end=30&threshold=0.6",
-            "match": lambda k: f"api/match/{ck}?layer=1&quantity=o&units={k % 50},{(k + 7) % 50}&threshold=0.6",
+            "match": lambda k: f"api/match/{ck}?layer=1&quantity=o&units={k % H},{(k + 7) % H}&threshold=0.6",
             "overview": lambda k: "api/overview",
         }
+        single = {}
         for name, path in endpoints.items():
             timed_get(url + path(0))  # warm: the probe set is captured once per checkpoint
             ms = [timed_get(url + path(k))[0] for k in range(args.requests)]
+            single[name] = ms
             print(f"JSON      {name:<10} p50 {pct(ms, 50):6.1f} ms  p95 {pct(ms, 95):6.1f} ms  "
                   f"({pct(ms, 95) / base_p95:.1f}x the query's p95){'  < 100 ms' if pct(ms, 95) < 100 else ''}")
+        if args.clients > 1:
+            concurrent(url, {k: endpoints[k] for k in ("unit", "top", "values", "overview")}, single,
+                       args.clients, args.requests)
 
         # the 512-unit heatmap in a browser
+        if args.no_browser:
+            print(f"load average after: {os.getloadavg()[0]:.2f}")
+            return
         longest = max(split.utt_ids, key=lambda u: len(split.alignments[u].phones))
         frames = len(split.alignments[longest].phones)
         driver = browser()
@@ -196,6 +210,51 @@ def main() -> None:
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def concurrent(url: str, endpoints: dict, single: dict, clients: int, requests: int) -> None:
+    """``clients`` threads at once, each ``requests`` requests cycling through ``endpoints``: each
+    endpoint's p50 / p95 beside its single-client p95 (measured just before), and every answer
+    that was not a 200 (a 503 is the store busy; nothing writes it here, so any is an error)."""
+    import threading
+    import urllib.error
+
+    names = list(endpoints)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for k in range(requests):
+            name = names[(c + k) % len(names)]
+            try:
+                ms, _ = timed_get(url + endpoints[name](c * requests + k))
+            except urllib.error.HTTPError as e:
+                with lock:
+                    errors.append(f"{name}: {e.code}")
+                continue
+            with lock:
+                times[name].append(ms)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    total = clients * requests
+    print(f"clients   {clients} at once, {requests} requests each ({total} in {wall:.1f} s, "
+          f"{total / wall:.0f} requests/s): {len(errors)} errors{': ' + ', '.join(errors[:8]) if errors else ''}")
+    for name in names:
+        ms, one = times[name], pct(single[name], 95)
+        if not ms:
+            continue
+        ratio = pct(ms, 95) / one
+        target = ("  (target <= 2x: " + ("met" if ratio <= 2 else "NOT met") + ")" if name == "unit" else
+                  "  (target < 100 ms: " + ("met" if pct(ms, 95) < 100 else "NOT met") + ")" if name == "overview" else "")
+        print(f"clients   {name:<10} p50 {pct(ms, 50):6.1f} ms  p95 {pct(ms, 95):6.1f} ms  "
+              f"single-client p95 {one:6.1f} ms  ratio {ratio:.1f}x{target}")
 
 
 def browser():

@@ -1,19 +1,25 @@
 """Time from a checkpoint's appearance in the training storage to its analyses being queryable.
 
-1. End to end: a checkpoint file lands in an empty storage; one watcher pass (``run_pass``, the
-   same code the detached actor runs) captures it, runs every analysis as Ray tasks and ingests;
-   the clock stops when ``gatelens sql`` can read its finished analyses.
+1. End to end: ``--checkpoints`` files land in an empty storage at once; one watcher pass
+   (``run_pass``, the same code the detached actor runs) captures each, runs all their analyses
+   as Ray tasks in parallel and ingests; the clock stops when every analysis of every checkpoint
+   is queryable (finished in the store). The figure is per checkpoint (the pass's time over
+   their number), and each capture's and analysis's own time as the pass printed it.
 2. The split, running the same steps one at a time: capture + summaries (sharded Ray tasks),
    ingest of the capture rows, then per analysis: SQL read, figures (a Ray task), ingest.
 Baseline, measured in the same run: a plain forward pass of the model over the same utterances
-(no capture, no Ray), so the printed ratio says what the service adds to the model's own cost.
+(no capture, no Ray), the best of 3 before and 3 after the pass, so the printed ratio says what
+the service adds to the model's own cost.
 
     .venv/bin/python bench/service.py [--corpus DIR] [--utterances 100] [--hidden 128 --layers 2]
+                                      [--checkpoints 1] [--no-split]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -35,21 +41,22 @@ def main() -> None:
     ap.add_argument("--cell", default="lstm")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--checkpoints", type=int, default=1, help="checkpoints landing at once (seeds 0..n-1)")
+    ap.add_argument("--no-split", action="store_true", help="skip the step-by-step split")
     args = ap.parse_args()
+    from cluster.runtime import machine
 
-    from analyses.registry import checkpoint_analyses, run_analysis
-    from cluster.capture import CaptureConfig, capture
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f} before")
+
+    from analyses.registry import checkpoint_analyses
     from cluster.models import checkpoint_id
     from cluster.data.embedded import prepare_embedded
     from cluster.data.kaldi import read_corpus
     from cluster.decode import estimate_graph
     from cluster.models import ModelConfig, build_model, save_checkpoint
     from cluster.runtime import ensure_ray
-    from cluster.summaries import SUMMARY_VERSION
     from service.scheduler import WatchConfig, run_pass
     from service.store import Store
-
-    import ray
 
     ensure_ray()
     tmp = Path(tempfile.mkdtemp(prefix="gatelens-bench-"))
@@ -71,56 +78,70 @@ def main() -> None:
         ids = split.utt_ids[: args.utterances]
         utts = [split.load(u) for u in ids]
         torch.set_num_threads(1)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for u in utts:
-                model(torch.from_numpy(u.feats)[None])
-        forward_s = time.perf_counter() - t0
+
+        def forward() -> float:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for u in utts:
+                    model(torch.from_numpy(u.feats)[None])
+            return time.perf_counter() - t0
+
+        # the best of 3 before the pass and 3 after: this machine is shared, and a baseline measured
+        # in a moment of load would flatter the ratio
+        forwards = [forward() for _ in range(3)]
 
         # 1. end to end through a watcher pass
         storage = tmp / "runs"
-        target = storage / "bench" / "runs" / "run" / "checkpoint_000000" / "model.pt"
-        target.parent.mkdir(parents=True)
+        staged_all = [staged]
+        for k in range(1, args.checkpoints):  # other seeds: other files, other checkpoint ids
+            torch.manual_seed(k)
+            other = build_model(ModelConfig(cell=args.cell, layers=args.layers, hidden=args.hidden,
+                                            num_targets=corpus.num_targets), corpus.cmvn_mean, corpus.cmvn_std)
+            staged_all.append(save_checkpoint(tmp / f"staged{k}.pt", other, corpus.identity, extra={
+                "decode_graph": graph.to_dict(), "stamps": {"config": {"corpus": str(corpus_dir.resolve())}}}))
+        targets = [storage / "bench" / "runs" / f"run{k}" / "checkpoint_000000" / "model.pt"
+                   for k in range(args.checkpoints)]
         config = WatchConfig(storage=str(storage), store=str(tmp / "e2e.duckdb"), figures=str(tmp / "figs"),
                              utterances=args.utterances, settle=0.0).resolved()
+        lines: list[str] = []
         t0 = time.perf_counter()
-        shutil.copy(staged, target)
-        run_pass(config, progress=lambda m: None)
+        for src, target in zip(staged_all, targets):
+            target.parent.mkdir(parents=True)
+            shutil.copy(src, target)
+        run_pass(config, progress=lines.append)
         done = Store(config.store).query("SELECT count(*) AS n FROM analyses WHERE status = 'finished'")["n"][0]
         e2e = time.perf_counter() - t0
+        forwards += [forward() for _ in range(3)]
+        forward_s = min(forwards)
+        target = targets[0]
+        expected = args.checkpoints * (1 + len(checkpoint_analyses()))
+        own = {}  # analysis -> its seconds, as the pass printed them (the first checkpoint's)
+        for line in lines:
+            m = re.match(r"\s+\S+ (\w+): (?:finished|failed) \(([\d.]+) s\)", line)
+            if m:
+                own.setdefault(m.group(1), float(m.group(2)))
 
         # 2. the split, step by step
-        store = Store(tmp / "split.duckdb")
-        cid = checkpoint_id(target, {"arch": args.cell, "layers": args.layers, "hidden": args.hidden,
-                                     "residual": False})
-        t0 = time.perf_counter()
-        result = capture(CaptureConfig(checkpoint=str(target), utterances=args.utterances, sample=3, checkpoint_id=cid))
-        t_capture = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        store.ingest(cid, "capture", SUMMARY_VERSION, result.frames, params=result.params,
-                     sample=result.sample, checkpoint=result.checkpoint_row)
-        t_ingest = time.perf_counter() - t0
-        task = ray.remote(num_cpus=1)(run_analysis)
-        split_rows = []
-        for name, a in checkpoint_analyses().items():
-            p = a.params.from_dict(None)
-            t0 = time.perf_counter()
-            inputs = a.load(store, cid, p)
-            t_read = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            out = ray.get(task.remote(name, inputs, p.to_dict(), str(tmp / "figs2")))
-            t_fig = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            store.ingest_output(out)
-            split_rows.append((name, t_read, t_fig, time.perf_counter() - t0))
+        if not args.no_split:
+            t_capture, t_ingest, split_rows = split_steps(tmp, target, args, cid_of=checkpoint_id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     frames = sum(len(u.feats) for u in utts)
-    print(f"model {args.cell} {args.layers}x{args.hidden}, {args.utterances} test utterances ({frames} frames)")
-    print(f"baseline: forward pass alone          {forward_s:7.2f} s")
-    print(f"appearance -> analyses queryable      {e2e:7.2f} s  ({done} analyses finished; "
-          f"ratio to baseline {e2e / forward_s:.1f}x)")
+    per = e2e / args.checkpoints
+    print(f"model {args.cell} {args.layers}x{args.hidden}, {args.utterances} test utterances ({frames} frames); "
+          f"{args.checkpoints} checkpoint(s) at once")
+    print(f"baseline: forward pass alone          {forward_s:7.2f} s (best of {len(forwards)}; worst "
+          f"{max(forwards):.2f} s)")
+    print(f"appearance -> every analysis queryable {e2e:7.2f} s for {args.checkpoints}: {per:.2f} s per checkpoint "
+          f"({done} of {expected} captures and analyses finished; ratio to baseline {per / forward_s:.1f}x"
+          f"{', target <= 5x: ' + ('met' if per / forward_s <= 5 else 'NOT met')})")
+    if own:
+        print("  submission -> result of each (queued for a CPU behind the others), as the pass printed it: "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in own.items()))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.no_split:
+        return
     print("split (steps run one at a time):")
     print(f"  capture + summaries (Ray tasks)     {t_capture:7.2f} s")
     print(f"  ingest of capture rows              {t_ingest:7.2f} s")
@@ -130,6 +151,40 @@ def main() -> None:
     total_ing = t_ingest + sum(r[3] for r in split_rows)
     print(f"  totals: capture+summaries {t_capture:.2f} s, figures {total_fig:.2f} s, "
           f"ingest {total_ing:.2f} s, reads {sum(r[1] for r in split_rows):.2f} s")
+
+
+def split_steps(tmp: Path, target: Path, args, cid_of):
+    """Capture, ingest, then each analysis's read, figures (a Ray task) and ingest, one at a time."""
+    import ray
+
+    from analyses.registry import checkpoint_analyses, run_analysis
+    from cluster.capture import CaptureConfig, capture
+    from cluster.summaries import SUMMARY_VERSION
+    from service.store import Store
+
+    store = Store(tmp / "split.duckdb")
+    cid = cid_of(target, {"arch": args.cell, "layers": args.layers, "hidden": args.hidden, "residual": False})
+    t0 = time.perf_counter()
+    result = capture(CaptureConfig(checkpoint=str(target), utterances=args.utterances, sample=3, checkpoint_id=cid))
+    t_capture = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store.ingest(cid, "capture", SUMMARY_VERSION, result.frames, params=result.params,
+                 sample=result.sample, checkpoint=result.checkpoint_row)
+    t_ingest = time.perf_counter() - t0
+    task = ray.remote(num_cpus=1)(run_analysis)
+    split_rows = []
+    for name, a in checkpoint_analyses().items():
+        p = a.params.from_dict(None)
+        t0 = time.perf_counter()
+        inputs = a.load(store, cid, p)
+        t_read = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = ray.get(task.remote(name, inputs, p.to_dict(), str(tmp / "figs2")))
+        t_fig = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        store.ingest_output(out)
+        split_rows.append((name, t_read, t_fig, time.perf_counter() - t0))
+    return t_capture, t_ingest, split_rows
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from cluster.errors import InputError
 from cluster.runs import RunDir, study_dir
 from cluster.runtime import ensure_ray
 from cluster.studies import PROFILES, STUDIES, Profile
-from cluster.train import TrainConfig, make_trainer, run_name
+from cluster.train import TrainConfig, clock, make_trainer, report_line, run_name
 
 
 def trial_configs(study: str, profile: Profile, overrides: dict | None = None,
@@ -52,12 +52,6 @@ def custom_grid(cells: list[str], layers: list[int], residual: list[bool]) -> li
     return [{"cell": c, "layers": n, "residual": r} for c, n, r in itertools.product(cells, layers, residual)]
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
-
-
 class Progress(tune.Callback):
     """One line per trial and epoch on the console (dev accuracy, epoch time, ETA), one when it
     finishes (its test scores) and one when it fails (its error and where the trial's log is).
@@ -65,24 +59,34 @@ class Progress(tune.Callback):
 
     def __init__(self, configs: dict[str, TrainConfig]):
         self.configs, self.t0, self.done = configs, time.time(), 0  # no stream held: Tune may pickle its callbacks
+        self.last, self.epochs_seen = self.t0, False
 
     def _say(self, text: str) -> None:
-        print(f"[{_clock(time.time() - self.t0):>7}] {text}", file=sys.stderr, flush=True)
+        print(f"[{clock(time.time() - self.t0):>7}] {text}", file=sys.stderr, flush=True)
+        self.last = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         name = trial.config["point"]["name"]
         cfg = self.configs.get(name)
+        if cfg is None:
+            return
         if result.get("final"):
             self.done += 1
-            self._say(f"{name:<22} done ({self.done}/{len(self.configs)}): test PER {100 * result['test_per']:.2f} %, "
-                      f"frame accuracy {100 * result['test_frame_acc']:.2f} % (best epoch {result.get('best_epoch')})")
-            return
-        if "dev_frame_acc" not in result or cfg is None:
-            return
-        epoch, secs = int(result["epoch"]), float(result.get("epoch_seconds") or 0.0)
-        left = max(cfg.epochs - epoch, 0) * secs
-        self._say(f"{name:<22} epoch {epoch}/{cfg.epochs}  dev accuracy {100 * result['dev_frame_acc']:.2f} %  "
-                  f"{secs:.0f} s/epoch  ETA {_clock(left)}")
+        line = report_line(name, result, cfg.epochs, done=f" ({self.done}/{len(self.configs)})")
+        if line:
+            self.epochs_seen = True
+            self._say(line)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._say(f"{trial.config['point']['name']:<22} starting: Ray Train starts its workers")
+
+    def on_step(self, iteration, trials, **info):
+        """A line while nothing else is said: after 10 s while no trial has reported an epoch yet
+        (trials starting take ~30 s here), after a minute once epochs are under way."""
+        if time.time() - self.last > (60 if self.epochs_seen else 10):
+            running = [t for t in trials if t.status == "RUNNING"]
+            pending = sum(t.status == "PENDING" for t in trials)
+            self._say(f"{len(running)} trials running, {pending} waiting, {self.done}/{len(self.configs)} done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         name = trial.config["point"]["name"]
@@ -146,5 +150,7 @@ def run_study(study: str, profile: str = "demo", storage: str | Path = "data/run
         run_config=tune.RunConfig(name="tune", storage_path=str(sdir), verbose=0,
                                   callbacks=[Progress({run_name(c): c for c in todo})]),
     )
+    print(f"starting {len(todo)} trials, {min(at_once, len(todo))} at once: Ray Train starts each one's workers "
+          f"(~30 s here before its first epoch)", file=sys.stderr, flush=True)
     grid = tuner.fit()
     return configs, grid

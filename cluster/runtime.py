@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import subprocess
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+
+from cluster.errors import GatelensError
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _started_local = False
@@ -56,10 +60,59 @@ def head_address() -> str | None:
         return None
 
 
+say = None  # where ensure_ray says which cluster a command runs on (the CLI sets it: one stderr line)
+
+
+def _say(message: str) -> None:
+    if say is not None:
+        say(message)
+
+
+def _token_auth_for_head() -> None:
+    """Join a head that uses Ray's token auth (``ray start`` enables it where a token exists, as
+    ``gatelens up`` does) without the user exporting RAY_AUTH_MODE: a client only sends its token
+    when that variable says so, and otherwise retries for ~20 s and fails. An explicit setting is
+    kept. Ray's own helper is used (it also refreshes the configuration Ray cached at import)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:  # deferred: Ray costs ~1 s to import (see ensure_ray)
+        from ray._private.authentication.authentication_token_setup import \
+            maybe_enable_token_auth_if_token_available
+    except ImportError:  # another Ray: the variable alone (read when Ray starts its core worker)
+        if (Path.home() / ".ray" / "auth_token").is_file() or os.environ.get("RAY_AUTH_TOKEN"):
+            os.environ["RAY_AUTH_MODE"] = "token"
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _listening(address: str, timeout: float = 2.0) -> bool:
+    """Whether something accepts connections at ``host:port`` (a head's GCS), before ray.init's
+    own ~20 s of retries."""
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _join_failed(address: str, how: str, e: Exception):
+
+    auth = os.environ.get("RAY_AUTH_MODE", "unset")
+    return GatelensError(f"cannot join the Ray head at {address} ({how}): {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}; RAY_AUTH_MODE is {auth} (a head started "
+                         f"with token auth needs RAY_AUTH_MODE=token and its token in ~/.ray/auth_token); "
+                         f"nothing was run on a private cluster instead")
+
+
 def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
     """Join the cluster named by RAY_ADDRESS (as ``ray job submit`` sets it) or the head started
-    on this machine with ``ray start``; otherwise start a local cluster for this process (unless
-    ``connect_only``).
+    on this machine with ``ray start`` (``gatelens up``), with its token auth; otherwise start a
+    local cluster for this process (unless ``connect_only``). A head that is meant (RAY_ADDRESS,
+    or a head file whose address answers) and refuses raises ``GatelensError`` rather than
+    falling back to a private cluster; a head file of a head that is gone is said and passed by.
+    Which cluster it is goes to ``say`` in one line.
 
     Returns True when there is no shared cluster: this process runs a private one (which dies
     with it) or, with ``connect_only``, none at all.
@@ -77,16 +130,26 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
         if not _log_to_driver:
             logging.getLogger("ray").warning("worker output: %s/logs", _session_dir)
 
-    if os.environ.get("RAY_ADDRESS"):
-        init(address=os.environ["RAY_ADDRESS"])
-        return False
-    head = head_address()
-    if head:
+    def join(address: str, how: str) -> bool:
+        if re.fullmatch(r"[\w.-]+:\d+", address) and not _listening(address):
+            raise GatelensError(f"cannot join the Ray head at {address} ({how}): nothing answers there; "
+                                f"nothing was run on a private cluster instead")
+        _token_auth_for_head()
         try:
-            init(address=head)
-            return False
-        except (ConnectionError, RuntimeError, ValueError):
-            pass  # a stale file from a head that is gone
+            init(address=address)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise _join_failed(address, how, e) from None
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        _say(f"ray: on the cluster at {address} ({how}; {cpus} CPUs, {len(ray.nodes())} nodes)")
+        return False
+
+    if os.environ.get("RAY_ADDRESS"):
+        return join(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+    head = head_address()
+    if head and _listening(head):
+        return join(head, "the head `gatelens up` started")
+    if head:
+        _say(f"ray: the head `gatelens up` started at {head} is gone (nothing answers there)")
     if connect_only:
         return True
     # Tune's trial actors and Train's controllers hold no CPU, so a grid runs about three processes
@@ -96,7 +159,25 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, 4 * cpus)))
     init(address="local", num_cpus=num_cpus, include_dashboard=False)
     _started_local = True
+    _say(f"ray: on a private cluster of this command ({int(ray.cluster_resources().get('CPU', 0))} CPUs; it ends "
+         f"with it; `gatelens up` starts a shared head)")
     return True
+
+
+def machine() -> str:
+    """This machine's CPU as benchmarks name it: model, cores, AVX-512 (and bf16) when present."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    avx = ", AVX-512" + (" incl. avx512_bf16" if "avx512_bf16" in flags else "") if "avx512f" in flags else ""
+    return f"{model} ({os.cpu_count()} cores{avx})"
 
 
 @lru_cache(maxsize=1)

@@ -12,8 +12,10 @@ import copy
 import json
 import math
 import os
+import queue as queue_mod
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
@@ -28,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.queue import Queue
 
 from cluster.batching import bucket_batches, pad_batch
 from cluster.data.kaldi import read_corpus
@@ -386,6 +389,74 @@ def make_trainer(config: TrainConfig, name: str, storage_path: str, workers: int
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=None)),
     )
+
+
+def clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def report_line(name: str, result: dict, epochs: int, done: str = "") -> str | None:
+    """The console line of one report of a run (an epoch, or the final test scores); None for a
+    report that is neither. ``done``: e.g. " (3/8)" after "done"."""
+    if result.get("final"):
+        return (f"{name:<22} done{done}: test PER {100 * result['test_per']:.2f} %, frame accuracy "
+                f"{100 * result['test_frame_acc']:.2f} % (best epoch {result.get('best_epoch')})")
+    if "dev_frame_acc" not in result:
+        return None
+    epoch, secs = int(result["epoch"]), float(result.get("epoch_seconds") or 0.0)
+    return (f"{name:<22} epoch {epoch}/{epochs}  dev accuracy {100 * result['dev_frame_acc']:.2f} %  "
+            f"{secs:.0f} s/epoch  ETA {clock(max(epochs - epoch, 0) * secs)}")
+
+
+class ReportsTo(ray.train.UserCallback):
+    """Hands each report's metrics (rank 0's) to a ``ray.util.queue.Queue``: Ray Train runs
+    callbacks in its controller's process, whose output is not this console's."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if metrics:
+            self.queue.put(dict(metrics[0]))
+
+
+def fit_quietly(trainer_of, name: str, epochs: int, say, quiet_after: float = 10.0):
+    """``trainer_of(callbacks).fit()`` with one line per epoch (``report_line``) said as it is
+    reported, and a line whenever nothing was said for ``quiet_after`` seconds before the first
+    epoch (Ray Train starting its workers takes ~30 s here), six times that after it; returns the
+    fit's Result (or raises its error)."""
+    reports = Queue()
+    box: dict = {}
+    t0 = last = time.time()
+
+    def run():
+        try:
+            box["result"] = trainer_of([ReportsTo(reports)]).fit()
+        except BaseException as e:  # handed to the waiting thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="gatelens-fit", daemon=True)
+    worker.start()
+    said_epoch = False
+    while worker.is_alive() or not reports.empty():
+        try:
+            line = report_line(name, reports.get(timeout=1.0), epochs)
+        except queue_mod.Empty:
+            line = None
+            if worker.is_alive() and time.time() - last > (6 * quiet_after if said_epoch else quiet_after):
+                line = (f"{name:<22} {'epoch under way' if said_epoch else 'starting: Ray Train starts its workers'}"
+                        f" ({clock(time.time() - t0)} so far)")
+        if line:
+            said_epoch = said_epoch or " epoch " in line
+            say(f"[{clock(time.time() - t0):>7}] {line}")
+            last = time.time()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def run_name(config: TrainConfig) -> str:

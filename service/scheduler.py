@@ -101,17 +101,27 @@ def _status(store, checkpoint_id: str, analysis: str, version: int) -> str | Non
 
 
 def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
-    """One pass over the storage; never raises for one checkpoint's failure."""
+    """One pass over the storage; never raises for one checkpoint's failure.
+
+    First the rows a killed pass left ``running`` (their owner process is gone) are logged failed
+    and so redone. Then every new checkpoint is captured (one at a time: the capture's shards are
+    Ray tasks over every core already), and then the analyses of all of them are Ray tasks at
+    once, as many in parallel as the cluster has CPUs. One line is printed per capture and per
+    analysis as it finishes, then one per checkpoint when its last analysis is written."""
     report = PassReport(datetime.now(timezone.utc).isoformat(timespec="seconds"))
     t0 = time.time()
     store = Store(config.store)
     analyses = registry.checkpoint_analyses()
     names = config.analyses or list(analyses)
     try:
+        for r in store.reap_orphans().iter_rows(named=True):
+            progress(f"  redoing {r['analysis']} of {r['checkpoint_id']}: left running by {r['owner'] or 'an older gatelens'}, "
+                     f"which is gone")
         known = _known_ids(store)
         failures = store.watch_failures()
         files = discover(config.storage)
         report.found = len(files)
+        todo: dict[str, tuple] = {}  # checkpoint_id -> (path, stat, key, earlier failure)
         for path in files:
             st = path.stat()
             if time.time() - st.st_mtime < config.settle:
@@ -134,11 +144,34 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
                     if earlier is not None:
                         store.clear_watch_failure(key)
                     continue
-                ensure_captured(store, RunDir.of_checkpoint(path), path, cid, utterances=config.utterances,
-                                sample=config.sample, corpus=config.corpus, allow_pipes=config.allow_pipes,
-                                progress=progress)
-                jobs = analyse(store, [cid], config.figures, names, progress=progress)
-                bad = [j.error for j in jobs if j.status == "failed"]
+                if cid in todo:  # the same file twice (a copy): analysed once
+                    continue
+                c0 = time.time()
+                if ensure_captured(store, RunDir.of_checkpoint(path), path, cid, utterances=config.utterances,
+                                   sample=config.sample, corpus=config.corpus, allow_pipes=config.allow_pipes,
+                                   progress=progress):
+                    progress(f"  {cid} capture: finished ({time.time() - c0:.1f} s) {path}")
+                todo[cid] = (path, st, key, earlier)
+            except Exception as e:  # one checkpoint's failure must not stop the pass
+                _failed(store, report, path, st, key, cid, f"{path}: {type(e).__name__}: {e}", progress)
+        if todo:
+            left, jobs_done = {cid: len(names) for cid in todo}, []
+
+            def each(job) -> None:
+                progress(f"  {job.checkpoint_id} {job.analysis}: {job.status} ({job.seconds:.1f} s)"
+                         + (f": {job.error}" if job.error else ""))
+                left[job.checkpoint_id] -= 1
+                if not left[job.checkpoint_id]:
+                    mine = [j for j in jobs_done if j.checkpoint_id == job.checkpoint_id] + [job]
+                    bad = sum(j.status == "failed" for j in mine)
+                    progress(f"{job.checkpoint_id}: {len(mine) - bad} of {len(mine)} analyses finished"
+                             + (f", {bad} failed" if bad else "") + f" ({todo[job.checkpoint_id][0]})")
+                jobs_done.append(job)
+
+            jobs = analyse(store, list(todo), config.figures, names, progress=progress, each=each)
+            for cid, (path, st, key, earlier) in todo.items():
+                mine = [j for j in jobs if j.checkpoint_id == cid]
+                bad = [j.error for j in mine if j.status == "failed"]
                 if bad:
                     report.failed[str(path)] = "; ".join(bad)
                     store.record_watch_failure(key, st.st_size, st.st_mtime, cid, "; ".join(bad))
@@ -146,20 +179,21 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
                     report.done.append(cid)
                     if earlier is not None:
                         store.clear_watch_failure(key)
-            except Exception as e:  # one checkpoint's failure must not stop the pass
-                error = f"{path}: {type(e).__name__}: {e}"
-                report.failed[str(path)] = error
-                fail_id = cid or f"unloadable-{file_digest(path)}"
-                if _status(store, fail_id, CAPTURE, SUMMARY_VERSION) != "failed":
-                    store.log_failed(fail_id, CAPTURE, SUMMARY_VERSION, error)
-                store.record_watch_failure(key, st.st_size, st.st_mtime, fail_id, error)
-                progress(f"  failed: {error}")
     except Exception as e:
         report.error = f"{type(e).__name__}: {e}"
         progress(traceback.format_exc())
     report.seconds = time.time() - t0
     progress(report.line())
     return report
+
+
+def _failed(store, report: PassReport, path: Path, st, key: str, cid: str | None, error: str, progress) -> None:
+    report.failed[str(path)] = error
+    fail_id = cid or f"unloadable-{file_digest(path)}"
+    if _status(store, fail_id, CAPTURE, SUMMARY_VERSION) != "failed":
+        store.log_failed(fail_id, CAPTURE, SUMMARY_VERSION, error)
+    store.record_watch_failure(key, st.st_size, st.st_mtime, fail_id, error)
+    progress(f"  failed: {error}")
 
 
 class Watcher:
@@ -211,6 +245,17 @@ def existing():
         return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
     except ValueError:
         return None
+
+
+def running(config: WatchConfig) -> list[str]:
+    """The log's running rows, each as one line: who runs it, or that its owner is gone (a killed
+    pass: the next pass redoes it)."""
+    rows = Store(config.store).running()
+    return [f"{r['checkpoint_id']} ({r['analysis']}) since "
+            + (f"{r['started_at']:%Y-%m-%d %H:%M:%S} UTC: " if r["started_at"] else "an unknown time: ")
+            + (f"running in {r['owner']}" if r["alive"] else
+               f"orphaned, {r['owner'] or 'an older gatelens'} is gone; the next pass redoes it")
+            for r in rows.iter_rows(named=True)]
 
 
 def pending_and_failed(config: WatchConfig) -> tuple[list[str], dict[str, str]]:

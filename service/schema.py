@@ -65,6 +65,8 @@ ANALYSES_LOG = keyed(
     C("status", "VARCHAR", "running | finished | failed"), C("error", "VARCHAR"),
     C("params", "VARCHAR", "JSON: split, utterances, rules, ..."), C("rows", "BIGINT", "rows the analysis wrote"),
     C("started_at", "TIMESTAMP"), C("finished_at", "TIMESTAMP"), C("figure_paths", "VARCHAR[]"),
+    C("owner", "VARCHAR", "host:pid of the process that wrote the row (a running row whose owner is gone is "
+                          "orphaned: a killed pass; the next pass redoes it)"),
     primary_key=True)
 WATCH_FAILURES = keyed(
     "watch_failures", "checkpoint files the watcher failed on: not tried again until the file changes",
@@ -150,6 +152,12 @@ def _checkpoint_run_ids(con) -> None:
                 "AND json_extract_string(extra, '$.study') IS NOT NULL")
 
 
+def _analysis_owner(con) -> None:
+    # Rows from before owners were recorded have none; a running one among them is orphaned
+    # (``Store.orphaned``).
+    con.execute("ALTER TABLE analyses ADD COLUMN IF NOT EXISTS owner VARCHAR")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_baseline_v1", "the tables of store schema version 1 (gatelens 0.1.0)", _baseline),
     Migration("0002_drop_store_meta", "schema_migrations replaces store_meta's schema_version", _drop_store_meta),
@@ -159,6 +167,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                                       "its own tables under its own name", _fold_store_logs),
     Migration("0005_checkpoint_run_ids", "checkpoints.run_id as runs.run_id (<study>:<run>); v1 wrote the run "
                                          "name alone", _checkpoint_run_ids),
+    Migration("0006_analysis_owner", "analyses.owner: which process runs an analysis, so that a killed "
+                                     "pass's running rows can be told from a live one's", _analysis_owner),
 )
 
 

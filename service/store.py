@@ -22,6 +22,8 @@ import contextlib
 import json
 import os
 import re
+import socket
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -80,10 +82,13 @@ def _lock_holder(err: Exception) -> str | None:
     return f"PID {m.group(1)}" if m else "another process"
 
 
-def connect(path: Path, read_only: bool, timeout: float, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+def connect(path: Path, read_only: bool, timeout: float, config: dict | None = None,
+            waited: float | None = None) -> duckdb.DuckDBPyConnection:
     """Open the DuckDB file, retrying while another process holds its lock (DuckDB allows one
-    writing process, or any number of reading ones). Raises StoreBusy after ``timeout`` seconds."""
+    writing process, or any number of reading ones). Raises StoreBusy after ``timeout`` seconds
+    (saying it waited ``waited`` seconds, when the caller waited part of that before)."""
     deadline = time.monotonic() + timeout
+    timeout = timeout if waited is None else waited
     delay = 0.02
     while True:
         try:
@@ -106,7 +111,146 @@ def connect(path: Path, read_only: bool, timeout: float, config: dict | None = N
             if time.monotonic() + delay > deadline:
                 raise StoreBusy(f"the store {path} is busy in this process ({e}); waited {timeout:g} s") from None
         time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        delay = min(delay * 2, 0.1)  # a writer waiting for readers to drain should not sleep long past it
+
+
+# -- owners: which process holds a writer's marker or runs an analysis ----------------------------
+
+def owner() -> str:
+    """This process as ``host:pid`` (what a writer's marker and a running analysis row record)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(who: str | None, stale_after: float | None = None, since: float | None = None) -> bool:
+    """Whether the process ``host:pid`` still runs. On this host it is asked (signal 0); a process
+    on another host is taken as alive unless ``since`` (epoch seconds) is more than ``stale_after``
+    seconds ago."""
+    if not who:
+        return False
+    host, _, pid = who.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's live process
+            return True
+        return True
+    return stale_after is None or since is None or time.time() - since < stale_after
+
+
+# -- readers: one read-only instance per store file and process -----------------------------------
+#
+# DuckDB keeps one database instance per file per process: a second ``duckdb.connect`` of the file
+# joins the first one's instance, and its settings (``lock_configuration`` above all) are the
+# instance's, not the connection's. So each connection configuring itself after opening (as the
+# readers once did) fails as soon as two threads read at once ("Cannot change configuration option
+# ... the configuration has been locked"). Hand-written because DuckDB documents exactly this as the
+# thread-safe way and offers no pool: the first reader opens the instance and sets its sandbox once,
+# before anyone else can use it; every reader gets its own ``cursor()`` (a connection of its own,
+# with its own temporary views); the last one to leave closes the instance, so the file is not held
+# between reads and a writing process gets in. A writer waiting to commit leaves a marker
+# (``_writing``): readers then stop joining, the instance drains and closes, and new readers wait
+# (their bounded wait) until the writer is done, so a steady stream of readers cannot starve it.
+
+_READERS = threading.Condition()
+_OPEN: dict[str, "_Instance"] = {}
+
+
+class _Instance:
+    def __init__(self, key: tuple):
+        self.key, self.con, self.users, self.draining = key, None, 0, False
+
+
+def _writers_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".writers")
+
+
+def _writer_waiting(path: Path) -> bool:
+    """Whether a live writer left its marker (stale ones, of processes that are gone, are removed)."""
+    folder = _writers_dir(path)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    for name in names:
+        who = name.rsplit("-", 1)[0].replace("@", ":")
+        try:
+            since = (folder / name).stat().st_mtime
+        except OSError:
+            continue
+        if owner_alive(who, stale_after=600, since=since):
+            return True
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
+    return False
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A writer's marker while it waits for and holds the file (see the readers' note above)."""
+    folder = _writers_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f"{owner().replace(':', '@')}-{uuid.uuid4().hex[:8]}"
+    marker.touch()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            marker.unlink()
+
+
+def _shared_reader(path: Path, key: tuple, timeout: float, open_instance):
+    """A cursor of this process's read-only instance of ``path`` with configuration ``key``, opening
+    it (``open_instance(remaining seconds)``) if none is open; raises StoreBusy after ``timeout``."""
+    name = str(path.absolute())
+    deadline = time.monotonic() + timeout
+    with _READERS:
+        while True:
+            inst = _OPEN.get(name)
+            waiting = _writer_waiting(path)
+            if inst is not None and inst.con is not None and inst.key == key and not inst.draining and not waiting:
+                inst.users += 1
+                try:
+                    return inst, inst.con.cursor()
+                except BaseException:
+                    inst.users -= 1
+                    raise
+            if inst is None and not waiting:
+                inst = _OPEN[name] = _Instance(key)
+                break
+            if inst is not None and inst.con is not None and waiting:
+                inst.draining = True  # let the writer in: no new readers join, the last one closes it
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = "a writer is committing" if waiting else "this process reads it with other settings"
+                raise StoreBusy(f"the store {path} is busy: {why}; waited {timeout:g} s. Try again when it is done.")
+            _READERS.wait(min(left, 0.05))
+    try:
+        con = open_instance(max(deadline - time.monotonic(), 0.0))
+    except BaseException:
+        with _READERS:
+            del _OPEN[name]
+            _READERS.notify_all()
+        raise
+    with _READERS:
+        inst.con, inst.users = con, 1
+        _READERS.notify_all()
+        try:
+            return inst, con.cursor()
+        except BaseException:
+            _release(name, inst)
+            raise
+
+
+def _release(name: str, inst: "_Instance") -> None:
+    """Called with ``_READERS`` held: one reader fewer; the last one closes the instance."""
+    inst.users -= 1
+    if inst.users <= 0:
+        if _OPEN.get(name) is inst:
+            del _OPEN[name]
+        inst.con.close()
+        _READERS.notify_all()
 
 
 class Store:
@@ -133,7 +277,8 @@ class Store:
         """A write connection inside one transaction: committed when the block ends, rolled back
         (nothing kept) if it raises or the process dies. The file is held only for the block."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(self.path, read_only=False, timeout=self.busy_timeout)
+        with _writing(self.path):
+            con = connect(self.path, read_only=False, timeout=self.busy_timeout)
         try:
             self._ensure_schema(con)
             con.begin()
@@ -154,27 +299,44 @@ class Store:
         name -> value, e.g. memory_limit) are applied before the lock, so no query can change them;
         a value DuckDB refuses raises ``duckdb.Error``. ``samples``: make the raw-sample view of
         this store's own files (a listing of its samples folder; skipped by queries that don't
-        read it)."""
+        read it). Any number of threads may read at once: each gets its own cursor of the
+        process's one sandboxed instance of the file (the readers' note above ``Store``)."""
         if not self.path.is_file():
             raise StoreError(f"{self.path}: no store here yet (a capture or a training run creates it; "
                              f"--store or $GATELENS_STORE point elsewhere)")
-        con = connect(self.path, read_only=True, timeout=self.busy_timeout if timeout is None else timeout,
-                      config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        settings = {str(k): str(v) for k, v in (settings or {}).items()}
+        for name in settings:
+            if not re.fullmatch(r"[a-z_]+", name):
+                raise StoreError(f"not a DuckDB setting name: {name!r}")
+
+        wait = self.busy_timeout if timeout is None else timeout
+
+        def open_instance(left: float) -> duckdb.DuckDBPyConnection:
+            con = connect(self.path, read_only=True, timeout=left, waited=wait,
+                          config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+            try:
+                for name, value in settings.items():
+                    con.execute(f"SET {name} = {_sql_str(value)}")
+                con.execute(f"SET allowed_directories = [{_sql_str(str(self.samples_dir) + os.sep)}]")
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
+            except BaseException:
+                con.close()
+                raise
+            return con
+
+        key = (str(self.samples_dir), tuple(sorted(settings.items())))
+        inst, con = _shared_reader(self.path, key, wait, open_instance)
         try:
             self._check_reader(con)
             view = self._sample_view_sql(temp=True) if samples else None
             if view:
                 con.execute(view)
-            for name, value in (settings or {}).items():
-                if not re.fullmatch(r"[a-z_]+", name):
-                    raise StoreError(f"not a DuckDB setting name: {name!r}")
-                con.execute(f"SET {name} = {_sql_str(str(value))}")
-            con.execute(f"SET allowed_directories = [{_sql_str(str(self.samples_dir) + os.sep)}]")
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
             yield con
         finally:
             con.close()
+            with _READERS:
+                _release(str(self.path.absolute()), inst)
 
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
         """Run a (trusted) read-only query; for analyses and figures."""
@@ -195,7 +357,8 @@ class Store:
     def migrate(self) -> list[str]:
         """Apply the migrations this store lacks (what any writer does on opening); returns their names."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(self.path, read_only=False, timeout=self.busy_timeout)
+        with _writing(self.path):
+            con = connect(self.path, read_only=False, timeout=self.busy_timeout)
         try:
             return self._ensure_schema(con)
         finally:
@@ -522,12 +685,51 @@ class Store:
         old = con.execute("SELECT params, rows, started_at, figure_paths FROM analyses WHERE checkpoint_id = ? "
                           "AND analysis = ? AND analysis_version = ?", [checkpoint_id, analysis, version]).fetchone()
         o_params, o_rows, o_started, o_figs = old if old and not start else (None, None, None, None)
-        con.execute("INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        con.execute("INSERT OR REPLACE INTO analyses (checkpoint_id, analysis, analysis_version, status, error, "
+                    "params, rows, started_at, finished_at, figure_paths, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
             checkpoint_id, analysis, version, status, error,
             json.dumps(params) if params is not None else o_params,
             rows if rows is not None else o_rows,
             o_started or now, now if finish else None,
-            list(figure_paths) if figure_paths is not None else o_figs])
+            list(figure_paths) if figure_paths is not None else o_figs, owner()])
+
+    # -- orphans: running rows of a process that is gone --------------------------------------------
+
+    def running(self) -> pl.DataFrame:
+        """The log's running rows (checkpoint_id, analysis, analysis_version, owner, started_at) with
+        ``alive``: whether their owner still runs (``owner_alive``; a row from before owners were
+        recorded has none, and is taken as orphaned). On another host an owner counts as gone once
+        its row has run for a day."""
+        if not self.path.is_file() or not self.has_relation("analyses"):
+            return pl.DataFrame(schema={"checkpoint_id": pl.String, "analysis": pl.String,
+                                        "analysis_version": pl.Int32, "owner": pl.String,
+                                        "started_at": pl.Datetime, "alive": pl.Boolean})
+        df = self.query("SELECT checkpoint_id, analysis, analysis_version, owner, started_at FROM analyses "
+                        "WHERE status = 'running' ORDER BY started_at, checkpoint_id, analysis")
+        epoch = datetime(1970, 1, 1)
+        alive = [owner_alive(r["owner"], stale_after=86400,
+                             since=(r["started_at"] - epoch).total_seconds() if r["started_at"] else None)
+                 for r in df.iter_rows(named=True)]
+        return df.with_columns(pl.Series("alive", alive, dtype=pl.Boolean))
+
+    def reap_orphans(self) -> pl.DataFrame:
+        """Log ``failed`` every running row whose owner is gone (a pass killed mid-analysis), saying
+        so, so that the next pass redoes it; returns those rows. A row a live process runs stays."""
+        gone = self.running().filter(~pl.col("alive"))
+        if gone.height:
+            with self.transaction() as con:
+                for r in gone.iter_rows(named=True):
+                    still = con.execute("SELECT owner FROM analyses WHERE checkpoint_id = ? AND analysis = ? AND "
+                                        "analysis_version = ? AND status = 'running'",
+                                        [r["checkpoint_id"], r["analysis"], r["analysis_version"]]).fetchone()
+                    if still is None or still[0] != r["owner"]:
+                        continue  # finished or restarted meanwhile
+                    self._log(con, r["checkpoint_id"], r["analysis"], r["analysis_version"], "failed",
+                              error=f"orphaned: left running by {r['owner'] or 'a process of an older gatelens'}, "
+                                    f"which is gone (killed mid-analysis); redone by the next pass",
+                              finish=True)
+        return gone
 
     # -- the watcher's failures -------------------------------------------------------------------
 

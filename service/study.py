@@ -119,10 +119,11 @@ def _cause(e: BaseException) -> str:
 
 def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str] | None = None,
             params: dict[str, dict] | None = None, studies: list[tuple[str, str]] = (), rerun: bool = False,
-            progress=print) -> list[Job]:
+            progress=print, each=None) -> list[Job]:
     """Run the registered analyses of the stored checkpoints (and the study-scope ones of
     ``studies``: [(storage, study)]) as parallel Ray tasks; the driver writes every result.
-    Returns one Job per task."""
+    Returns one Job per task. ``each(job)`` is called as each job is settled (skipped, written or
+    failed), in place of the line per analysis."""
     reg = registry.all_analyses()
     names = list(analyses or reg)
     for n in names:
@@ -139,6 +140,8 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
         if not rerun and check_fresh and _up_to_date(store, subject_id, a.name, a.version, p):
             job.status = "skipped"
             job.figures = _log_row(store, subject_id, a.name, a.version)["figure_paths"]
+            if each is not None:
+                each(job)
             return
         try:
             inputs = load()
@@ -146,6 +149,8 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
         except Exception as e:
             job.status, job.error = "failed", f"{a.name} of {subject_id}: {_cause(e)}"
             store.log_failed(subject_id, a.name, a.version, job.error)
+            if each is not None:
+                each(job)
             return
         pending[task.remote(a.name, inputs, p, fig_dir)] = (job, a.version, time.perf_counter())
 
@@ -179,9 +184,12 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
             store.log_failed(job.checkpoint_id, job.analysis, version, job.error)
             if not isinstance(getattr(e, "cause", e), AnalysisError):
                 progress(traceback.format_exc(limit=3))
-            progress(f"  failed: {job.error}")
+            if each is None:
+                progress(f"  failed: {job.error}")
+        if each is not None:
+            each(job)
         left[job.analysis] -= 1
-        if not left[job.analysis]:
+        if not left[job.analysis] and each is None:  # with ``each``, its caller says what finished
             mine = [j for j in jobs if j.analysis == job.analysis and j.status != "skipped"]
             counts = ", ".join(f"{sum(j.status == st for j in mine)} {st}" for st in ("finished", "failed")
                                if any(j.status == st for j in mine))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from cluster import runtime
 from cluster.errors import EXIT_ERROR, EXIT_INPUT, GatelensError
 from service.cli.parsers import build_parser
 
@@ -20,6 +21,7 @@ __all__ = ["build_parser", "main"]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module, _, function = args.handler.partition(":")
+    runtime.say = lambda m: print(m, file=sys.stderr, flush=True)  # which Ray cluster a command runs on
     try:
         # deferred: a handler imports torch / Ray / DuckDB, which `gatelens --help` must not wait for
         handler = getattr(importlib.import_module(module), function)

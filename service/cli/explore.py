@@ -34,7 +34,7 @@ def wait_healthy(url: str, timeout: float = 120.0) -> None:
 def cmd_explore(args: argparse.Namespace) -> int:
     quiet_ray(Path(args.store).resolve().parent / "logs", "explore")
     # deferred: importing Ray Serve warns (pydantic) and logs, which must reach the log file named above
-    from service.explorer.app import deploy, quiet_serve, undeploy
+    from service.explorer.app import MAX_REPLICAS, deploy, quiet_serve, undeploy
     from service.explorer.data import ExplorerConfig
 
     quiet_serve()
@@ -53,12 +53,13 @@ def cmd_explore(args: argparse.Namespace) -> int:
                             utterances=args.utterances)
     private = ensure_ray()
     print("deploying the explorer on Ray Serve (its replica loads nothing until a view asks) ...", flush=True)
-    url = deploy(config, args.host, args.port)
+    url = deploy(config, args.host, args.port, autoscale=not private)
     quiet_serve()
     wait_healthy(url)
     print(f"explorer: {url}")
     if not private:
-        print("deployed on the running Ray cluster; `gatelens explore --stop` removes it")
+        print(f"deployed on the running Ray cluster, 1 to {MAX_REPLICAS} replicas as its users need; "
+              f"`gatelens explore --stop` removes it")
         return 0
     print("serving from a private Ray cluster until interrupted (Ctrl-C); `ray start --head` first keeps it running")
     try:

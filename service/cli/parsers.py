@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=positive_int, default=6379)
     p.add_argument("--dashboard-port", type=positive_int, default=8265)
     p.add_argument("--num-cpus", type=positive_int, default=None)
+    p.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops the head")
 
     p = _command(sub, "service.cli.head:cmd_down", "down", help="stop the local Ray head (wraps ray stop)")
     p.add_argument("--force", action="store_true")

@@ -17,7 +17,7 @@ from cluster.grid import custom_grid, run_study
 from cluster.runs import RUNS, collect_results, study_dir
 from cluster.runtime import ensure_ray
 from cluster.settings import parse_assignment, typed_value
-from cluster.train import TrainConfig, make_trainer, run_name
+from cluster.train import TrainConfig, fit_quietly, make_trainer, run_name
 from service.cli.console import quiet_ray
 from service.results import format_table, ingest_study
 from service.store import Store, StoreError
@@ -59,9 +59,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = args.name or run_name(config)
     storage = study_dir(args.storage, "train") / RUNS  # where iter_runs (and the ingest) look
     check_corpus_first(config.corpus, config.allow_pipes)
+    quiet_ray(study_dir(args.storage, "train") / "logs", "train")
     ensure_ray()
-    trainer = make_trainer(config, name, str(storage), workers=args.workers, gpus_per_worker=args.gpus_per_worker)
-    result = trainer.fit()
+    result = fit_quietly(lambda callbacks: make_trainer(config, name, str(storage), workers=args.workers,
+                                                        gpus_per_worker=args.gpus_per_worker, callbacks=callbacks),
+                         name, config.epochs, lambda line: print(line, file=sys.stderr, flush=True))
     m = result.metrics or {}
     print(f"run {name}: test PER {100 * m.get('test_per', float('nan')):.2f}%  "
           f"frame accuracy {100 * m.get('test_frame_acc', float('nan')):.2f}%  (best epoch {m.get('best_epoch')})")

@@ -13,7 +13,7 @@ from analyses import registry
 from cluster.errors import InputError
 from cluster.runtime import ensure_ray
 from service.scheduler import ACTOR_NAME, NAMESPACE, PassReport, Watcher, WatchConfig, deploy, existing, \
-    pending_and_failed, run_pass
+    pending_and_failed, run_pass, running
 
 
 def parse_every(text: str) -> float:
@@ -57,6 +57,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 print("  last " + PassReport(**st["last"]).line())
         print(f"pending: {len(pending)}" + "".join(f"\n  {p}" for p in pending[:20]))
         print(f"failed: {len(failed)}" + "".join(f"\n  {k}: {v}" for k, v in list(failed.items())[:20]))
+        now = running(config)
+        print(f"running: {len(now)}" + "".join(f"\n  {line}" for line in now[:20]))
         return 0
     if args.stop:
         if ensure_ray(connect_only=True):

@@ -86,16 +86,26 @@ LayerP, UnitP = PathParam(ge=1, le=64), PathParam(ge=0, le=65535)  # the same, i
 Threshold = Query(ge=-1e6, le=1e6)
 
 
+# Requests one replica takes at once: FastAPI runs each in a thread of its pool. Most views answer
+# from memory (the overview, a unit's rows) or capture under one model's lock, so a few threads
+# keep a replica busy; beyond that, requests queue at Serve's proxy instead of in the replica.
+MAX_ONGOING = 8
+# On a shared head the explorer scales with its users: a replica more while each has more than
+# TARGET_ONGOING requests in flight, up to MAX_REPLICAS (each holds its own loaded checkpoints).
+TARGET_ONGOING, MAX_REPLICAS = 4, 4
+
+
 @serve.deployment(name="explorer", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                  max_ongoing_requests=16, health_check_period_s=5)
+                  max_ongoing_requests=MAX_ONGOING, health_check_period_s=5)
 @serve.ingress(app)
 class ExplorerIngress:
-    """One replica: its ``Explorer`` keeps the last few checkpoints loaded. No CPU reserved: it
+    """A replica: its ``Explorer`` keeps the last few checkpoints loaded. No CPU reserved: it
     answers people, and must not keep a grid's trials from their CPUs."""
 
     def __init__(self, config: dict):
         torch.set_num_threads(1)  # one request's capture should not take every core from a running grid
         self.x = Explorer(ExplorerConfig(**config))
+        self.x.refresh_overview(background=True)  # ready before the first visitor asks
 
     @app.get("/api/health")
     def health(self) -> dict:
@@ -168,12 +178,20 @@ class ExplorerIngress:
         raise NotFound(f"no page /{rest[:80]}")
 
 
-def deploy(config: ExplorerConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
+def deploy(config: ExplorerConfig, host: str = "127.0.0.1", port: int = 8000, autoscale: bool = False) -> str:
     """Deploy (or redeploy) the explorer on the Ray cluster this process is connected to; returns
-    its URL. Serve's HTTP options belong to the cluster: where Serve already runs, its host and
-    port stay (Serve says so in its log) and the URL names them, not the ones asked for."""
+    its URL. ``autoscale`` (on a shared head): ``num_replicas="auto"`` from one replica up to
+    ``MAX_REPLICAS`` as requests in flight grow. Serve's HTTP options belong to the cluster: where
+    Serve already runs, its host and port stay (Serve says so in its log) and the URL names them,
+    not the ones asked for."""
     serve.start(http_options={"host": host, "port": port})
-    serve.run(ExplorerIngress.bind(vars(config)), name=APP_NAME, route_prefix="/", blocking=False)
+    deployment = ExplorerIngress
+    if autoscale:
+        deployment = ExplorerIngress.options(
+            num_replicas="auto", max_ongoing_requests=MAX_ONGOING,
+            autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": MAX_REPLICAS,
+                                "target_ongoing_requests": TARGET_ONGOING})
+    serve.run(deployment.bind(vars(config)), name=APP_NAME, route_prefix="/", blocking=False)
     try:  # the options Serve actually runs with (no public API reads them back)
         http = serve.context._get_global_client().http_config
         host, port = http.host, http.port

@@ -22,6 +22,7 @@ first ``utterances`` of the utterances its capture summarised (the capture's own
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from functools import cached_property
 from collections import OrderedDict
@@ -45,6 +46,7 @@ from service.schema import SAMPLE_VIEW
 from service.store import Store, check_id
 
 FRAME_SHIFT_S = 0.01  # every corpus here: Kaldi's 10 ms frame shift
+log = logging.getLogger("gatelens.explorer")
 
 
 class NotFound(InputError):
@@ -160,6 +162,10 @@ class Explorer:
         self._claims: tuple[tuple, tuple] | None = None
         self._cache: dict[str, tuple] = {}
         self._units: OrderedDict[str, tuple] = OrderedDict()
+        self._units_lock = threading.Lock()
+        self._overview: tuple[tuple, dict] | None = None  # (stamp it was computed at, overview)
+        self._overview_lock = threading.Lock()  # one computation at a time
+        self._refresh_lock, self._refreshing = threading.Lock(), False  # one background refresh at a time
 
     # -- the store --------------------------------------------------------------------------------
 
@@ -235,7 +241,53 @@ class Explorer:
             return []
         return sorted(p.name for p in root.iterdir() if (p / "runs").is_dir())
 
+    def overview_stamp(self) -> tuple:
+        """What the overview depends on: the store file and the list of studies."""
+        return self._stamp(), tuple(self.studies())
+
     def overview(self) -> dict:
+        """The overview as of the last store change. It is computed once per change, off the
+        request path: a request that finds the store changed answers with the overview it has
+        (``stale``: true) and starts one refresh in the background; only the very first request
+        (nothing computed yet) waits for it. A refresh the store's writer keeps out (StoreBusy)
+        leaves the old overview, and the next request tries again."""
+        stamp = self.overview_stamp()
+        have = self._overview
+        if have is not None and have[0] == stamp:
+            return have[1]
+        if have is None:
+            with self._overview_lock:
+                if self._overview is None:
+                    self._overview = (stamp, self._compute_overview())
+                return self._overview[1]
+        self.refresh_overview(background=True)
+        return {**have[1], "stale": True}
+
+    def refresh_overview(self, background: bool = False) -> None:
+        """Compute the overview if the store changed since the last one (in a thread of its own
+        with ``background``; at most one at a time)."""
+        def work():
+            try:
+                with self._overview_lock:
+                    stamp = self.overview_stamp()
+                    if self._overview is None or self._overview[0] != stamp:
+                        self._overview = (stamp, self._compute_overview())
+            except Exception as e:  # noqa: BLE001 -- busy or mid-write: the old overview stays; retried on the next request
+                log.warning("overview refresh failed (the last one is served, marked stale): %s: %s",
+                            type(e).__name__, e)
+            finally:
+                self._refreshing = False
+
+        if not background:
+            work()
+            return
+        with self._refresh_lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+        threading.Thread(target=work, name="explorer-overview", daemon=True).start()
+
+    def _compute_overview(self) -> dict:
         cks = self.store.query(
             "SELECT c.checkpoint_id, c.run_id, c.epoch, c.arch, c.layers, c.hidden, c.residual, c.seed, "
             "c.corpus_name, (SELECT per FROM epoch_metrics e WHERE e.run_id = c.run_id AND e.split = 'test' "
@@ -252,7 +304,7 @@ class Explorer:
             rows.append({**c, "per": c["per"] if c["per"] is not None else r.get("test_per"),
                          "frame_acc": c["frame_acc"] if c["frame_acc"] is not None else r.get("test_frame_acc")})
         return {"store": str(self.store.path), "studies": self.studies(), "runs": runs.to_dicts(),
-                "checkpoints": rows, "claims": claims}
+                "checkpoints": rows, "claims": claims, "stale": False}
 
     def studies_facts(self) -> tuple[pl.DataFrame, list[dict]]:
         """The studies' results and claims (``analyses.claims``, with the units and figures behind
@@ -320,10 +372,11 @@ class Explorer:
         one open of the store and kept until the store file changes (the last few checkpoints):
         the unit view then answers from memory, as fresh as a read, without the ~30 ms open."""
         stamp = self._stamp()
-        hit = self._units.get(checkpoint_id)
-        if hit is not None and hit[0] == stamp:
-            self._units.move_to_end(checkpoint_id)
-            return hit[1]
+        with self._units_lock:
+            hit = self._units.get(checkpoint_id)
+            if hit is not None and hit[0] == stamp:
+                self._units.move_to_end(checkpoint_id)
+                return hit[1]
         has_memory = "unit_memory" in self.tables()
         args, where = [checkpoint_id, SUMMARY_VERSION], "checkpoint_id = ? AND analysis_version = ?"
         with self.store.reader(samples=False) as con:
@@ -340,9 +393,10 @@ class Explorer:
                                   "ORDER BY layer, unit", params=[checkpoint_id]).pl() if has_memory
                 else pl.DataFrame(schema={"layer": pl.Int32, "unit": pl.Int32}),
             }
-        self._units[checkpoint_id] = (stamp, out)
-        while len(self._units) > 8:
-            self._units.popitem(last=False)
+        with self._units_lock:
+            self._units[checkpoint_id] = (stamp, out)
+            while len(self._units) > 8:
+                self._units.popitem(last=False)
         return out
 
     def top(self, checkpoint_id: str, layer: int, unit: int, quantity: str = "c", k: int = 10, by: str = "abs") -> dict:

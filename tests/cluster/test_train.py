@@ -161,6 +161,7 @@ def test_a_tiny_grid_with_two_seeds_keeps_both_and_results_aggregate_them(small_
         assert re.search(rf"\] {run} +epoch 1/1  dev accuracy [\d.]+ %", err), err
         assert re.search(rf"\] {run} +done \([12]/2\): test PER [\d.]+ %", err), err
     assert "Trial status" not in err and "Configuration for experiment" not in err and "trained 2 runs in" in err
+    assert "starting 2 trials, " in err and re.search(r"\] gru_L1_H16_s0 +starting: Ray Train starts its workers", err)
     assert gatelens([str(a) for a in ["results", "--study", "seeded", *common]]) == 0
     out = capsys.readouterr().out
     assert "Seeds" in out and "[" in out and "mean over seeds" in out
@@ -171,3 +172,21 @@ def test_a_tiny_grid_with_two_seeds_keeps_both_and_results_aggregate_them(small_
     from service.store import Store
 
     assert Store(tmp_path / "s.duckdb").query("SELECT seed FROM runs ORDER BY seed")["seed"].to_list() == [0, 1]
+
+
+def test_train_prints_one_line_per_epoch_and_keeps_rays_messages_in_its_log(small_corpus, tmp_path, capsys):
+    from service.cli import main as gatelens
+
+    assert gatelens([str(a) for a in ["train", "--corpus", small_corpus, "--cell", "gru", "--layers", "1",
+                                      "--hidden", "8", "--epochs", "2", "--set", "max_train_utterances=16",
+                                      "--set", "max_eval_utterances=6", "--storage", tmp_path / "runs",
+                                      "--store", tmp_path / "s.duckdb"]]) == 0
+    captured = capsys.readouterr()
+    err, out = captured.err, captured.out
+    log = Path(re.search(r"Ray's messages: (\S+)", err).group(1))
+    assert log.parent == tmp_path / "runs" / "train" / "logs" and log.is_file()
+    for epoch in (1, 2):
+        assert len(re.findall(rf"\] gru_L1_H8_s0 +epoch {epoch}/2  dev accuracy [\d.]+ %", err)) == 1, err
+    assert re.search(r"\] gru_L1_H8_s0 +done: test PER [\d.]+ %", err), err
+    assert "run gru_L1_H8_s0: test PER" in out
+    assert "TrainingReport(" not in err + out and "PlacementGroupCleaner" not in err + out

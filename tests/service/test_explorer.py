@@ -5,6 +5,7 @@ views in headless Chromium (Selenium with Debian's chromium-driver)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import struct
@@ -201,17 +202,45 @@ def test_bad_ids_and_traversal_get_their_status(explorer, path, code):
     assert b"root:" not in body
 
 
-def test_a_store_held_by_a_writer_answers_busy_then_recovers(explorer):
-    url = explorer["url"] + "api/overview"  # reads the store on every request
-    unit = explorer["url"] + f"api/unit/{explorer['gru']}/1/0"
-    assert get(unit)[0] == 200  # its rows are now held, valid until the store changes
-    with explorer["store"].transaction():
-        status, headers, body = get(url)
-        assert get(unit)[0] == 200  # what is held for the committed state keeps being answered
+def test_a_store_held_by_a_writer_answers_old_data_or_busy_then_recovers(explorer):
+    store, url = explorer["store"], explorer["url"]
+    overview, unit = url + "api/overview", url + f"api/unit/{explorer['gru']}/1/0"
+    figure = url + f"api/figure/{explorer['gru']}/cell_distributions/0"  # reads the store on every request
+    assert get(unit)[0] == 200 and get(overview)[0] == 200  # held now, valid until the store changes
+    with store.transaction():
+        assert get(unit)[0] == 200 and get(overview)[0] == 200  # the committed state's, still current
+        status, headers, body = get(figure)
     assert status == 503 and headers.get("retry-after") == "1"
     assert json.loads(body)["error"].startswith("store busy, retrying")
-    assert get(url)[0] == 200
+    assert get(figure)[0] == 200
+    store.log_started("busy-test", "x", 1)  # a commit: what the explorer holds is of an older state now
+    try:
+        with store.transaction():
+            status, _, body = get(overview)
+            assert status == 200 and json.loads(body)["stale"] is True  # the last overview, said to be old
+            assert get(unit)[0] == 503
+        assert get(unit)[0] == 200
+    finally:
+        with store.transaction() as con:
+            con.execute("DELETE FROM analyses WHERE checkpoint_id = 'busy-test'")
 
+
+def test_concurrent_clients_get_no_errors_and_the_overview_still_answers(explorer):
+    """Eight clients at once (loopback, 15 requests each of the unit, top-frames, values and
+    overview views): every answer is a 200, and afterwards the overview still answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, ck = explorer["url"], explorer["lstm"]
+    utts = get_json(url + f"api/utterances/{ck}")[1]["probe"]
+    paths = [f"api/unit/{ck}/{1 + k % 2}/{k % 16}" if k % 4 == 0 else
+             f"api/top/{explorer['gru']}/{1 + k % 2}/{k % 16}?k=5" if k % 4 == 1 else
+             f"api/values/{ck}/{utts[k % len(utts)]}?layer=1&quantity=c&order=variance" if k % 4 == 2 else
+             "api/overview" for k in range(8 * 15)]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda p: (get(url + p)[0], p), paths))
+    assert [s for s in statuses if s[0] != 200] == []
+    status, o = get_json(url + "api/overview")
+    assert status == 200 and len(o["claims"]) == 13
 
 def test_a_hostile_store_serves_nothing_outside_and_loads_no_code(explorer):
     store, ck, url = explorer["store"], explorer["lstm"], explorer["url"]
@@ -281,11 +310,18 @@ def test_browser_claim_to_unit_to_frame_to_audio_to_match(explorer, browser):
     ready(d, "overview")
     claim = d.find_element("css selector", '[data-claim="gru_bounded"]')
     assert claim.get_attribute("data-verdict") == "holds"
+    links = claim.find_element("css selector", "details.links")  # collapsed: the claims read as a list
+    assert links.get_attribute("open") is None and not claim.find_element("css selector", "a.unit-link").is_displayed()
+    links.find_element("tag name", "summary").click()
     claim.find_element("css selector", "a.unit-link").click()
     ready(d, "unit")
     hists = d.find_elements("css selector", "canvas.hist")
     assert len(hists) == 6 and all(h.get_attribute("data-drawn") == "1" for h in hists)
-    assert d.find_elements("css selector", 'canvas.resp[data-drawn="1"]')
+    resp = d.find_elements("css selector", 'canvas.resp[data-drawn="1"]')
+    assert resp
+    for cv in resp:  # the phone labels drawn do not overlap
+        boxes = json.loads(cv.get_attribute("data-labels"))
+        assert boxes and all(a[1] < b[0] for a, b in zip(boxes, boxes[1:]))
     d.find_element("css selector", "tr.top-frame a").click()
     ready(d, "utterance")
     assert d.find_element("css selector", 'canvas.heatmap').get_attribute("data-drawn") == "1"
@@ -324,6 +360,7 @@ def test_browser_shows_store_busy_then_the_view(explorer, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     held, release = threading.Event(), threading.Event()
+    explorer["store"].log_started("busy-test", "x", 1)  # a commit: the unit's held rows are stale
 
     def writer():
         with explorer["store"].transaction():
@@ -334,10 +371,63 @@ def test_browser_shows_store_busy_then_the_view(explorer, browser):
     t.start()
     try:
         held.wait(30)
-        browser.get(explorer["url"])
+        browser.get(explorer["url"] + f"unit?checkpoint={explorer['gru']}&layer=1&unit=0")
         WebDriverWait(browser, 30).until(lambda d: "store busy, retrying" in d.find_element("id", "status").text)
     finally:
         release.set()
         t.join()
-    ready(browser, "overview")
+        with explorer["store"].transaction() as con:
+            con.execute("DELETE FROM analyses WHERE checkpoint_id = 'busy-test'")
+    ready(browser, "unit")
     assert browser.find_element("id", "status").text == ""
+
+
+def test_views_keep_answering_while_a_watcher_pass_ingests_and_new_checkpoints_appear(explorer, tmp_path):
+    """A real watcher pass captures, analyses and ingests a new checkpoint into the served store
+    while clients keep asking: every answer is a 200 or a 503 (store busy, retry), never a 500;
+    the new checkpoint then appears in the overview without a restart. (Last: it adds a checkpoint.)"""
+    import threading
+    import time
+
+    from service.scheduler import WatchConfig, run_pass
+    from tests_helpers import make_checkpoint
+
+    url, ck = explorer["url"], explorer["lstm"]
+    new = make_checkpoint(explorer["corpus"], tmp_path / "runs" / "w" / "runs" / "gru_run" / "checkpoint_000000"
+                          / "model.pt", "gru", 5)
+    old = time.time() - 120
+    os.utime(new, (old, old))
+    config = WatchConfig(storage=str(tmp_path / "runs"), store=str(explorer["store"].path),
+                         figures=str(tmp_path / "figures"), utterances=6, sample=1, settle=1.0,
+                         analyses=["cell_distributions"]).resolved()
+    done, statuses = threading.Event(), []
+
+    def client(k: int) -> None:
+        paths = ["api/overview", f"api/unit/{ck}/1/{k}", f"api/top/{ck}/2/{k}?k=3"]
+        n = 0
+        while not done.is_set() or n < 3:
+            statuses.append((get(url + paths[n % 3])[0], paths[n % 3]))
+            n += 1
+            time.sleep(0.05)
+
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for c in clients:
+        c.start()
+    try:
+        report = run_pass(config, progress=print)
+    finally:
+        done.set()
+        for c in clients:
+            c.join(60)
+    assert report.error is None and len(report.done) == 1, report
+    assert statuses and {s for s, _ in statuses} <= {200, 503}, [s for s in statuses if s[0] not in (200, 503)]
+    assert sum(s == 200 for s, _ in statuses) > len(statuses) / 2
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        o = get_json(url + "api/overview")[1]
+        if report.done[0] in {c["checkpoint_id"] for c in o["checkpoints"]} and not o["stale"]:
+            break
+        time.sleep(0.5)
+    assert report.done[0] in {c["checkpoint_id"] for c in o["checkpoints"]}
+    status, u = get_json(url + f"api/unit/{report.done[0]}/1/0")
+    assert status == 200 and u["stats"]

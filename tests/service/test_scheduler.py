@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,9 +166,24 @@ def test_killed_scheduler_leaves_a_consistent_store_and_the_next_pass_finishes(r
         fin = con.sql("SELECT checkpoint_id FROM analyses WHERE analysis = 'capture' AND status = 'finished'").pl()
         for cid in fin["checkpoint_id"]:
             assert con.execute("SELECT count(*) FROM unit_stats WHERE checkpoint_id = ?", [cid]).fetchone()[0] > 0
-    report = run_pass(WatchConfig(**{**config.__dict__, "store": str(store_path), "figures": str(figures)}),
-                      progress=print)
+    # the killed pass's analyses are left running; their owner is gone, and --status says so
+    left = store.running()
+    assert left.height >= 1 and not left["alive"].any(), left
+    assert set(left["owner"]) == {f"{socket.gethostname()}:{p.pid}"}
+    capsys.readouterr()
+    assert cli(["watch", "--status", "--storage", config.storage, "--store", str(store_path)]) == 0
+    status = capsys.readouterr().out
+    assert f"running: {left.height}" in status and status.count("the next pass redoes it") == left.height, status
+    again = WatchConfig(**{**config.__dict__, "store": str(store_path), "figures": str(figures)})
+    report = run_pass(again, progress=print)
     assert report.error is None and len(report.failed) == 1  # only the truncated file
+    printed = capsys.readouterr().out
+    for r in left.iter_rows(named=True):  # each orphan said, redone and finished
+        assert f"redoing {r['analysis']} of {r['checkpoint_id']}: left running by {r['owner']}" in printed
+        assert f"  {r['checkpoint_id']} {r['analysis']}: finished" in printed
+    assert store.running().height == 0
+    assert store.query("SELECT count(*) AS n FROM analyses WHERE status <> 'finished' AND checkpoint_id IN "
+                       "(SELECT checkpoint_id FROM checkpoints)")["n"][0] == 0
     reference = counts(Store(config.store))
     assert counts(store) == reference
     check = subprocess.run([sys.executable, "-c", f"import duckdb; c = duckdb.connect({str(store_path)!r}, "

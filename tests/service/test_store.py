@@ -259,3 +259,46 @@ def test_a_store_of_a_newer_gatelens_is_refused_by_writers_and_readers(store):
     for use in (lambda s: s.log_finished("ck", "x", 1), lambda s: s.query("FROM runs")):
         with pytest.raises(StoreError, match="newer gatelens .migrations 9999_from_the_future"):
             use(Store(store.path))
+
+
+def test_many_reading_threads_and_a_writing_process_never_poison_each_other(store):
+    """Threads of one process read at once (as a Serve replica's pool does) while another process
+    commits in between: every read answers, and every thread's reader keeps the sandbox."""
+    import threading
+
+    store.ingest("ck", "capture", 1, capture_frames("ck"))
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from service.store import Store
+        s = Store({str(store.path)!r}, busy_timeout=60)
+        for i in range(8):
+            s.log_started("w", "x", i)
+            s.log_finished("w", "x", i, rows=i)
+        print("wrote", flush=True)
+    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    errors, answers = [], []
+
+    def read(k: int) -> None:
+        s = store if k % 2 else Store(store.path, busy_timeout=60)  # a shared Store and own ones
+        try:
+            for _ in range(10):
+                answers.append(s.query("SELECT count(*) AS n FROM unit_stats")["n"][0])
+                with s.reader() as con:
+                    for sql in ("SELECT * FROM read_csv('/etc/passwd')", "SET enable_external_access = true"):
+                        try:
+                            con.execute(sql)
+                            errors.append(f"thread {k}: {sql} ran")
+                        except (duckdb.PermissionException, duckdb.InvalidInputException):
+                            pass
+        except Exception as e:  # noqa: BLE001 -- every failure is the finding
+            errors.append(f"thread {k}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    out, err = writer.communicate(timeout=120)
+    assert errors == []
+    assert answers == [2 * 4 * 6] * 8 * 10
+    assert writer.returncode == 0 and out.strip() == "wrote", err
+    assert store.query("SELECT count(*) AS n FROM analyses WHERE checkpoint_id = 'w'")["n"][0] == 8

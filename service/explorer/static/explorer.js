@@ -88,8 +88,20 @@ function bars(c, values, labels, colourOf = () => "#468") {
     g.fillStyle = colourOf(k); g.fillRect(k * w, base - h, Math.max(1, w - 1), h);
   });
   if (labels) {
-    g.fillStyle = "#333"; g.font = "10px sans-serif";
-    labels.forEach((l, k) => { if (w >= 12 || k % Math.ceil(12 / w) === 0) g.fillText(l, k * w, c.height - 2); });
+    // each label centred under its bar, skipped where it would touch the last one drawn (the
+    // bar's tooltip still names it); the boxes drawn are kept for the browser test
+    g.fillStyle = "#333"; g.font = "10px sans-serif"; g.textAlign = "center";
+    let end = -Infinity;
+    const boxes = [];
+    labels.forEach((l, k) => {
+      const tw = g.measureText(l).width, x = (k + 0.5) * w;
+      if (x - tw / 2 < end + 3 || x + tw / 2 > c.width) return;
+      g.fillText(l, x, c.height - 2);
+      boxes.push([x - tw / 2, x + tw / 2]);
+      end = x + tw / 2;
+    });
+    g.textAlign = "start";
+    c.dataset.labels = JSON.stringify(boxes);
   }
   c.dataset.drawn = "1";
 }
@@ -120,14 +132,18 @@ async function overview() {
          `<td class="l"><a href="${unitHref(c.checkpoint_id, 1, 0)}">unit L1 #0</a> · ` +
          `<a class="utts" href="${uttHref({checkpoint: c.checkpoint_id})}">utterances</a></td></tr>`;
   }
-  h += `</table><h2>Claims</h2>`;
+  h += `</table><h2>Claims</h2>` + (o.stale ? `<p class="small">the store changed since this overview was computed; ` +
+       `reload for the new one</p>` : "");
   if (!o.claims.length) h += `<p class="small">No study in the training storage (--storage): no claims.</p>`;
   for (const c of o.claims) {
     const v = c.verdict.replace(" ", "-");
     const ci = c.ci_low === null ? "no interval" : `95 % CI [${fmt(c.ci_low)}, ${fmt(c.ci_high)}]`;
     h += `<div class="claim" data-claim="${esc(c.key)}" data-verdict="${esc(c.verdict)}"><span class="verdict ${v}">${esc(c.verdict)}</span> ` +
          `<b>${esc(c.statement)}</b><br><span class="small">${esc(c.effect_name)}: ${fmt(c.effect)} ${esc(c.unit)}, ${ci}; ` +
-         `${c.n_seeds} seed(s), ${c.n_utterances} utterances; ${esc(c.test)} ${esc(c.note)}</span><div class="links">`;
+         `${c.n_seeds} seed(s), ${c.n_utterances} utterances; ${esc(c.test)} ${esc(c.note)}</span>`;
+    const n = c.links.units.length + c.links.figures.length;
+    h += n ? `<details class="links"><summary>units and figures (${c.links.units.length} units, ` +
+             `${c.links.figures.length} figures)</summary>` : `<div class="links small">no units or figures behind it yet`;
     for (const u of c.links.units) {
       h += `<a class="unit-link" href="${unitHref(u.checkpoint_id, u.layer, u.unit)}" title="${esc(u.why)}">` +
            `${esc(u.checkpoint_id)} L${u.layer} #${u.unit}</a>`;
@@ -136,7 +152,7 @@ async function overview() {
       h += `<a class="figure-link" href="/api/figure/${encodeURIComponent(f.checkpoint_id)}/${encodeURIComponent(f.analysis)}/${f.index}">` +
            `${esc(f.analysis)} fig ${f.index + 1} (${esc(f.checkpoint_id)})</a>`;
     }
-    h += `</div></div>`;
+    h += n ? `</details></div>` : `</div></div>`;
   }
   main.innerHTML = h;
   document.body.dataset.ready = "1";
@@ -184,7 +200,7 @@ async function unitView() {
     const rows = u.responsibility.filter((r) => r.rule === rule && r.frames > 0).sort((a, b) => b.responsibility - a.responsibility);
     const div = document.createElement("div");
     div.innerHTML = `<span class="small">rule ${esc(rule)}: irregular frames / frames of each phone, highest first</span>`;
-    const cv = canvas(Math.max(300, rows.length * 16), 110, "resp"); cv.dataset.rule = rule;
+    const cv = canvas(Math.max(300, rows.length * 22), 110, "resp"); cv.dataset.rule = rule;
     div.appendChild(cv); $("#resp").appendChild(div);
     bars(cv, rows.map((r) => r.responsibility), rows.map((r) => r.phone));
     cv.addEventListener("mousemove", (ev) => {
