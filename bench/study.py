@@ -34,7 +34,8 @@ from cluster.grid import custom_grid, run_study
 from cluster.runs import collect_results, iter_runs
 from cluster.runtime import log_ray_to
 from cluster.studies import PROFILES
-from service.cli.runs import training_overrides
+from cluster.settings import parse_assignment
+from cluster.train import TrainConfig
 
 
 def per_epoch(storage: str, study: str) -> pl.DataFrame:
@@ -79,7 +80,7 @@ def mode_curves(storage: str, study: str) -> pl.DataFrame:
 def compare_modes(args, storage: str) -> None:
     widths = [int(w) for w in args.modes.split(",")]
     cells, layers = args.cells.split(","), [int(n) for n in args.layers.split(",")]
-    overrides = {"epochs": args.epochs, "patience": args.epochs + 1, **training_overrides(args.set)}
+    overrides = {"epochs": args.epochs, "patience": args.epochs + 1, **dict(parse_assignment(TrainConfig, kv) for kv in args.set)}
     custom = [{"cell": c, "layers": n, "chunk_width": w} for c in cells for n in layers for w in widths]
     print(f"before: {machine()}", flush=True)
     t0 = time.perf_counter()

@@ -72,8 +72,9 @@ def stream_schedule(lengths: np.ndarray, streams: int, chunk_width: int, seed: i
 
 class StreamBatches:
     """Assembles a rank's steps into model input: x [chunk_width, B, input_dim] (windows of each
-    utterance's spliced frames), lengths [B], targets y [B, chunk_width] (padding: ignore_index)
-    and ``fresh`` [B] (True where the row starts an utterance or is idle: its state must be zero).
+    utterance's spliced frames), lengths [B] (an idle row's is 1, as packed sequences need a frame:
+    it scores nothing), targets y [B, chunk_width] (padding: ignore_index) and ``fresh`` [B] (True
+    where the row starts an utterance or is idle: its state must be zero).
 
     ``splice`` maps one utterance's features [T, F] to its spliced frames [T, 1, input_dim] (the
     model's own splice, CMVN included); each utterance is spliced once, when its stream starts it,
@@ -87,7 +88,7 @@ class StreamBatches:
     def __call__(self, step: Step, width: int):
         rows = len(step.utt)
         y = torch.full((rows, width), self.ignore, dtype=torch.long)
-        x, lengths = None, torch.zeros(rows, dtype=torch.long)
+        x, lengths = None, torch.ones(rows, dtype=torch.long)
         for b, (u, s, e) in enumerate(zip(step.utt.tolist(), step.start.tolist(), step.end.tolist())):
             if u < 0:
                 continue

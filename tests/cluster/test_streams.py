@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from cluster.errors import InputError
 from cluster.models import ModelConfig, build_model
 from cluster.streams import StreamBatches, carry, stream_schedule
+from cluster.train import TrainConfig
 
 LENGTHS = np.random.default_rng(3).integers(1, 60, 41)
 
@@ -52,9 +54,11 @@ def test_orders_are_seeded_per_epoch_and_per_seed():
     assert order(0, 1) != order(0, 2) and order(0, 1) != order(1, 1)
     with pytest.raises(ValueError, match="too few for 3 workers"):
         stream_schedule(np.ones(2, int), 2, 4, 0, 1, 0, 3)
+    with pytest.raises(InputError, match="chunk_width=-1"):
+        TrainConfig(chunk_width=-1)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_lazy"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_lazy", "lstm_fused"])
 def test_a_stream_forward_over_windows_equals_each_utterances_whole_forward(cell):
     """Windows of 6 frames on 2 streams over 5 utterances: every utterance's logits equal its whole
     forward, so each reset at an utterance start is exact and each window edge splices real neighbours;
