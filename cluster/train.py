@@ -8,13 +8,18 @@ worker resumes from the last one. At the end the best-on-dev weights are scored 
 
 from __future__ import annotations
 
+import time
+
+# when this module's imports (torch, Ray Train, numba through the cells) began and ended in this
+# process: the first epoch's metrics carry them (``startup_*``) for bench/startup.py
+_IMPORTS_BEGAN = time.time()
+
 import copy
 import json
 import math
 import os
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -41,6 +46,17 @@ from cluster.streams import StreamBatches, carry, stream_schedule
 
 IGNORE = -100
 STATE_FILE = "train_state.pt"
+_IMPORTS_ENDED = time.time()
+
+
+def process_started() -> float | None:
+    """When this process started (seconds since the epoch), from /proc (Linux; None elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(l.split()[1]) for l in Path("/proc/stat").read_text().splitlines() if l.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class TrainingDiverged(GatelensError):
@@ -235,6 +251,8 @@ def _scheduler(opt, config: TrainConfig):
 
 def train_loop_per_worker(config_dict: dict) -> None:
     """Ray Train's per-worker function (one process per worker; DDP set up by Ray)."""
+    startup = {"startup_process_started": process_started(), "startup_imports_began": _IMPORTS_BEGAN,
+               "startup_imports_ended": _IMPORTS_ENDED, "startup_loop_entered": time.time()}
     config = TrainConfig.from_dict(config_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -247,6 +265,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     train = load_split(corpus, "train", config.max_train_utterances)
     dev = load_split(corpus, "dev", config.max_eval_utterances)
     graph = estimate_graph(zip(train.phones, train.targets), corpus.num_targets, phone_symbols=corpus.phones)
+    startup["startup_corpus_loaded"] = time.time()
 
     torch.manual_seed(config.seed)
     model = build_model(config.model_config(corpus.num_targets), corpus.cmvn_mean, corpus.cmvn_std)
@@ -270,6 +289,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     device = ray.train.torch.get_device()
     core = model.module if hasattr(model, "module") else model
     run_stamps = stamps(config, corpus.identity)
+    startup["startup_model_ready"] = time.time()
     if rank == 0 and config.run_dir:
         Path(config.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.run_dir) / RUN_FILE).write_text(json.dumps(run_stamps, indent=2))
@@ -286,7 +306,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
         metrics = {f"dev_{k}": v for k, v in evaluate(core, dev, graph, config, device, rank, world).items()}
         metrics.update(epoch=epoch, train_frame_ce=total / max(n_frames, 1), lr=opt.param_groups[0]["lr"],
                        train_frames_per_s=n_frames * world / max(train_seconds, 1e-9),
-                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from)
+                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from,
+                       **(startup if epoch == start_epoch else {}))
         if metrics["dev_frame_acc"] > best_acc:
             best_acc, stale = metrics["dev_frame_acc"], 0
             best_state = copy.deepcopy(core.state_dict())
