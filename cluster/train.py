@@ -1,7 +1,8 @@
 """Training one acoustic model on Ray Train: the per-worker loop and the trainer around it.
 
 Frame-level cross-entropy on aligned targets (paper Sec. 3.2), DDP across workers (gloo on CPU,
-nccl on GPU), length-bucketed batches, Adam or SGD with a schedule, gradient clipping, early
+nccl on GPU), length-bucketed batches of whole utterances or carried-state streams in windows of
+``chunk_width`` frames (``cluster/streams.py``), Adam or SGD with a schedule, gradient clipping, early
 stopping on dev frame accuracy. Every epoch reports dev metrics with a checkpoint; a restarted
 worker resumes from the last one. At the end the best-on-dev weights are scored on test.
 """
