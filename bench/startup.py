@@ -4,8 +4,9 @@ timestamps the worker reports with its first epoch (``startup_*`` in cluster/tra
     .venv/bin/python bench/startup.py --corpus data/corpus [--runs 2]
 
 Each run is a tiny one (H=16, one epoch on 48 utterances), so what it prints is start-up, not
-training. The baseline, measured in the same run: a fresh ``python -c "import cluster.train"``
-(the worker's imports without Ray around them). The CPU and the load average are printed too.
+training; the same run as a one-trial Tune grid follows (what a trial of ``gatelens grid`` adds).
+The baseline, measured in the same run: a fresh ``python -c "import cluster.train"`` (the worker's
+imports without Ray around them). The CPU and the load average are printed too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from study import machine
 
+from cluster.grid import run_study
 from cluster.runtime import ensure_ray
 from cluster.train import TrainConfig, make_trainer
 
@@ -64,6 +66,9 @@ def main() -> None:
         bare = time.perf_counter() - t
         ensure_ray()
         runs = [one_run(corpus, storage, f"startup{k}") for k in range(args.runs)]
+        t = time.perf_counter()
+        run_study("startup", "tiny", storage, corpus=corpus, custom=[{"cell": "gru", "layers": 1}])
+        tune_s = time.perf_counter() - t
         print(f"after:  {machine()}")
         print(f"baseline: a fresh python importing cluster.train: {bare:.1f} s")
         print(f"{'stage':<96} " + " ".join(f"{'run ' + str(k + 1):>7}" for k in range(len(runs))))
@@ -71,6 +76,8 @@ def main() -> None:
             secs = [r[b] - r[a] if r.get(a) is not None and r.get(b) is not None else float("nan") for r in runs]
             print(f"{label:<96} " + " ".join(f"{s:>6.1f}s" for s in secs))
         print(f"{'fit() to its return':<96} " + " ".join(f"{r['fit_returned'] - r['fit']:>6.1f}s" for r in runs))
+        print(f"{'the same run as a one-trial Tune grid (gatelens grid --profile tiny), call to return':<96} "
+              f"{tune_s:>6.1f}s")
     finally:
         shutil.rmtree(storage, ignore_errors=True)
 
