@@ -9,11 +9,11 @@ worker resumes from the last one. At the end the best-on-dev weights are scored 
 
 from __future__ import annotations
 
-import time
+from time import time as _now
 
 # when this module's imports (torch, Ray Train, numba through the cells) began and ended in this
 # process: the first epoch's metrics carry them (``startup_*``) for bench/startup.py
-_IMPORTS_BEGAN = time.time()
+_IMPORTS_BEGAN = _now()
 
 import copy
 import json
@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
