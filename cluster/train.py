@@ -1,12 +1,19 @@
 """Training one acoustic model on Ray Train: the per-worker loop and the trainer around it.
 
 Frame-level cross-entropy on aligned targets (paper Sec. 3.2), DDP across workers (gloo on CPU,
-nccl on GPU), length-bucketed batches, Adam or SGD with a schedule, gradient clipping, early
+nccl on GPU), length-bucketed batches of whole utterances or carried-state streams in windows of
+``chunk_width`` frames (``cluster/streams.py``), Adam or SGD with a schedule, gradient clipping, early
 stopping on dev frame accuracy. Every epoch reports dev metrics with a checkpoint; a restarted
 worker resumes from the last one. At the end the best-on-dev weights are scored on test.
 """
 
 from __future__ import annotations
+
+from time import time as _now
+
+# when this module's imports (torch, Ray Train, numba through the cells) began and ended in this
+# process: the first epoch's metrics carry them (``startup_*``) for bench/startup.py
+_IMPORTS_BEGAN = _now()
 
 import copy
 import json
@@ -40,9 +47,21 @@ from cluster.models import CELLS, CheckpointError, ModelConfig, build_model, loa
 from cluster.models.checkpoint import MAX_HIDDEN, MAX_LAYERS, MODEL_FILE
 from cluster.runs import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, RunStamp
 from cluster.runtime import git_revision
+from cluster.streams import StreamBatches, carry, stream_schedule
 
 IGNORE = -100
 STATE_FILE = "train_state.pt"
+_IMPORTS_ENDED = time.time()
+
+
+def process_started() -> float | None:
+    """When this process started (seconds since the epoch), from /proc (Linux; None elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(l.split()[1]) for l in Path("/proc/stat").read_text().splitlines() if l.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class TrainingDiverged(GatelensError):
@@ -73,7 +92,8 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "plateau"  # plateau (halve lr when dev accuracy stalls) | cosine | none
     epochs: int = 10
-    batch_size: int = 16
+    batch_size: int = 16  # utterances per batch; with chunk_width > 0, the streams (batch rows) per worker
+    chunk_width: int = 0  # 0: whole utterances; n: carried-state streams in windows of n frames (streams.py)
     clip: float = 5.0
     patience: int = 3  # epochs without dev improvement before stopping
     seed: int = 0
@@ -98,6 +118,7 @@ class TrainConfig:
         check(1 <= self.hidden <= MAX_HIDDEN, f"hidden={self.hidden}: 1 to {MAX_HIDDEN}")
         check(self.epochs >= 1, f"epochs={self.epochs}: at least 1")
         check(self.batch_size >= 1, f"batch_size={self.batch_size}: at least 1")
+        check(self.chunk_width >= 0, f"chunk_width={self.chunk_width}: 0 (whole utterances) or a window in frames")
         check(self.patience >= 1, f"patience={self.patience}: at least 1")
         check(self.threads_per_worker >= 1, f"threads_per_worker={self.threads_per_worker}: at least 1")
         check(math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr}: a positive number")
@@ -235,6 +256,8 @@ def _scheduler(opt, config: TrainConfig):
 
 def train_loop_per_worker(config_dict: dict) -> None:
     """Ray Train's per-worker function (one process per worker; DDP set up by Ray)."""
+    startup = {"startup_process_started": process_started(), "startup_imports_began": _IMPORTS_BEGAN,
+               "startup_imports_ended": _IMPORTS_ENDED, "startup_loop_entered": time.time()}
     config = TrainConfig.from_dict(config_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -247,6 +270,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     train = load_split(corpus, "train", config.max_train_utterances)
     dev = load_split(corpus, "dev", config.max_eval_utterances)
     graph = estimate_graph(zip(train.phones, train.targets), corpus.num_targets, phone_symbols=corpus.phones)
+    startup["startup_corpus_loaded"] = time.time()
 
     torch.manual_seed(config.seed)
     model = build_model(config.model_config(corpus.num_targets), corpus.cmvn_mean, corpus.cmvn_std)
@@ -270,6 +294,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     device = ray.train.torch.get_device()
     core = model.module if hasattr(model, "module") else model
     run_stamps = stamps(config, corpus.identity)
+    startup["startup_model_ready"] = time.time()
     if rank == 0 and config.run_dir:
         Path(config.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.run_dir) / RUN_FILE).write_text(json.dumps(run_stamps, indent=2))
@@ -280,27 +305,14 @@ def train_loop_per_worker(config_dict: dict) -> None:
             break
         t0 = time.time()
         model.train()
-        total, n_frames = 0.0, 0
-        for b in bucket_batches(train.lengths, config.batch_size, config.seed, epoch, rank, world):
-            x, lengths, y = pad_batch([train.feats[i] for i in b], [train.targets[i] for i in b], IGNORE)
-            x, lengths, y = x.to(device), lengths.to(device), y.to(device)
-            logits = model(x, lengths)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE)
-            if not torch.isfinite(loss):
-                names = ", ".join(train.utt_ids[i] for i in b[:5]) + (" ..." if len(b) > 5 else "")
-                raise TrainingDiverged(f"{config.run_dir or 'run'}: epoch {epoch}: the loss is {loss.item()} on the "
-                                       f"batch of utterances {names}; lower --set lr=... or check the corpus")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            opt.step()
-            f = int((y != IGNORE).sum())
-            total, n_frames = total + loss.item() * f, n_frames + f
+        run_epoch = _stream_epoch if config.chunk_width else _utterance_epoch
+        total, n_frames = run_epoch(model, core, opt, train, config, epoch, rank, world, device)
         train_seconds = time.time() - t0
         metrics = {f"dev_{k}": v for k, v in evaluate(core, dev, graph, config, device, rank, world).items()}
         metrics.update(epoch=epoch, train_frame_ce=total / max(n_frames, 1), lr=opt.param_groups[0]["lr"],
                        train_frames_per_s=n_frames * world / max(train_seconds, 1e-9),
-                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from)
+                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from,
+                       **(startup if epoch == start_epoch else {}))
         if metrics["dev_frame_acc"] > best_acc:
             best_acc, stale = metrics["dev_frame_acc"], 0
             best_state = copy.deepcopy(core.state_dict())
@@ -329,6 +341,55 @@ def train_loop_per_worker(config_dict: dict) -> None:
         _write_parquet(Path(config.run_dir) / UTTERANCES_FILE, [{"split": "test", **u} for u in utterances])
         _write_epochs(Path(config.run_dir), history, final)
     _report(final, core, corpus.identity, run_stamps, None, rank, graph)
+
+
+def _utterance_epoch(model, core, opt, train: SplitData, config: TrainConfig, epoch: int, rank: int, world: int,
+                     device) -> tuple[float, int]:
+    """One epoch on length-bucketed batches of whole utterances; returns (summed frame CE, frames)."""
+    total, n_frames = 0.0, 0
+    for b in bucket_batches(train.lengths, config.batch_size, config.seed, epoch, rank, world):
+        x, lengths, y = pad_batch([train.feats[i] for i in b], [train.targets[i] for i in b], IGNORE)
+        x, lengths, y = x.to(device), lengths.to(device), y.to(device)
+        logits = model(x, lengths)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE)
+        _step(model, opt, loss, config, epoch, [train.utt_ids[i] for i in b])
+        f = int((y != IGNORE).sum())
+        total, n_frames = total + loss.item() * f, n_frames + f
+    return total, n_frames
+
+
+def _stream_epoch(model, core, opt, train: SplitData, config: TrainConfig, epoch: int, rank: int, world: int,
+                  device) -> tuple[float, int]:
+    """One epoch on carried-state streams (``cluster/streams.py``): every training frame scored once,
+    states zero at every utterance start (and so at the epoch's: a resumed run starts there too).
+
+    The loss is this rank's summed CE over the frames the step scores on all ranks, times the world
+    size: DDP averages gradients, so the update is that of the mean over all of them."""
+    total, n_frames, states = 0.0, 0, None
+    batches = StreamBatches(train.feats, train.targets, lambda f: core.splice(torch.from_numpy(f)[None].to(device)))
+    for step in stream_schedule(train.lengths, config.batch_size, config.chunk_width, config.seed, epoch, rank, world):
+        with torch.no_grad():
+            x, lengths, y, fresh = batches(step, config.chunk_width)
+        x, lengths, y = x.to(device), lengths.to(device), y.to(device)
+        states = carry(states, fresh.to(device))
+        logits, states = model(x, lengths, spliced=True, state=states)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE,
+                             reduction="sum")
+        _step(model, opt, ce * (world / max(step.frames_all, 1)), config, epoch,
+              [train.utt_ids[u] for u in step.utt if u >= 0])
+        total, n_frames = total + ce.item(), n_frames + step.frames
+    return total, n_frames
+
+
+def _step(model, opt, loss, config: TrainConfig, epoch: int, utt_ids: list[str]) -> None:
+    if not torch.isfinite(loss):
+        names = ", ".join(utt_ids[:5]) + (" ..." if len(utt_ids) > 5 else "")
+        raise TrainingDiverged(f"{config.run_dir or 'run'}: epoch {epoch}: the loss is {loss.item()} on the "
+                               f"batch of utterances {names}; lower --set lr=... or check the corpus")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+    opt.step()
 
 
 def _report(metrics: dict, model, corpus_identity: dict, run_stamps: dict, state: dict | None, rank: int,
@@ -467,5 +528,7 @@ def run_name(config: TrainConfig) -> str:
         parts.append(f"lazy-{config.lazy_layers}")
     if config.precision != "fp32":
         parts.append(config.precision)
+    if config.chunk_width:
+        parts.append(f"cw{config.chunk_width}")
     parts.append(f"s{config.seed}")
     return "_".join(parts)

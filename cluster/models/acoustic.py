@@ -149,8 +149,12 @@ class AcousticModel(nn.Module):
 
     # -- forward and capture ------------------------------------------------------------
     def forward(self, feats: torch.Tensor, lengths=None, capture: bool = False,
-                capture_dtype: torch.dtype = torch.float16, values=None, interventions=None):
+                capture_dtype: torch.dtype = torch.float16, values=None, interventions=None,
+                spliced: bool = False, state=None):
         """feats [B, T, F] (padded, with lengths) or [T, F] -> logits [B, T, K] (or [T, K]).
+
+        spliced=True: feats is already spliced and ``forward_spliced(feats, state, lengths)`` runs
+        (through forward, so a DistributedDataParallel wrapper sees the call).
 
         capture=True also returns the per-frame values of every layer, from the same pass:
         (logits, {"L1.c": [B, T, H], "L1.o": ..., ...}) in capture_dtype; `values` narrows
@@ -158,6 +162,8 @@ class AcousticModel(nn.Module):
         the padding produced: ignore them. ``interventions``: {layer (1-based): Intervention}
         applied inside those layers' recurrences (inference only; ``common.Intervention``).
         """
+        if spliced:
+            return self.forward_spliced(feats, state, lengths)
         interventions = interventions or {}
         bad = [k for k in interventions if not 1 <= k <= len(self.layers)]
         if bad:
@@ -169,17 +175,45 @@ class AcousticModel(nn.Module):
             raise ValueError(f"feats must be [B, T, {self.config.feat_dim}] or [T, {self.config.feat_dim}], "
                              f"got {tuple(feats.shape)}")
         names = self._value_names(values) if capture else ()
-        x = self.splice(feats, lengths)
         captured = {}
+        x, _ = self._layers(self.splice(feats, lengths), None, None, capture, names, interventions, captured,
+                            capture_dtype, single)
+        logits = self._output(x, single)
+        return (logits, captured) if capture else logits
+
+    def forward_spliced(self, x: torch.Tensor, state=None, lengths=None):
+        """Spliced time-major input x [T, B, input_dim] (``splice``'s output) from per-layer initial
+        states -> (logits [B, T, K], the states after each row's last valid frame).
+
+        ``state``: None (zeros) or one state tuple per layer, as the layers take and return them
+        (``common.py``). Training on carried-state streams (``cluster/streams.py``) calls this on
+        windows of an utterance spliced whole, so a window's edge frames see the utterance's real
+        neighbours and its first frame continues from the previous window's last.
+        """
+        if x.dim() != 3 or x.shape[2] != self.config.input_dim:
+            raise ValueError(f"spliced input must be [T, B, {self.config.input_dim}], got {tuple(x.shape)}")
+        if state is not None and len(state) != len(self.layers):
+            raise ValueError(f"{len(state)} initial states for {len(self.layers)} layers")
+        x, states = self._layers(x, state, lengths)
+        return self._output(x, False), states
+
+    def _layers(self, x, state, lengths, capture=False, names=(), interventions=None, captured=None,
+                capture_dtype=torch.float16, single=False):
+        """x through every layer (residual from layer 2 up); returns (top layer's output, states)."""
+        interventions, states = interventions or {}, []
         for k, layer in enumerate(self.layers, 1):
-            y, _, vals = layer(x, capture=capture, **({"intervention": interventions[k]} if k in interventions else {}))
+            y, s, vals = layer(x, state=None if state is None else state[k - 1], lengths=lengths, capture=capture,
+                               **({"intervention": interventions[k]} if k in interventions else {}))
+            states.append(s)
             for name in names:
                 captured[f"L{k}.{name}"] = _batch_major(vals[name], capture_dtype, single)
             x = y + x if (self.config.residual and k > 1) else y
+        return x, states
+
+    def _output(self, x: torch.Tensor, single: bool) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self._bf16(x)):
             logits = self.output(x)
-        logits = _batch_major(logits, x.dtype, single)
-        return (logits, captured) if capture else logits
+        return _batch_major(logits, x.dtype, single)
 
     @torch.no_grad()
     def capture(self, feats: torch.Tensor, lengths=None, dtype: torch.dtype = torch.float16,

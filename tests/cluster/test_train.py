@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import pytest
 
 from cluster.errors import InputError
 from cluster.grid import run_study, trial_configs, PROFILES
-from cluster.train import EPOCHS_FILE, RUN_FILE, TrainConfig, make_trainer
+from cluster.train import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, TrainConfig, make_trainer
 from cluster.runs import collect_results as collect
 from service.results import format_table
 
@@ -90,8 +91,10 @@ def test_study_grids_mirror_the_paper():
 
 
 def test_killed_worker_resumes_from_its_last_checkpoint(small_corpus, tmp_path):
+    """On carried-state streams (the tiny grid above trains whole utterances): a resumed epoch starts
+    its streams from zero state, and the run is an ordinary one."""
     config = TrainConfig(corpus=str(small_corpus), cell="gru", layers=1, hidden=16, epochs=3, batch_size=8,
-                         max_train_utterances=48, max_eval_utterances=12, patience=10,
+                         chunk_width=20, max_train_utterances=48, max_eval_utterances=12, patience=10,
                          pid_dir=str(tmp_path / "pids"))
     trainer = make_trainer(config, "killed", str(tmp_path / "runs"))
     run = tmp_path / "runs" / "killed"
@@ -115,6 +118,9 @@ def test_killed_worker_resumes_from_its_last_checkpoint(small_corpus, tmp_path):
     assert int((tmp_path / "pids" / "rank0.pid").read_text()) != killed["pid"]  # a new worker took over
     epochs = pl.read_parquet(run / EPOCHS_FILE)
     assert epochs.filter(pl.col("split") == "dev")["epoch"].to_list() == [1, 2, 3]
+    assert json.loads((run / RUN_FILE).read_text())["config"]["chunk_width"] == 20
+    assert pl.read_parquet(run / UTTERANCES_FILE).height == 12  # test scored on whole utterances, as ever
+    assert (epochs["train_frame_ce"].drop_nulls() > 0).all()
     assert result.metrics["final"] and 0 <= result.metrics["test_frame_acc"] <= 1
     assert result.error is None
 
