@@ -137,7 +137,9 @@ async function overview() {
   if (!o.claims.length) h += `<p class="small">No study in the training storage (--storage): no claims.</p>`;
   for (const c of o.claims) {
     const v = c.verdict.replace(" ", "-");
-    const ci = c.ci_low === null ? "no interval" : `95 % CI [${fmt(c.ci_low)}, ${fmt(c.ci_high)}]`;
+    const ci = (c.ci_low === null ? "no interval" : `95 % CI [${fmt(c.ci_low)}, ${fmt(c.ci_high)}]`) +
+               (c.p_holm === null || c.p_holm === undefined ? "" : `, p = ${fmt(c.p_value, 2)} (Holm ${fmt(c.p_holm, 2)})`) +
+               (c.kind === "sanity check" ? " — a sanity check, not a finding" : "");
     h += `<div class="claim" data-claim="${esc(c.key)}" data-verdict="${esc(c.verdict)}"><span class="verdict ${v}">${esc(c.verdict)}</span> ` +
          `<b>${esc(c.statement)}</b><br><span class="small">${esc(c.effect_name)}: ${fmt(c.effect)} ${esc(c.unit)}, ${ci}; ` +
          `${c.n_seeds} seed(s), ${c.n_utterances} utterances; ${esc(c.test)} ${esc(c.note)}</span>`;
