@@ -27,7 +27,7 @@ utterance ends, the duration is censored: the frames observed, flagged ``censore
 Aggregation over conditions, with censoring: a condition whose difference never falls below the
 threshold before the utterance ends is censored (its duration is at least the frames observed),
 so the per-layer impact is the Kaplan-Meier median over conditions (``analyses.stats.km_median``),
-flagged ``impact_at_least`` when more than half are censored; a plain median would count a
+flagged ``impact_at_least`` when the survival curve never falls to one half; a plain median would count a
 censored condition as ending where the utterance did.
 
 Rows: the store's ``noise_impact`` table (per condition, layer and noisy frame: mean, max and RMS

@@ -16,7 +16,7 @@ Several conditions (``memory_robustness.noisy_pairs``: utterances x noise types 
 points): a unit's measured timescale is the Kaplan-Meier median over the conditions that reached
 it (``analyses.stats.km_median``; censored ones count as at least the frames observed), and a
 layer's is the Kaplan-Meier median over all its (unit, condition) measurements; each is flagged
-"at least" when more than half are censored.
+"at least" when the survival curve never falls to one half.
 
 Table ``unit_memory`` (per layer and unit); summary rows per layer (label ''): median implied and
 measured timescales, whether the measured one is only a lower bound (``measured_at_least``), the

@@ -45,6 +45,7 @@ INCOMING = ".incoming"  # samples written, not yet published (outside the views'
 
 DEFAULT_STORE = Path("data/gatelens.duckdb")
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer or reader waits for the other side
+MARKER_LIFE = 4 * DEFAULT_BUSY_TIMEOUT  # seconds a writer's marker is believed (it waits for the file, then goes)
 # New files are written in the v1.5.0 storage format (2.0 writes a newer one by default), so DuckDB
 # 1.5+ clients -- the `duckdb` CLI, notebooks, DBeaver -- open the store too. Every connection in a
 # process must pass the same configuration, so readers pass it as well. It sets the format of a new
@@ -167,7 +168,9 @@ def _writers_dir(path: Path) -> Path:
 
 
 def _writer_waiting(path: Path) -> bool:
-    """Whether a live writer left its marker (stale ones, of processes that are gone, are removed)."""
+    """Whether a live writer left its marker (stale ones are removed: of a process that is gone, or
+    older than ``MARKER_LIFE`` on any host, since a marker spans only a writer's wait for the file
+    and a killed writer's pid may be reused or live on another host)."""
     folder = _writers_dir(path)
     try:
         names = os.listdir(folder)
@@ -179,7 +182,7 @@ def _writer_waiting(path: Path) -> bool:
             since = (folder / name).stat().st_mtime
         except OSError:
             continue
-        if owner_alive(who, stale_after=600, since=since):
+        if time.time() - since < MARKER_LIFE and owner_alive(who):
             return True
         with contextlib.suppress(OSError):
             (folder / name).unlink()

@@ -150,6 +150,13 @@ STORAGE_CASES: list[Case] = [
     Case("import-lhotse-with-a-command-source", lambda d: ["corpus", "import", "--from", "lhotse", d / "src",
                                                            "--out", d / "out"], 2,
          r"recording r1: audio source of type 'command' is refused", setup=lambda d: _lhotse_source(d), marker=MARK),
+    # lhotse reads a '.sph' file through sph2pipe in a shell: the file's name must never reach one
+    Case("import-lhotse-with-a-shell-in-an-sph-name", lambda d: ["corpus", "import", "--from", "lhotse", d / "src",
+                                                                 "--out", d / "out"], 2,
+         r"utterance u\d", setup=lambda d: _lhotse_source(d, "file", f"{d}/a;touch {d / MARK};.sph"), marker=MARK),
+    Case("import-lhotse-utterance-id-climbing-out", lambda d: ["corpus", "import", "--from", "lhotse", d / "src",
+                                                               "--out", d / "out"], 2,
+         r"utterance id '\.\./\.\./x'", setup=lambda d: _lhotse_source(d, "file", f"{d}/a.wav", "../../x")),
 ]
 
 
@@ -160,13 +167,15 @@ def _ctm_source(d: Path) -> None:
     (d / "src" / "a.ctm").write_text("r1 1 0.00 0.50 AH0\n")
 
 
-def _lhotse_source(d: Path) -> None:
+def _lhotse_source(d: Path, kind: str = "command", source: str | None = None, utt_id: str = "u1") -> None:
     from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
     from lhotse.audio import AudioSource
     from lhotse.supervision import AlignmentItem
 
     (d / "src").mkdir()
-    rec = Recording("r1", [AudioSource("command", [0], f"touch {d / MARK}")], 16000, 16000, 1.0)
+    rec = Recording("r1", [AudioSource(kind, [0], source or f"touch {d / MARK}")], 16000, 16000, 1.0)
     RecordingSet.from_recordings([rec]).to_file(d / "src" / "x_recordings.jsonl.gz")
-    sup = SupervisionSegment("u1", "r1", 0.0, 1.0, text="A", speaker="s", alignment={"phone": [AlignmentItem("AH0", 0, 1)]})
-    SupervisionSet.from_segments([sup]).to_file(d / "src" / "x_supervisions.jsonl.gz")
+    # three speakers, so that a split by speaker is made and the audio is reached
+    sups = [SupervisionSegment(u, "r1", 0.0, 1.0, text="A", speaker=f"s{k}", alignment={"phone": [AlignmentItem("AH0", 0, 1)]})
+            for k, u in enumerate((utt_id, "u2", "u3"))]
+    SupervisionSet.from_segments(sups).to_file(d / "src" / "x_supervisions.jsonl.gz")

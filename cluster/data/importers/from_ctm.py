@@ -73,7 +73,14 @@ def read_ctm(ctm: str | Path, data: str | Path | None = None) -> tuple[list[Sour
                 raise CorpusError(f"{ctm}: utterance {utt_id} is not in {data / 'segments'} (an utterance-level "
                                   f"CTM is expected, as ali-to-phones --ctm-output writes it)")
             rec, t0, t1 = segments[utt_id]
-            offset, duration = float(t0), (None if float(t1) < 0 else float(t1) - float(t0))
+            try:
+                offset, end = float(t0), float(t1)
+                if not (math.isfinite(offset) and math.isfinite(end)) or offset < 0 or 0 <= end <= offset:
+                    raise ValueError
+            except ValueError:
+                raise CorpusError(f"{data / 'segments'}: utterance {utt_id}: start {t0!r} and end {t1!r} are not "
+                                  f"a span of seconds (start >= 0, end > start, or end -1 for the recording's end)") from None
+            duration = None if end < 0 else end - offset
         else:
             rec, offset, duration = utt_id, 0.0, None
         if rec not in wav_scp:

@@ -2,9 +2,13 @@
 
 Read with lhotse itself (``load_manifest``). One utterance per supervision; its phones are
 ``supervision.alignment["phone"]`` and its words, where present, ``alignment["word"]`` (lhotse's
-``AlignmentItem`` symbol / start / duration, on the supervision's own clock). Audio is read through
-lhotse's ``Recording.load_audio``, but only from sources of type ``file`` or ``memory``: a ``command``
-source runs a shell command and a ``url`` one fetches from the network, so both are refused.
+``AlignmentItem`` symbol / start / duration, on the supervision's own clock). Audio comes only from
+sources of type ``file`` or ``memory``: a ``command`` source runs a shell command and a ``url`` one
+fetches from the network, so both are refused, and so are recordings with ``transforms`` (a reverb's
+impulse response is a nested recording with sources of its own). ``file`` sources are read with
+soundfile, not with lhotse's ``load_audio``: lhotse picks a backend by the file's name, and for
+``.sph`` (and legacy ``.opus``) that backend runs the path through a shell. Only ``memory`` sources
+(bytes inside the manifest) are decoded by lhotse.
 
 ``source`` is one manifest file (no splits: made by speaker) or a folder of them named as lhotse's
 recipes name them, ``{corpus}_{cuts|recordings|supervisions}_{part}.jsonl[.gz]``: a part naming
@@ -44,15 +48,31 @@ def _load(path: Path):
         raise CorpusError(f"{path}: not a readable lhotse manifest: {type(e).__name__}: {e}") from None
 
 
-def _check_sources(recording, path: Path) -> dict:
+def _audio(recording, sup, path: Path, offset: float) -> Audio:
+    """Where ``sup``'s samples are, once the recording's sources are checked (see the module note)."""
+    if recording.transforms:
+        raise CorpusError(f"{path}: recording {recording.id}: audio transforms are refused (their nested "
+                          f"recordings would be loaded unchecked); import the untransformed audio")
     for s in recording.sources:
         if s.type not in SAFE_SOURCES:
             raise CorpusError(f"{path}: recording {recording.id}: audio source of type {s.type!r} is refused "
                               f"(gatelens reads only 'file' and 'memory' sources; 'command' runs a shell command)")
-    return recording.to_dict()
+    channel = sup.channel[0] if isinstance(sup.channel, list) else (sup.channel or 0)
+    start, duration = offset + sup.start, sup.duration
+    kinds = {s.type for s in recording.sources}
+    if kinds == {"memory"}:
+        return Audio(f"recording {recording.id} (in memory)", start, duration, int(channel), recording.to_dict())
+    if kinds != {"file"}:
+        raise CorpusError(f"{path}: recording {recording.id}: mixes file and memory sources (not read)")
+    for s in recording.sources:
+        if channel in s.channels:
+            return Audio(s.source, start, duration, s.channels.index(channel), None)
+    raise CorpusError(f"{path}: supervision {sup.id}: channel {channel} is in none of recording "
+                      f"{recording.id}'s sources")
 
 
-def _utterance(sup, recording: dict, origin: Path, audio_path: str, offset: float, split: str | None) -> SourceUtterance:
+def _utterance(sup, recording, origin: Path, offset: float, split: str | None,
+               rec_path: Path | None = None) -> SourceUtterance:
     ali = sup.alignment or {}
     if "phone" not in ali:
         raise CorpusError(f"{origin}: supervision {sup.id}: no phone alignment (supervision.alignment['phone']; "
@@ -61,11 +81,8 @@ def _utterance(sup, recording: dict, origin: Path, audio_path: str, offset: floa
     def items(name):
         return tuple(Interval(str(a.symbol), a.start - sup.start, a.start + a.duration - sup.start) for a in ali[name])
 
-    channel = sup.channel[0] if isinstance(sup.channel, list) else (sup.channel or 0)
     speaker = sup.speaker or sup.recording_id
-    utt_id = sup.id
-    return SourceUtterance(utt_id, speaker, sup.text or "", Audio(audio_path, offset + sup.start, sup.duration,
-                                                                  int(channel), recording),
+    return SourceUtterance(sup.id, speaker, sup.text or "", _audio(recording, sup, rec_path or origin, offset),
                            items("phone"), items("word") if "word" in ali else None, str(origin), split)
 
 
@@ -75,11 +92,12 @@ def read_lhotse(source: str | Path) -> tuple[list[SourceUtterance], list[str]]:
 
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if _NAME.match(p.name))
+        # resolved: lhotse opens a name starting 'pipe:' through a shell
+        files = sorted(p.resolve() for p in source.iterdir() if _NAME.match(p.name))
         if not files:
             raise CorpusError(f"{source}: no lhotse manifests (*_cuts_*.jsonl.gz, *_recordings_*.jsonl.gz, ...)")
     elif source.is_file():
-        files = [source]
+        files = [source.resolve()]
     else:
         raise CorpusError(f"{source}: no such manifest file or folder")
     cuts, recordings, supervisions = [], {}, []
@@ -101,23 +119,18 @@ def read_lhotse(source: str | Path) -> tuple[list[SourceUtterance], list[str]]:
             if not hasattr(cut, "recording") or cut.recording is None:
                 raise CorpusError(f"{path}: cut {cut.id}: a {type(cut).__name__} without one recording "
                                   f"(mixed and padded cuts are not read)")
-            rec = _check_sources(cut.recording, path)
             for sup in cut.supervisions:
-                utts.append(_utterance(sup, rec, path, _audio_name(cut.recording), cut.start, split))
+                utts.append(_utterance(sup, cut.recording, path, cut.start, split))
     for supset, path, split in supervisions:
         for sup in supset:
             if sup.recording_id not in recordings:
                 raise CorpusError(f"{path}: supervision {sup.id}: recording {sup.recording_id!r} is in no "
                                   f"recordings manifest beside it")
             rec, rec_path = recordings[sup.recording_id]
-            utts.append(_utterance(sup, _check_sources(rec, rec_path), path, _audio_name(rec), 0.0, split))
+            utts.append(_utterance(sup, rec, path, 0.0, split, rec_path))
     if supervisions and not recordings:
         raise CorpusError(f"{source}: supervisions but no recordings manifest")
     if not utts:
         raise CorpusError(f"{source}: no supervisions")
     return utts, []
 
-
-def _audio_name(recording) -> str:
-    s = recording.sources[0]
-    return s.source if s.type == "file" else f"recording {recording.id} (in memory)"

@@ -7,6 +7,7 @@ interval at fault, in one line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,9 +56,16 @@ def _span(iv: Interval) -> str:
     return f"{iv.label!r} {iv.start:.3f}-{iv.end:.3f} s"
 
 
+# An utterance id names files (its wav copy, its rows): nothing that could climb out of the corpus folder
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
 def check_ids(utts: list[SourceUtterance]) -> None:
     seen: dict[str, str] = {}
     for u in utts:
+        if u.utt_id and not SAFE_ID.fullmatch(u.utt_id):
+            raise CorpusError(f"{u.origin}: utterance id {u.utt_id!r}: only letters, digits and _ . + - "
+                              f"(not first) are taken (it names files inside the corpus)")
         for what, value in (("utterance id", u.utt_id), ("speaker id", u.speaker)):
             if not value or any(c.isspace() for c in value):
                 raise CorpusError(f"{u.origin}: {what} {value!r} is empty or holds whitespace "
