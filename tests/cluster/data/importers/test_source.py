@@ -53,7 +53,8 @@ def test_empty_transcripts_overlapping_words_and_bad_ids_are_refused():
         checked_words(utt([("AH", 0, 1)], words=[("a", 0.0, 0.5), ("", 0.5, 0.6), ("b", 0.4, 0.9)]))
     assert [w.label for w in checked_words(utt([("AH", 0, 1)], words=[("a", 0, 0.5), ("", 0.5, 0.6), ("b", 0.6, 1)]))] \
         == ["a", "b"]
-    with pytest.raises(CorpusError, match="utterance id 'a b' is empty or holds whitespace"):
-        check_ids([utt([], utt_id="a b")])
+    for bad in ("a b", "../../x", ".hidden", "a/b"):  # an id names files inside the corpus
+        with pytest.raises(CorpusError, match=f"utterance id {bad!r}: only letters, digits"):
+            check_ids([utt([], utt_id=bad)])
     with pytest.raises(CorpusError, match="utterance u1 appears twice"):
         check_ids([utt([]), utt([])])
