@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Protocol
@@ -90,6 +92,9 @@ class Analysis:
     run: Callable
     figures: tuple[FigureSpec, ...] = ()
     tables: tuple[Table, ...] = ()  # store tables whose rows only this analysis writes
+    # analyses of one checkpoint with the same ``shares`` run in one task, so that what they
+    # compute alike (through ``shared``) is computed once: the noisy passes of Fig. 8 and unit memory
+    shares: str = ""
 
     def __post_init__(self):
         if self.scope not in (CHECKPOINT, STUDY):
@@ -98,6 +103,33 @@ class Analysis:
 
 class AnalysisError(InputError):
     """An analysis that cannot run as asked; the message names the checkpoint and file at fault."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Work shared by the analyses of one task
+
+_SHARED: ContextVar[dict | None] = ContextVar("gatelens_shared", default=None)
+
+
+@contextmanager
+def sharing():
+    """Inside it, ``shared`` keeps what it computed, for the next analysis of the same task."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def shared(key, make: Callable):
+    """``make()``, computed once per ``key`` inside ``sharing()`` (every time outside it). What it
+    returns is handed to each analysis alike: they must not change it."""
+    cache = _SHARED.get()
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ import torch
 from scipy.io import wavfile
 
 from analyses.common import (CHECKPOINT, Analysis, AnalysisError, FigureSpec, Output, Params, checkpoint_info,
-                             corpus_for, figure_path, grid, save, summary_frame)
+                             corpus_for, figure_path, grid, save, shared, summary_frame)
 from analyses.stats import km_median
 from cluster.capture import CaptureConfig, load as load_model, open_corpus
 from cluster.data.features import FRAME_SHIFT, SAMPLE_RATE, dither_seed, fbank
@@ -268,13 +268,23 @@ def aligned_diff(pair: NoisyPair, name: str) -> np.ndarray:
     return d
 
 
+PAIR_PARAMS = ("split", "utterances", "utt_id", "noise", "at_s", "snr_db", "noise_s", "seed", "babble_sources")
+
+
 def checkpoint_pairs(inputs: dict, params: RobustnessParams) -> tuple[str, object, list[NoisyPair]]:
     """(checkpoint id, model, its ``NoisyPair`` per condition) of a loaded analysis input (one
-    thread: a Ray task)."""
+    thread: a Ray task). Computed once per task for the analyses that share it (this one and
+    unit memory: ``Analysis.shares``) when they ask for the same conditions (``PAIR_PARAMS``)."""
     ck = inputs["checkpoint"]
     torch.set_num_threads(1)
-    model, meta = load_model(ck["path"])
-    return ck["checkpoint_id"], model, noisy_pairs(model, meta, inputs["corpus"], ck["path"], params)
+
+    def make():
+        model, meta = load_model(ck["path"])
+        return ck["checkpoint_id"], model, noisy_pairs(model, meta, inputs["corpus"], ck["path"], params)
+
+    key = ("noisy_pairs", ck["checkpoint_id"], ck["path"], inputs["corpus"],
+           tuple(getattr(params, n) for n in PAIR_PARAMS))
+    return shared(key, make)
 
 
 def layer_names(pair: NoisyPair) -> list[tuple[int, str]]:
@@ -290,13 +300,13 @@ def run(inputs: dict, params: RobustnessParams, fig_dir) -> Output:
         for layer, name in layer_names(pair):
             d = aligned_diff(pair, name)
             mean, mx, rms = _rowstat(d, np.mean), _rowstat(d, np.max), np.sqrt(_rowstat(d ** 2, np.mean))
-            stats = impact_duration(mean, pair.end, params.fraction, params.floor)
+            at = {f: impact_duration(mean, pair.end, f, params.floor) for f in fractions}  # once per fraction
+            stats = dict(at[params.fraction])
             stats["pre_noise_max"] = float(np.max(mean[:max(pair.s - model.config.context, 0)], initial=0.0))
             if stats["pre_noise_max"] > 1e-2:
                 raise AnalysisError(f"checkpoint {cid}: cells differ by {stats['pre_noise_max']:g} before the noise "
                                     f"({pair.wav}, {pair.label}): the clean and noisy streams are misaligned")
-            for f in fractions:
-                at_f = impact_duration(mean, pair.end, f, params.floor)
+            for f, at_f in at.items():
                 stats[f"impact_frames@{f:g}"], stats[f"censored@{f:g}"] = at_f["impact_frames"], at_f["censored"]
                 per_layer.setdefault(layer, {}).setdefault(f, []).append((at_f["impact_frames"], bool(at_f["censored"])))
             rows += [{"label": pair.label, "layer": layer, "metric": m, "value": v} for m, v in stats.items()]
@@ -363,4 +373,4 @@ def _draw(diffs: dict, rows: list[dict], s: int, end: int, cid: str, label: str,
 
 
 ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=50, params=RobustnessParams, load=load, run=run,
-                    figures=(FIGURE,), tables=(NOISE_IMPACT,))
+                    figures=(FIGURE,), tables=(NOISE_IMPACT,), shares="noisy_pairs")

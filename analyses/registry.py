@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import traceback
 from functools import lru_cache
 
 import torch
 
 import analyses
-from analyses.common import CHECKPOINT, STUDY, Analysis, AnalysisError, Output
+from analyses.common import CHECKPOINT, STUDY, Analysis, AnalysisError, Output, sharing
 
 
 @lru_cache(maxsize=1)
@@ -62,3 +63,18 @@ def run_analysis(name: str, inputs: dict, params: dict, fig_dir: str) -> Output:
     torch.set_num_threads(1)
     a = get(name)
     return a.run(inputs, a.params.from_dict(params), fig_dir)
+
+
+def run_analyses(jobs: list[tuple[str, dict, dict]], fig_dir: str) -> list[Output | Exception]:
+    """What one Ray task runs for analyses that share work (``Analysis.shares``): each of
+    ``jobs`` (name, inputs, params) in turn, what they share computed once. One's failure is its
+    own: returned in its place (with the traceback as ``remote_traceback``), the others still run."""
+    out: list[Output | Exception] = []
+    with sharing():
+        for name, inputs, params in jobs:
+            try:
+                out.append(run_analysis(name, inputs, params, fig_dir))
+            except Exception as e:
+                e.remote_traceback = traceback.format_exc(limit=3)
+                out.append(e)
+    return out

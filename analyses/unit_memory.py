@@ -170,4 +170,4 @@ def _draw(drawn: dict, cid: str, label: str, fraction: float, fig_dir):
 
 
 ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=65, params=UnitMemoryParams, load=load, run=run,
-                    figures=(FIGURE,), tables=(UNIT_MEMORY,))
+                    figures=(FIGURE,), tables=(UNIT_MEMORY,), shares="noisy_pairs")

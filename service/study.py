@@ -132,7 +132,9 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
     fig_dir = str(Path(fig_dir).resolve())
     ensure_ray()
     task = ray.remote(num_cpus=1, max_retries=0)(registry.run_analysis)
-    pending, jobs = {}, []
+    group_task = ray.remote(num_cpus=1, max_retries=0)(registry.run_analyses)
+    pending, jobs = {}, []  # task -> [(job, version, submitted)]: a shared task settles several jobs
+    groups: dict[tuple[str, str], list] = {}  # (checkpoint, Analysis.shares) -> [(job, version, name, inputs, p)]
 
     def submit(subject_id, a, p, load, check_fresh):
         job = Job(subject_id, a.name)
@@ -152,7 +154,10 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
             if each is not None:
                 each(job)
             return
-        pending[task.remote(a.name, inputs, p, fig_dir)] = (job, a.version, time.perf_counter())
+        if a.shares and a.scope == CHECKPOINT:
+            groups.setdefault((subject_id, a.shares), []).append((job, a.version, a.name, inputs, p))
+        else:
+            pending[task.remote(a.name, inputs, p, fig_dir)] = [(job, a.version, time.perf_counter())]
 
     for name in names:
         a = reg[name]
@@ -167,33 +172,48 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
                 # study results come from the runs, which change without the store knowing: always rerun
                 submit(ref.subject_id, a, p, lambda a=a, ref=ref, p=p: a.load(store, ref, a.params.from_dict(p)),
                        False)
+    for members in groups.values():
+        now = time.perf_counter()
+        ref = (task.remote(members[0][2], *members[0][3:], fig_dir) if len(members) == 1 else
+               group_task.remote([(name, inputs, p) for _, _, name, inputs, p in members], fig_dir))
+        pending[ref] = [(job, version, now) for job, version, *_ in members]
     left = {}  # analysis -> its tasks still running: a progress line as each analysis finishes everywhere
-    for job, _, _ in pending.values():
-        left[job.analysis] = left.get(job.analysis, 0) + 1
+    for members in pending.values():
+        for job, _, _ in members:
+            left[job.analysis] = left.get(job.analysis, 0) + 1
     started = time.perf_counter()
+    settled: dict[str, dict[str, int]] = {}  # analysis -> status -> jobs settled by its tasks
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        job, version, t0 = pending.pop(done[0])
-        job.seconds = time.perf_counter() - t0
+        members = pending.pop(done[0])
         try:
-            out = ray.get(done[0])
-            store.ingest_output(out)
-            job.status, job.figures = "finished", [f.path for f in out.figures]
-        except Exception as e:
-            job.status, job.error = "failed", f"{job.analysis} of {job.checkpoint_id}: {_cause(e)}"
-            store.log_failed(job.checkpoint_id, job.analysis, version, job.error)
-            if not isinstance(getattr(e, "cause", e), AnalysisError):
-                progress(traceback.format_exc(limit=3))
-            if each is None:
-                progress(f"  failed: {job.error}")
-        if each is not None:
-            each(job)
-        left[job.analysis] -= 1
-        if not left[job.analysis] and each is None:  # with ``each``, its caller says what finished
-            mine = [j for j in jobs if j.analysis == job.analysis and j.status != "skipped"]
-            counts = ", ".join(f"{sum(j.status == st for j in mine)} {st}" for st in ("finished", "failed")
-                               if any(j.status == st for j in mine))
-            progress(f"  {job.analysis}: {counts} after {time.perf_counter() - started:.0f} s")
+            results = ray.get(done[0])
+            results = results if isinstance(results, list) else [results]
+        except Exception as e:  # the task itself failed: every job it held
+            results = [e] * len(members)
+        for (job, version, t0), out in zip(members, results):
+            job.seconds = time.perf_counter() - t0
+            try:
+                if isinstance(out, Exception):
+                    raise out
+                store.ingest_output(out)
+                job.status, job.figures = "finished", [f.path for f in out.figures]
+            except Exception as e:
+                job.status, job.error = "failed", f"{job.analysis} of {job.checkpoint_id}: {_cause(e)}"
+                store.log_failed(job.checkpoint_id, job.analysis, version, job.error)
+                if not isinstance(getattr(e, "cause", e), AnalysisError):
+                    progress(getattr(e, "remote_traceback", None) or traceback.format_exc(limit=3))
+                if each is None:
+                    progress(f"  failed: {job.error}")
+            if each is not None:
+                each(job)
+            left[job.analysis] -= 1
+            settled.setdefault(job.analysis, {}).setdefault(job.status, 0)
+            settled[job.analysis][job.status] += 1
+            if not left[job.analysis] and each is None:  # with ``each``, its caller says what finished
+                counts = ", ".join(f"{n} {st}" for st, n in sorted(settled[job.analysis].items(),
+                                                                    key=lambda kv: kv[0] != "finished"))
+                progress(f"  {job.analysis}: {counts} after {time.perf_counter() - started:.0f} s")
     return jobs
 
 

@@ -116,3 +116,24 @@ def test_parse_sets_refuses_unknown_analyses_and_parameters():
         parse_sets(["temporal_trace.nope=1"])
     assert parse_sets(["memory_robustness.snr_db=5", "memory_robustness.at_s=none"]) == \
         {"memory_robustness": {"snr_db": 5.0, "at_s": None}}
+
+
+def test_analyses_that_share_work_compute_it_once_and_fail_alone(new_analysis, tmp_path):
+    """``run_analyses`` (one Ray task for analyses with one ``shares``): what they ask ``shared``
+    for under one key is made once per task, every time outside one; one job's failure is
+    returned in its place and the jobs after it still run."""
+    from analyses.common import shared, sharing
+
+    made = []
+    make = lambda: made.append(1) or len(made)  # noqa: E731
+    with sharing():
+        assert [shared("k", make), shared("k", make), shared("other", make)] == [1, 1, 2]
+    assert shared("k", make) == 3 and len(made) == 3  # outside: computed each time
+
+    out = registry.run_analyses([("unit_echo", {"checkpoint_id": "ck"}, {"units": 2}),
+                                 ("unit_echo", {"checkpoint_id": "ck"}, {"units": "many"}),  # fails in run
+                                 ("no_such_analysis", {}, {}),
+                                 ("unit_echo", {"checkpoint_id": "ck2"}, {"units": 3})], str(tmp_path))
+    assert out[0].tables["unit_echo_rows"].height == 2 and out[3].tables["unit_echo_rows"].height == 3
+    assert isinstance(out[1], TypeError) and "remote_traceback" in vars(out[1])
+    assert isinstance(out[2], AnalysisError) and "no_such_analysis" in str(out[2])
