@@ -155,23 +155,26 @@ def run_pass(config: WatchConfig, progress=log.info) -> PassReport:
             except Exception as e:  # one checkpoint's failure must not stop the pass
                 _failed(store, report, path, st, key, cid, f"{path}: {type(e).__name__}: {e}", progress)
         if todo:
-            left, jobs_done = {cid: len(names) for cid in todo}, []
+            left = {cid: len(names) for cid in todo}
+            failed_of = dict.fromkeys(todo, 0)  # per checkpoint, counted as jobs settle: O(1) each
 
             def each(job) -> None:
                 progress(f"  {job.checkpoint_id} {job.analysis}: {job.status} ({job.seconds:.1f} s)"
                          + (f": {job.error}" if job.error else ""))
                 left[job.checkpoint_id] -= 1
+                failed_of[job.checkpoint_id] += job.status == "failed"
                 if not left[job.checkpoint_id]:
-                    mine = [j for j in jobs_done if j.checkpoint_id == job.checkpoint_id] + [job]
-                    bad = sum(j.status == "failed" for j in mine)
-                    progress(f"{job.checkpoint_id}: {len(mine) - bad} of {len(mine)} analyses finished"
+                    bad = failed_of[job.checkpoint_id]
+                    progress(f"{job.checkpoint_id}: {len(names) - bad} of {len(names)} analyses finished"
                              + (f", {bad} failed" if bad else "") + f" ({todo[job.checkpoint_id][0]})")
-                jobs_done.append(job)
 
             jobs = analyse(store, list(todo), config.figures, names, progress=progress, each=each)
+            errors: dict[str, list[str]] = {cid: [] for cid in todo}
+            for j in jobs:
+                if j.status == "failed":
+                    errors[j.checkpoint_id].append(j.error)
             for cid, (path, st, key, earlier) in todo.items():
-                mine = [j for j in jobs if j.checkpoint_id == cid]
-                bad = [j.error for j in mine if j.status == "failed"]
+                bad = errors[cid]
                 if bad:
                     report.failed[str(path)] = "; ".join(bad)
                     store.record_watch_failure(key, st.st_size, st.st_mtime, cid, "; ".join(bad))

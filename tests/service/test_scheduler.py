@@ -48,7 +48,24 @@ def watched(small_corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_pass(ray_cluster, watched):
-    return run_pass(watched[0], progress=print)
+    lines: list[str] = []
+    report = run_pass(watched[0], progress=lambda line: (print(line), lines.append(line)))
+    report.lines = lines  # what the pass printed, in order
+    return report
+
+
+def test_a_pass_prints_a_line_per_capture_analysis_and_checkpoint(first_pass):
+    """Each good checkpoint: its capture, then each analysis as it finishes, then one line when its
+    last is written; the two memory analyses (one shared task) each get their own line."""
+    names = list(checkpoint_analyses())
+    for cid in first_pass.done:
+        mine = [line for line in first_pass.lines if cid in line]
+        assert sum(f"{cid} capture: finished" in line for line in mine) == 1
+        for name in names:
+            assert sum(line.startswith(f"  {cid} {name}: finished (") for line in mine) == 1, name
+        last = [i for i, line in enumerate(first_pass.lines) if line.startswith(f"{cid}: ")]
+        assert len(last) == 1 and f"{len(names)} of {len(names)} analyses finished" in first_pass.lines[last[0]]
+        assert all(i < last[0] for i, line in enumerate(first_pass.lines) if line.startswith(f"  {cid} "))
 
 
 def test_a_truncated_checkpoint_is_recorded_failed_and_the_good_ones_analysed(first_pass, watched):
