@@ -12,7 +12,11 @@ Baseline, measured in the same run: a plain forward pass of the model over the s
 the service adds to the model's own cost.
 
     .venv/bin/python bench/service.py [--corpus DIR] [--utterances 100] [--hidden 128 --layers 2]
-                                      [--checkpoints 1] [--no-split]
+                                      [--checkpoints 1] [--no-split] [--profile [N]]
+
+``--profile``: after the split, each analysis is run once more in this process under cProfile
+(one torch thread, as its Ray task runs) and its N most costly functions (cumulative) printed:
+where an analysis's seconds go.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--checkpoints", type=int, default=1, help="checkpoints landing at once (seeds 0..n-1)")
     ap.add_argument("--no-split", action="store_true", help="skip the step-by-step split")
+    ap.add_argument("--profile", type=int, nargs="?", const=12, default=0,
+                    help="also profile each analysis in this process (cProfile): its N costliest functions")
     args = ap.parse_args()
     from cluster.runtime import machine
 
@@ -123,7 +129,7 @@ def main() -> None:
 
         # 2. the split, step by step
         if not args.no_split:
-            t_capture, t_ingest, split_rows = split_steps(tmp, target, args, cid_of=checkpoint_id)
+            t_capture, t_ingest, split_rows, profiles = split_steps(tmp, target, args, cid_of=checkpoint_id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -151,6 +157,8 @@ def main() -> None:
     total_ing = t_ingest + sum(r[3] for r in split_rows)
     print(f"  totals: capture+summaries {t_capture:.2f} s, figures {total_fig:.2f} s, "
           f"ingest {total_ing:.2f} s, reads {sum(r[1] for r in split_rows):.2f} s")
+    for name, text in profiles:
+        print(f"profile of {name} (in this process, cumulative seconds):\n{text}")
 
 
 def split_steps(tmp: Path, target: Path, args, cid_of):
@@ -172,7 +180,7 @@ def split_steps(tmp: Path, target: Path, args, cid_of):
                  sample=result.sample, checkpoint=result.checkpoint_row)
     t_ingest = time.perf_counter() - t0
     task = ray.remote(num_cpus=1)(run_analysis)
-    split_rows = []
+    split_rows, profiles = [], []
     for name, a in checkpoint_analyses().items():
         p = a.params.from_dict(None)
         t0 = time.perf_counter()
@@ -184,7 +192,27 @@ def split_steps(tmp: Path, target: Path, args, cid_of):
         t0 = time.perf_counter()
         store.ingest_output(out)
         split_rows.append((name, t_read, t_fig, time.perf_counter() - t0))
-    return t_capture, t_ingest, split_rows
+        if args.profile:
+            profiles.append((name, _profiled(name, inputs, p.to_dict(), str(tmp / "figs3"), args.profile)))
+    return t_capture, t_ingest, split_rows, profiles
+
+
+def _profiled(name: str, inputs, params: dict, fig_dir: str, top: int) -> str:
+    """One analysis run here under cProfile: its ``top`` costliest functions by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    from analyses.registry import run_analysis
+
+    prof = cProfile.Profile()
+    prof.runcall(run_analysis, name, inputs, params, fig_dir)
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(top)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    total = next((line.strip() for line in lines if "function calls" in line), "")
+    return "\n".join(["  " + total] + ["  " + line for line in lines[start:] if line.strip()])
 
 
 if __name__ == "__main__":
