@@ -87,13 +87,13 @@ def measured_frames(d: np.ndarray, end: int, fraction: float, floor: float) -> t
     after = np.nan_to_num(after, nan=0.0)
     peak_at = after.argmax(axis=0)
     peak = after[peak_at, np.arange(after.shape[1])]
-    frames = np.full(after.shape[1], np.nan)
-    censored = np.zeros(after.shape[1], dtype=bool)
-    for u in np.flatnonzero(peak >= floor):
-        tail = after[peak_at[u]:, u]
-        below = np.flatnonzero(tail < fraction * peak[u])
-        censored[u] = below.size == 0
-        frames[u] = float(len(tail) if censored[u] else below[0])
+    # per unit, the first frame from its peak on that is below fraction x peak (all units at once)
+    t = np.arange(after.shape[0])[:, None]
+    below = (after < fraction * peak[None, :]) & (t >= peak_at[None, :])
+    reached = peak >= floor
+    censored = ~below.any(axis=0) & reached
+    first = np.where(censored, after.shape[0], below.argmax(axis=0))
+    frames = np.where(reached, (first - peak_at).astype(np.float64), np.nan)
     return frames, censored, peak
 
 

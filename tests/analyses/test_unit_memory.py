@@ -38,6 +38,27 @@ def test_measured_frames_on_planted_decays():
     assert um.implied_tau(np.array([0.9, 1.0]))[0] == pytest.approx(10.0) and np.isinf(um.implied_tau([1.0])[0])
 
 
+def test_measured_frames_is_the_unit_by_unit_rule():
+    """All units at once equals the rule applied to each unit alone (random, rising and falling,
+    with NaN frames and units below the floor)."""
+    rng = np.random.default_rng(5)
+    d = np.abs(rng.normal(size=(120, 64))) * rng.uniform(0, 1, 64) ** 4
+    d[:7] = np.nan
+    d[:, :4] = 1e-6
+    end, fraction, floor = 5, 0.3, 1e-4
+    frames, censored, peak = um.measured_frames(d, end, fraction, floor)
+    after = np.nan_to_num(d[end:], nan=0.0)
+    for u in range(d.shape[1]):
+        top = after[:, u].argmax()
+        assert peak[u] == after[top, u]
+        if after[top, u] < floor:
+            assert math.isnan(frames[u]) and not censored[u]
+            continue
+        below = np.flatnonzero(after[top:, u] < fraction * after[top, u])
+        assert censored[u] == (below.size == 0)
+        assert frames[u] == (len(after) - top if below.size == 0 else below[0])
+
+
 @pytest.mark.slow
 def test_a_fixed_forget_gate_remembers_one_over_one_minus_f(small_corpus, tmp_path):
     from service.store import Store
