@@ -12,7 +12,12 @@ of the ranking utterances that occur in the measured ones are studied.
 Measuring: ``utterances`` utterances of ``split`` (test; a seeded draw, the same for every
 ablation of the checkpoint), batched. Per layer and studied phone A: its ``k`` top units (at most a
 quarter of the layer, so the random control has units to draw from) are ablated, and, as the
-control, ``k`` units drawn at random (``repeats`` seeded draws, excluding the top units). Ablated
+control, ``k`` units drawn at random (``repeats`` seeded draws, excluding the top units). Since
+version 3 the control's draws are one set per layer, shared by every studied phone: each draw
+excludes the top units of all of them and is measured on every phone's frames (it is a random
+k-set for each phone alike), so a layer costs phones + repeats ablations, not phones x (1 +
+repeats); where the units outside every phone's top k are fewer than k (tiny layers), each phone
+gets its own draws as in version 2. Ablated
 means set inside the recurrence at every frame (``cluster.models.Intervention``) to their mean or
 to 0. Frame accuracy and cross-entropy are measured on every studied phone's frames (the
 ``target_phone_id`` rows), so that
@@ -30,15 +35,20 @@ costly part. What the claim reads is frame accuracy on all measured utterances (
 batched, undecoded): on a phone with n measured frames a frame accuracy has a binomial standard
 error of at most 0.5 / sqrt(n), 2 points (the claim's margin) at n = 625, and the claim averages
 it over phones and layers before its interval over seeds (``analyses.claims``); the logged
-params list the utterances measured and ranked on; raise ``utterances`` where a
-phone's frames are few.
+params list the utterances measured and ranked on. Whether the subset is enough is measured, not
+assumed: ``specificity_excess_se`` and ``acc_drop_excess_se`` (layer 0) are the bootstrap standard
+errors of the checkpoint's two numbers over its measured utterances (``bootstrap_se``; units and
+draws held fixed), the share of the between-seed spread the claim's interval sees that comes
+from the subset. Raise ``utterances`` where they are not well under the claim's 2-point margin.
 
 Table ``unit_ablation``; summary rows per (layer, phone): ``acc_drop_top``, ``acc_drop_random``
 (the mean over draws), ``acc_drop_excess``, ``specificity_top``, ``specificity_random``,
 ``specificity_excess``, ``per_rise_top`` / ``per_rise_random``; layer 0: the means over layers and
 phones of ``acc_drop_excess`` and ``specificity_excess`` (what the claim reads), of
 ``specificity_excess@k<n>`` for each of ``neighbour_ks`` (the claim's sensitivity to k; measured
-on frame accuracy alone, undecoded, with their own seeded draws), and the baseline ``per``.
+on frame accuracy alone, undecoded, with their own seeded draws, shared by the phones alike),
+their bootstrap standard errors ``*_se``, and the baseline ``per``. Table rows of a shared random
+draw have ``phone_id`` -1.
 """
 
 from __future__ import annotations
@@ -61,12 +71,13 @@ from cluster.summaries import IrregularityRule
 from cluster.tables import C, Table
 
 NAME = "unit_ablation"
-VERSION = 2  # 2: ranked on dev, measured on test, specificity
+VERSION = 3  # 2: ranked on dev, measured on test, specificity; 3: one set of random draws per layer for all phones
 FIGURE = FigureSpec("unit_ablation.png", "Ablation", "Unit ablation: a phone's accuracy without its most responsible units")
 UNIT_ABLATION = Table("unit_ablation", "frame accuracy and cross-entropy with units ablated inside the recurrence", (
     C("checkpoint_id", "VARCHAR", key=True), C("analysis_version", "INTEGER", key=True),
     C("layer", "INTEGER", "0: no ablation (the baseline)", key=True),
-    C("phone_id", "INTEGER", "the phone whose top units were ablated (-1: the baseline)", key=True),
+    C("phone_id", "INTEGER", "the phone whose top units were ablated (-1: the baseline, or a random draw shared "
+                             "by every phone)", key=True),
     C("ablated", "VARCHAR", "none | top | random", key=True), C("draw", "INTEGER", "random draw (0 otherwise)", key=True),
     C("phone", "VARCHAR"), C("units", "BIGINT[]", "the units ablated"),
     C("mode", "VARCHAR", "mean | zero"), C("target_phone_id", "INTEGER", "the phone measured", key=True),
@@ -206,64 +217,100 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
     refs = [reference_phones(u.phones, u.targets, graph) for u in decoded]
     targets = np.concatenate([u.targets[:len(u.feats)] for u in utts])
     rule = IrregularityRule.parse(inputs["rule"])
+    # only the studied phones' frames are scored; per utterance too, for the bootstrap over utterances
+    studied = np.isin(measured_phones, chosen)
+    frame_utt = np.concatenate([np.full(len(u.feats), i) for i, u in enumerate(utts)])[studied]
+    frame_col = np.searchsorted(np.asarray(sorted(chosen)), measured_phones[studied])  # column of sorted(chosen)
+    frames_up = np.zeros((len(utts), len(chosen)))
+    np.add.at(frames_up, (frame_utt, frame_col), 1.0)
 
     with torch.inference_mode():
         resp, unit_means = rank_units(model, ranking, rule, chosen)
         passes = _Passes(model, utts)
 
-        def measure(logits: torch.Tensor, decode: bool = True) -> tuple[dict[int, tuple[int, int, float]], float]:
-            res = per_phone(logits[passes.valid], targets, measured_phones)
+        def measure(logits: torch.Tensor, decode: bool = True):
+            """({phone: (frames, correct, ce)}, PER, correct frames [utterances, phones])."""
+            scored = logits[passes.valid][torch.from_numpy(studied)]
+            res = per_phone(scored, targets[studied], measured_phones[studied])
+            ok = np.zeros_like(frames_up)
+            np.add.at(ok, (frame_utt, frame_col), (scored.argmax(-1).numpy() == targets[studied]).astype(np.float64))
             if not decode:
-                return res, float("nan")
+                return res, float("nan"), ok
             hyps = [viterbi(torch.log_softmax(logits[b, :len(u.feats)], -1).numpy(), graph,
                             lm_weight=params.lm_weight, prior_scale=params.prior_scale) for b, u in enumerate(decoded)]
-            return res, float(phone_error_rate(refs, hyps, ignore=graph.silence)["per"])
+            return res, float(phone_error_rate(refs, hyps, ignore=graph.silence)["per"]), ok
 
         def rows_of(layer, phone, ablated, draw, units, measured) -> list[dict]:
-            res, per = measured
+            res, per, _ = measured
             return [{"layer": layer, "phone_id": phone, "ablated": ablated, "draw": draw, "phone": _sym(corpus, phone),
                      "units": [int(u) for u in units], "mode": params.mode, "target_phone_id": q, "frames": n,
                      "frame_acc": ok / n, "frame_ce": ce / n, "per": per}
                     for q, (n, ok, ce) in sorted(res.items()) if q in chosen]
 
-        base, base_per = measured_base = measure(passes.base)
+        base, base_per, ok_base = measured_base = measure(passes.base)
         acc0 = {p: base[p][1] / base[p][0] for p in chosen}
         table = rows_of(0, -1, "none", 0, [], measured_base)
         rng = np.random.default_rng(params.seed)
         summary, excess, specific = [], [], []
         neighbours = sorted({min(n, max(1, H // 4)) for n in params.neighbour_ks} - {k})
         specific_at: dict[int, list[float]] = {n: [] for n in neighbours}
+        boot = []  # per layer: ({phone: correct [U, P] with its top units}, {phone: [the same, each draw]})
+        spec = lambda d, phone: d[phone] - float(np.mean([d[q] for q in chosen if q != phone]))  # noqa: E731
         for layer in range(1, L + 1):
-            for j, phone in enumerate(chosen):
-                ranked = np.lexsort((np.arange(H), -resp[layer][:, j]))
-                top = sorted(ranked[:k].tolist())
+            ranked = {phone: np.lexsort((np.arange(H), -resp[layer][:, j])) for j, phone in enumerate(chosen)}
 
-                def ablate(units, decode=True):
-                    to = unit_means[layer][units] if params.mode == "mean" else 0.0
-                    res, per = m = measure(passes.ablated(layer, Intervention("c", units, to)), decode)
-                    drops = {q: acc0[q] - res[q][1] / res[q][0] for q in chosen}
-                    return m, drops, per
+            def ablate(units, decode=True):
+                to = unit_means[layer][units] if params.mode == "mean" else 0.0
+                res, per, _ = m = measure(passes.ablated(layer, Intervention("c", units, to)), decode)
+                drops = {q: acc0[q] - res[q][1] / res[q][0] for q in chosen}
+                return m, drops, per
 
+            def controls(n: int, draw_rng, decode: bool, record: bool) -> dict[int, list]:
+                """{phone: [(drops, per) of each random draw of n units that are not its top n]}.
+                One set of draws for all phones (each draw measured on every phone's frames) when
+                the units outside every studied phone's top n leave room for it; else per phone."""
+                pool = np.setdiff1d(np.arange(H), np.concatenate([ranked[p][:n] for p in chosen]))
+                if pool.size >= n:
+                    draws = []
+                    for draw in range(params.repeats):
+                        units = sorted(draw_rng.choice(pool, n, replace=False).tolist())
+                        m, d, per = ablate(units, decode)
+                        if record:
+                            table.extend(rows_of(layer, -1, "random", draw, units, m))
+                        draws.append((d, per, m[2]))
+                    return {p: draws for p in chosen}
+                out = {}
+                for phone in chosen:
+                    rest, out[phone] = np.setdiff1d(np.arange(H), ranked[phone][:n]), []
+                    for draw in range(params.repeats):
+                        units = sorted(draw_rng.choice(rest, n, replace=False).tolist())
+                        m, d, per = ablate(units, decode)
+                        if record:
+                            table.extend(rows_of(layer, phone, "random", draw, units, m))
+                        out[phone].append((d, per, m[2]))
+                return out
+
+            tops = {}
+            for phone in chosen:
+                top = sorted(ranked[phone][:k].tolist())
                 m_top, d_top, per_top = ablate(top)
                 table += rows_of(layer, phone, "top", 0, top, m_top)
-                others = np.setdiff1d(np.arange(H), top)
-                d_rand, rises = [], []
-                for draw in range(params.repeats):
-                    units = sorted(rng.choice(others, k, replace=False).tolist())
-                    m, d, per = ablate(units)
-                    table += rows_of(layer, phone, "random", draw, units, m)
-                    d_rand.append(d)
-                    rises.append(per - base_per)
-                spec = lambda d: d[phone] - float(np.mean([d[q] for q in chosen if q != phone]))  # noqa: E731
-                s_top = spec(d_top) if len(chosen) > 1 else float("nan")
-                s_rand = float(np.mean([spec(d) for d in d_rand])) if len(chosen) > 1 else float("nan")
-                for n in neighbours:  # the sensitivity to k: frame accuracy only, its own seeded draws
-                    alt_rng = np.random.default_rng([params.seed, n, layer, phone])
-                    rest = np.setdiff1d(np.arange(H), ranked[:n])
-                    alt_top = spec(ablate(sorted(ranked[:n].tolist()), decode=False)[1])
-                    alt_rand = [spec(ablate(sorted(alt_rng.choice(rest, n, replace=False).tolist()), decode=False)[1])
-                                for _ in range(params.repeats)]
-                    specific_at[n].append(alt_top - float(np.mean(alt_rand)) if len(chosen) > 1 else float("nan"))
+                tops[phone] = (d_top, per_top, m_top[2])
+            rand = controls(k, rng, True, True)
+            alt = {}
+            for n in neighbours:  # the sensitivity to k: frame accuracy only, its own seeded draws
+                alt_top = {p: ablate(sorted(ranked[p][:n].tolist()), decode=False)[1] for p in chosen}
+                alt[n] = (alt_top, controls(n, np.random.default_rng([params.seed, n, layer]), False, False))
+            boot.append(({p: tops[p][2] for p in chosen}, {p: [ok for *_, ok in rand[p]] for p in chosen}))
+            for phone in chosen:
+                (d_top, per_top, _), d_rand = tops[phone], [d for d, *_ in rand[phone]]
+                multi = len(chosen) > 1
+                s_top = spec(d_top, phone) if multi else float("nan")
+                s_rand = float(np.mean([spec(d, phone) for d in d_rand])) if multi else float("nan")
+                for n, (alt_top, alt_rand) in alt.items():
+                    specific_at[n].append(spec(alt_top[phone], phone)
+                                          - float(np.mean([spec(d, phone) for d, *_ in alt_rand[phone]]))
+                                          if multi else float("nan"))
                 a_rand = float(np.mean([d[phone] for d in d_rand]))
                 excess.append(d_top[phone] - a_rand)
                 specific.append(s_top - s_rand)
@@ -272,9 +319,13 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
                                          ("acc_drop_excess", excess[-1]), ("specificity_top", s_top),
                                          ("specificity_random", s_rand), ("specificity_excess", specific[-1]),
                                          ("per_rise_top", per_top - base_per),
-                                         ("per_rise_random", float(np.mean(rises))))]
+                                         ("per_rise_random", float(np.mean([per for _, per, _ in rand[phone]]))
+                                          - base_per))]
+    se_spec, se_need = bootstrap_se(frames_up, ok_base, boot, sorted(chosen), params.seed)
     summary += [{"metric": "acc_drop_excess", "value": float(np.mean(excess))},
                 {"metric": "specificity_excess", "value": float(np.mean(specific))},
+                {"metric": "specificity_excess_se", "value": se_spec},
+                {"metric": "acc_drop_excess_se", "value": se_need},
                 *({"metric": f"specificity_excess@k{n}", "value": float(np.mean(v))} for n, v in specific_at.items()),
                 {"metric": "per", "value": base_per}]
     frame = pl.DataFrame(table, schema={c: t for c, t in UNIT_ABLATION.schema.items()
@@ -287,6 +338,33 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
                                       "measured_utterances": [u.utt_id for u in utts],
                                       "ranking_utterances": [u.utt_id for u in ranking]},
                   tables={UNIT_ABLATION.name: frame})
+
+
+def bootstrap_se(frames: np.ndarray, ok_base: np.ndarray, layers: list, phones: list[int], seed: int,
+                 draws: int = 400) -> tuple[float, float]:
+    """Standard errors of the layer-0 specificity and necessity excesses over the measured
+    utterances (resampled with replacement, the units and draws held fixed): how much of a
+    checkpoint's value is the utterance subset's. ``frames`` / ``ok_base`` [utterances, phones]
+    (columns: ``phones``, sorted); ``layers``: per layer ({phone: correct frames with its top
+    units}, {phone: [the same for each random draw]})."""
+    U = frames.shape[0]
+    w = np.random.default_rng([seed, 7]).multinomial(U, np.full(U, 1.0 / U), size=draws).astype(np.float64)
+    n = w @ frames
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = lambda ok: (w @ ok) / n  # noqa: E731  [draws, phones]
+        a0 = acc(ok_base)
+        col = {p: j for j, p in enumerate(phones)}
+        spec = lambda d, j: d[:, j] - np.delete(d, j, axis=1).mean(1)  # noqa: E731
+        s_all, e_all = [], []
+        for tops, rands in layers:
+            for p, ok_top in tops.items():
+                j = col[p]
+                d_top, d_rand = a0 - acc(ok_top), [a0 - acc(ok) for ok in rands[p]]
+                e_all.append(d_top[:, j] - np.mean([d[:, j] for d in d_rand], 0))
+                if len(phones) > 1:
+                    s_all.append(spec(d_top, j) - np.mean([spec(d, j) for d in d_rand], 0))
+    se = lambda v: float(np.nanstd(np.mean(v, 0), ddof=1)) if v else float("nan")  # noqa: E731
+    return se(s_all), se(e_all)
 
 
 def _sym(corpus, phone: int) -> str:
@@ -302,14 +380,16 @@ def _draw_figure(frame: pl.DataFrame, chosen: list[int], corpus, cid: str, param
         x = np.arange(len(chosen))
         b = [base.filter(pl.col("target_phone_id") == p)["frame_acc"][0] for p in chosen]
         top = [sub.filter((pl.col("phone_id") == p) & (pl.col("ablated") == "top"))["frame_acc"][0] for p in chosen]
-        rnd = [sub.filter((pl.col("phone_id") == p) & (pl.col("ablated") == "random"))["frame_acc"].mean() for p in chosen]
+        shared = frame.filter((pl.col("layer") == layer) & (pl.col("ablated") == "random") & (pl.col("phone_id") == -1))
+        rnd = [pl.concat([sub.filter((pl.col("phone_id") == p) & (pl.col("ablated") == "random")),
+                          shared.filter(pl.col("target_phone_id") == p)])["frame_acc"].mean() for p in chosen]
         ax.bar(x - 0.27, b, 0.27, label="no ablation")
         ax.bar(x, rnd, 0.27, label=f"{k} random units")
         ax.bar(x + 0.27, top, 0.27, label=f"its top {k} units")
         ax.set_xticks(x, [_sym(corpus, p) for p in chosen], fontsize=8)
         ax.set_ylabel("frame accuracy on the phone")
         ax.set_title(f"layer {layer}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(f"{FIGURE.paper}: {cid}, units set to their {params.mode} inside the recurrence", fontsize=9)
     fig.tight_layout()
     return save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)

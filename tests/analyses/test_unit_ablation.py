@@ -82,16 +82,47 @@ def test_ablation_of_a_real_capture(captured, tmp_path):
     top = t.filter(pl.col("ablated") == "top")
     assert top.height == 2 * 3 * 3 and all(len(u) == 4 for u in top["units"])  # 2 layers x 3 phones x 3 measured
     rand = t.filter(pl.col("ablated") == "random")
-    assert all(not set(r) & set(u) for r, u in zip(  # the control never ablates the top units
-        rand.filter(pl.col("draw") == 0).sort("layer", "phone_id", "target_phone_id")["units"],
-        top.sort("layer", "phone_id", "target_phone_id")["units"]))
+    for r in rand.iter_rows(named=True):  # the control never ablates the top units (a shared draw: anyone's)
+        tops = top.filter((pl.col("layer") == r["layer"])
+                          & ((pl.col("phone_id") == r["phone_id"]) if r["phone_id"] >= 0 else pl.lit(True)))["units"]
+        assert not set(r["units"]) & {u for units in tops for u in units}
+    # each draw is measured on every studied phone; one set of draws per layer when there is room for it
+    assert rand.group_by("layer", "phone_id", "draw").len()["len"].to_list() == [3] * rand.select(
+        "layer", "phone_id", "draw").unique().height
     s = out.summary
     assert set(s["metric"]) == {"acc_drop_top", "acc_drop_random", "acc_drop_excess", "per_rise_top", "per_rise_random",
                                 "specificity_top", "specificity_random", "specificity_excess", "per",
-                                "specificity_excess@k2"}
+                                "specificity_excess@k2", "specificity_excess_se", "acc_drop_excess_se"}
+    se = s.filter(pl.col("metric") == "specificity_excess_se")["value"][0]
+    assert 0 < se < 1  # the utterances resampled: a spread, and on an accuracy scale
     assert t["per"].is_between(0, 2).all() and t.filter(pl.col("ablated") == "none")["per"].n_unique() == 1
     assert s.filter(pl.col("layer") == 0)["value"].is_finite().all()
     # ranked on dev, measured on test: no utterance in both
     assert not set(out.params["measured_utterances"]) & set(out.params["ranking_utterances"])
     with pytest.raises(ua.AnalysisError, match="double-dip"):
         ua.load(captured["store"], captured["lstm"], ua.AblationParams(rank_split="test"))
+
+
+def test_the_bootstrap_over_utterances_shrinks_as_one_over_root_n():
+    """Identical utterances leave no spread; with varied ones, four copies of each halve the
+    standard error (resampling n utterances: se ~ 1 / sqrt(n))."""
+    rng = np.random.default_rng(3)
+    U, P = 40, 3
+    frames = rng.integers(20, 60, size=(U, P)).astype(float)
+    base = np.floor(frames * 0.9)
+    top = {p: base.copy() for p in range(P)}
+    for p in range(P):
+        top[p][:, p] = np.floor(frames[:, p] * rng.uniform(0.2, 0.8, U))  # a phone's top units cost it, unevenly
+    rand = {p: [np.floor(frames * 0.85)] * 2 for p in range(P)}
+    se1 = ua.bootstrap_se(frames, base, [(top, rand)], list(range(P)), seed=0)
+    rep = lambda a: np.tile(a, (4, 1))  # noqa: E731
+    se4 = ua.bootstrap_se(rep(frames), rep(base), [({p: rep(v) for p, v in top.items()},
+                                                    {p: [rep(v) for v in vs] for p, vs in rand.items()})],
+                          list(range(P)), seed=0)
+    assert all(s > 0.005 for s in se1)
+    assert se4 == pytest.approx(tuple(s / 2 for s in se1), rel=0.2)
+    same = np.tile(frames[:1], (U, 1))
+    flat = ua.bootstrap_se(same, np.floor(same * 0.9), [({p: np.floor(same * 0.5) for p in range(P)},
+                                                          {p: [np.floor(same * 0.85)] for p in range(P)})],
+                           list(range(P)), seed=0)
+    assert flat == pytest.approx((0.0, 0.0), abs=1e-12)
