@@ -366,7 +366,7 @@ def _draw(diffs: dict, rows: list[dict], s: int, end: int, cid: str, label: str,
     ax.set_xlabel("frame of the noisy utterance")
     ax.set_ylabel("mean |c diff|")
     ax.set_title("mean |difference| over units", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")  # "best" searches every point of the lines: seconds
     fig.suptitle(f"{FIGURE.paper}: |c noisy - c clean|, {label}, {cid}", fontsize=9)
     fig.tight_layout()
     return save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)

@@ -151,7 +151,7 @@ def _draw(drawn: dict, cid: str, label: str, fraction: float, fig_dir):
         hist.set_xlabel("frames")
         hist.set_ylabel("units")
         hist.set_title(f"layer {layer}: timescales", fontsize=9)
-        hist.legend(fontsize=7)
+        hist.legend(fontsize=7, loc="upper right")
         ok = finite & np.isfinite(frames)
         scatter.scatter(np.clip(tau[ok & ~censored], 1, None), np.clip(frames[ok & ~censored], 1, None), s=8,
                         label="measured")
@@ -163,7 +163,7 @@ def _draw(drawn: dict, cid: str, label: str, fraction: float, fig_dir):
         scatter.set_xlabel("implied tau (frames)")
         scatter.set_ylabel(f"measured (to {fraction:.2g} x peak)")
         scatter.set_title(f"layer {layer}: implied vs measured", fontsize=9)
-        scatter.legend(fontsize=7)
+        scatter.legend(fontsize=7, loc="upper left")  # "best" searches every point
     fig.suptitle(f"{FIGURE.paper}: {cid}, {label}", fontsize=9)
     fig.tight_layout()
     return save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)
