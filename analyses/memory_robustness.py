@@ -134,7 +134,7 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 def streams(wave: np.ndarray, at: int, length: int, kind: str, snr_db: float, noise_seed, dither_seed,
-            sources: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            sources: list[np.ndarray], clean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(clean fbank [T, 40], noisy fbank [T + N, 40]) with the dither laid out alike (see above).
 
     ``features.fbank`` adds its own seeded dither d_f to whatever it is given; handing it
@@ -146,7 +146,8 @@ def streams(wave: np.ndarray, at: int, length: int, kind: str, snr_db: float, no
     d_new = np.random.default_rng([*np.atleast_1d(noise_seed).tolist(), 1]).standard_normal(length).astype(np.float32)
     d = np.concatenate([d_clean[:at], d_new, d_clean[at:]]).astype(np.float64)
     d_f = np.random.default_rng(dither_seed).standard_normal(len(noisy)).astype(np.float32).astype(np.float64)
-    return fbank(wave, dither_seed), fbank(noisy - d_f + d, dither_seed)
+    # ``clean``: this wave's clean fbank already computed (it is the same for every condition)
+    return (fbank(wave, dither_seed) if clean is None else clean), fbank(noisy - d_f + d, dither_seed)
 
 
 def alignment(t_clean: int, at: int, frames_inserted: int, shift: int = 160, window: int = 400):
@@ -236,7 +237,7 @@ def noisy_pairs(model, meta, corpus_path: str | None, checkpoint_path: str, para
             for noise in noises:
                 clean_f, noisy_f = streams(wave, at, frames_inserted * FRAME_SHIFT, noise, params.snr_db,
                                            [params.seed, zlib.crc32(utt_id.encode())], dither_seed(seed, utt_id),
-                                           sources if noise == "babble" else None)
+                                           sources if noise == "babble" else None, clean=clean_f)
                 conditions.append((noise, at_s, at, noisy_f))
         stored = split.load(utt_id).feats
         feat_diff = float(np.abs(stored - clean_f).max()) if stored.shape == clean_f.shape else float("inf")
