@@ -4,6 +4,13 @@ way v1 ran it, each utterance through the whole model with the intervention. Dec
 in both) is left out. Prints the seconds of each and their ratio, measured in the same run.
 
     .venv/bin/python bench/ablation.py [--cell lstm] [--layers 4] [--hidden 128] [--utterances 50]
+    .venv/bin/python bench/ablation.py --design --layers 6 --hidden 512
+
+``--design``: the cost of the analysis's default design instead (``AblationParams``: per layer
+phones + repeats ablations, the same again for each neighbouring k), from one measured ablation
+per layer, against the model's plain forward pass one utterance at a time over ``--baseline``
+utterances (what bench/service.py divides by), measured in the same run. The design's seconds
+are the measured per-layer seconds times the design's count of ablations; decoding is left out.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ def main() -> None:
     ap.add_argument("--utterances", type=int, default=50)
     ap.add_argument("--frames", type=int, default=250)
     ap.add_argument("--ablations", type=int, default=8, help="ablations per layer (top + random draws)")
+    ap.add_argument("--design", action="store_true", help="the default design's cost against a forward pass")
+    ap.add_argument("--baseline", type=int, default=40, help="--design: utterances of the forward-pass baseline")
     a = ap.parse_args()
     torch.set_num_threads(1)  # as the analysis's Ray task runs
     torch.manual_seed(0)
@@ -38,6 +47,8 @@ def main() -> None:
     utts = [SimpleNamespace(feats=rng.normal(size=(int(rng.integers(a.frames // 2, a.frames * 3 // 2)), 40))
                             .astype(np.float32)) for _ in range(a.utterances)]
     iv = Intervention("c", list(range(a.hidden // 8)), 0.0)
+    if a.design:
+        return design(a, model, utts, iv)
     with torch.inference_mode():
         t0 = time.perf_counter()
         for layer in range(1, a.layers + 1):
@@ -55,6 +66,38 @@ def main() -> None:
           f"{os.cpu_count()} cores, {_cpu()}, 1 torch thread")
     print(f"per utterance, whole model (v1): {v1:.2f} s; batched from the kept layer input (v2): {v2:.2f} s; "
           f"ratio {v1 / v2:.1f}x")
+
+
+def design(a, model, utts, iv) -> None:
+    from analyses.unit_ablation import AblationParams
+
+    p = AblationParams()
+    k = min(p.k, max(1, a.hidden // 4))
+    per_layer = (p.phones + p.repeats) * (1 + len({min(n, a.hidden // 4) for n in p.neighbour_ks} - {k}))
+    base = utts[: a.baseline]
+    with torch.inference_mode():
+        _Passes(model, utts[:2]).ablated(1, iv)  # warm: compiled kernels loaded before either clock
+        model(torch.from_numpy(utts[0].feats)[None])
+        t0 = time.perf_counter()
+        for u in base:
+            model(torch.from_numpy(u.feats)[None])
+        forward = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        passes = _Passes(model, utts)
+        kept = time.perf_counter() - t0
+        layer_s = []
+        for layer in range(1, a.layers + 1):
+            t0 = time.perf_counter()
+            passes.ablated(layer, iv)
+            layer_s.append(time.perf_counter() - t0)
+    total = kept + per_layer * sum(layer_s)
+    print(f"{a.cell} {a.layers}x{a.hidden}; {os.cpu_count()} cores, {_cpu()}, 1 torch thread, load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"forward pass, one utterance at a time, {len(base)} utterances ({sum(len(u.feats) for u in base)} frames): "
+          f"{forward:.2f} s")
+    print(f"ablation on {len(utts)} utterances: kept pass {kept:.2f} s; one ablation at layer 1..{a.layers}: "
+          + ", ".join(f"{t:.2f}" for t in layer_s) + f" s; the default design ({per_layer} ablations per layer): "
+          f"{total:.1f} s = {total / forward:.1f}x the forward pass (decoding not counted)")
 
 
 if __name__ == "__main__":
