@@ -14,7 +14,8 @@ every checkpoint (and of every study) as parallel Ray tasks, with one writer.
    inputs (``load``), submits ``run`` as a Ray task (figures and numbers; tasks never open the
    store), and as each task finishes, the driver alone writes its rows, summary and log entry in
    one transaction (``Store.ingest_output``). Study-scope analyses (Tables 1-3) are one task per
-   study. An analysis already finished at its version with the same parameters and its figures
+   study. A checkpoint's analyses that declare the same ``Analysis.shares`` (the two memory
+   analyses: their noisy passes) are one task, each still settled and written on its own. An analysis already finished at its version with the same parameters and its figures
    on disk is not run again (``rerun`` forces it).
 
 A failed analysis is logged failed in the store with its error, which names the checkpoint;
