@@ -434,7 +434,12 @@ def _write_epochs(run_dir: Path, history: list[dict], final: dict) -> None:
 
 def make_trainer(config: TrainConfig, name: str, storage_path: str, workers: int = 1, gpus_per_worker: float = 0,
                  max_failures: int = 2, callbacks: list | None = None):
-    """A ``TorchTrainer`` for one run; ``storage_path`` must be absolute (Ray 2.60)."""
+    """A ``TorchTrainer`` for one run; ``storage_path`` must be absolute (Ray 2.60). Ray Train's
+    settings that cut a trial's idle start-up and shut-down go into this process's environment
+    first (``cluster.runtime.TRAIN_SETTINGS``): in a Tune trial, this is the trial's process."""
+    from cluster.runtime import train_settings
+
+    train_settings()
     storage = Path(storage_path).resolve()
     cfg = asdict(config)
     cfg["corpus"] = str(Path(config.corpus).resolve())
