@@ -5,7 +5,18 @@ s*B .. (s+1)*B-1 belong to model s. Row s*B+b of every output equals model s's o
 rows alone, and gradients reach each model's own parameters as if it were trained alone (the
 stack holds the models themselves, not copies of their weights).
 
-This first version is the reference: it runs each model on its own rows, one after the other.
+One stacked model, not S models one after the other (HFTA, tsl's MultiLSTMCell): per layer,
+each model's layer gives its ``operands()`` (the cat'ed weights its forward passes to its autograd
+Function), the stack ``torch.stack``s them along a leading seed axis on every call (so autograd
+carries each seed's gradient back to that model's own leaves) and calls the same Function, which
+does the input projection and the weight gradients as bmm over the seed axis, the per-frame
+recurrent GEMM as one baddbmm over the seeds, and indexes V / db / dV by each row's seed in its
+frame kernels (common.py, "stacked seeds"). There is one definition of each cell: the first
+model's layer object runs the stacked call. The output layer is one baddbmm.
+
+``lstm_fused`` (torch.nn.LSTM) has no stacked form: a stack of those runs each model on its own
+rows in turn (``stacked`` is False), as does a stack of one model (that model's own forward).
+Interventions and capture are for one model: use the model's own forward.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ class SeedStack(nn.Module):
                 raise ValueError(f"SeedStack: model {s} has config {m.config}, model 0 has {config}")
         self.models = nn.ModuleList(models)
         self.config = config
+        self.stacked = len(models) > 1 and config.cell != "lstm_fused"
 
     def __len__(self) -> int:
         return len(self.models)
@@ -53,6 +65,8 @@ class SeedStack(nn.Module):
             raise ValueError(f"spliced input must be [T, S*B, {self.config.input_dim}], got {tuple(x.shape)}")
         self._check_state(state)
         B = self._rows(x.shape[1])
+        if self.stacked:
+            return self._stacked(x, state, lengths)
         logits, states = [], []
         for s, model in enumerate(self.models):
             rows = slice(s * B, (s + 1) * B)
@@ -62,6 +76,28 @@ class SeedStack(nn.Module):
             states.append(st)
         merged = [tuple(torch.cat(parts) for parts in zip(*per_seed)) for per_seed in zip(*states)]
         return torch.cat(logits), merged
+
+    def _stacked(self, x, state, lengths):
+        """All seeds through each layer in one call of the layer's Function (residual from layer 2 up)."""
+        states = []
+        for k, layer in enumerate(self.models[0].layers):
+            ops = tuple(torch.stack(parts) for parts in zip(*(m.layers[k].operands() for m in self.models)))
+            y, s, _ = layer(x, state=None if state is None else state[k], lengths=lengths, operands=ops)
+            states.append(s)
+            x = y + x if (self.config.residual and k > 0) else y
+        return self._output(x), states
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        """Each seed's linear output layer, one baddbmm: x [T, S*B, H] -> logits [S*B, T, K]."""
+        T, R, H = x.shape
+        S = len(self.models)
+        W = torch.stack([m.output.weight for m in self.models]).transpose(1, 2)     # [S, H, K]
+        b = torch.stack([m.output.bias for m in self.models]).unsqueeze(1)          # [S, 1, K]
+        xb = x.view(T, S, R // S, H).permute(1, 2, 0, 3).reshape(S, (R // S) * T, H)  # batch-major per seed
+        bf16 = self.config.precision == "bf16" and x.dtype == torch.float32        # as AcousticModel._output
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = torch.baddbmm(b, xb, W)
+        return logits.view(R, T, -1).to(x.dtype)
 
     def splice(self, feats: torch.Tensor, lengths=None) -> torch.Tensor:
         """feats [S*B, T, F] -> x [T, S*B, input_dim], each seed's rows by its own model's CMVN and splice."""
@@ -75,4 +111,5 @@ class SeedStack(nn.Module):
             raise ValueError(f"feats must be [S*B, T, {self.config.feat_dim}], got {tuple(feats.shape)}")
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=feats.device).long().reshape(-1)
-        return self.forward_spliced(self.splice(feats, lengths), None, lengths)[0]
+        # as AcousticModel.forward: lengths shape the splice; the layers need them only for the states
+        return self.forward_spliced(self.splice(feats, lengths))[0]
