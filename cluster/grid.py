@@ -182,7 +182,8 @@ def run_study(study: str, profile: str = "demo", storage: str | Path = "data/run
     )
     sizes = sorted({len(t.stack_seeds) for t in trials})
     each = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-    print(f"starting {len(trials)} trials ({each} seed{'s' if sizes[-1] > 1 else ''} each), "
+    print(f"starting {len(trials)} trial{'s' if len(trials) != 1 else ''} ({each} seed{'s' if sizes[-1] > 1 else ''} "
+          f"each), "
           f"{min(at_once, len(trials))} at once: Ray Train starts each one's workers "
           f"(~30 s here before its first epoch)", file=sys.stderr, flush=True)
     grid = tuner.fit()

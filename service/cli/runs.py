@@ -95,7 +95,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"all {len(configs)} runs of {args.study} already finished (--rerun trains them again)")
     else:
         runs = sum(len(r.config["point"]["train"]["stack_seeds"]) for r in grid)
-        print(f"trained {runs} runs in {(time.time() - t0) / 60:.1f} min ({len(grid)} trials)", file=sys.stderr)
+        print(f"trained {runs} runs in {(time.time() - t0) / 60:.1f} min ({len(grid)} trial{'s' if len(grid) != 1 else ''})",
+              file=sys.stderr)
         for e in grid.errors:
             print(f"trial failed: {e}", file=sys.stderr)
     print(format_table(collect_results(args.storage, args.study), args.study))
