@@ -44,7 +44,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from cluster.grid import run_study
+from cluster.grid import run_study, trial_configs
 from cluster.models import ModelConfig, SeedStack, build_model, load_checkpoint
 from cluster.runs import collect_results, iter_runs
 from cluster.runtime import log_ray_to
@@ -282,7 +282,7 @@ def main() -> None:
         base = {**prof.train, **dict(parse_assignment(TrainConfig, kv) for kv in args.set)}
         width = base.get("chunk_width", 0)
         batch, frames = (base.get("batch_size", 16), width) if width else (base.get("batch_size", 16), 260)
-        depths = sorted(prof.depths or (1, 2, 4))
+        depths = sorted({c.layers for c in trial_configs(args.study, prof, seeds=seeds)})
         n_seeds = len(seeds or prof.seeds)
         print(f"before: {machine()}", flush=True)
         rates = throughput(depths, base.get("hidden", 128), batch, frames, n_seeds)
