@@ -171,20 +171,27 @@ def stack_bench(args):
     cases = {(c, S, mode): stack_case(c, S, mode) for mode in STACK_SHAPES for c in ("lstm", "gru")
              for S in args.seeds}
     times = {(key, kind): [] for key in cases for kind in ("solo", "stacked")}
+    cpu = {k: [] for k in times}
     for rnd in range(args.warmup + args.reps):
         for key, (solo, stacked, _) in cases.items():
             for kind, fn in (("solo", solo), ("stacked", stacked)):
+                c0 = time.thread_time()
                 t = timed(fn)
                 if rnd >= args.warmup:
                     times[key, kind].append(t)
+                    cpu[key, kind].append(time.thread_time() - c0)
     print(f"\nseeds side by side: training step, H=128, 2 layers, fp32, scored frames per second of all seeds "
           f"(fastest of {args.reps} rounds)")
+    print("  wall: frames per wall second; cpu: per second of this thread's CPU time (on a shared, loaded machine\n"
+          "  the time the thread waits for a core counts in wall but not in cpu)")
     print(f"{'mode':10s} {'B x T / seed':>12s} {'cell':5s} {'S':>2s} {'solo fr/s':>10s} {'stack fr/s':>10s} "
-          f"{'stack/solo':>10s}")
+          f"{'stack/solo':>10s} {'cpu: solo':>10s} {'stack':>8s} {'ratio':>6s}")
     for (cell, S, mode), (_, _, frames) in cases.items():
         solo, stacked = (frames / min(times[(cell, S, mode), k]) for k in ("solo", "stacked"))
+        c_solo, c_stacked = (frames / min(cpu[(cell, S, mode), k]) for k in ("solo", "stacked"))
         B, T = STACK_SHAPES[mode]
-        print(f"{mode:10s} {f'{B} x {T}':>12s} {cell:5s} {S:2d} {solo:10,.0f} {stacked:10,.0f} {stacked / solo:10.2f}")
+        print(f"{mode:10s} {f'{B} x {T}':>12s} {cell:5s} {S:2d} {solo:10,.0f} {stacked:10,.0f} {stacked / solo:10.2f} "
+              f"{c_solo:10,.0f} {c_stacked:8,.0f} {c_stacked / c_solo:6.2f}")
 
 
 def main() -> None:

@@ -185,7 +185,11 @@ def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, state_dtype: torc
     if S:
         xw = torch.bmm(seed_major(x, S), w.transpose(1, 2))                      # [S, T*B/S, G]
         A = torch.empty(T, S, B // S, w.shape[1], dtype=state_dtype, device=x.device)
-        A.copy_(xw.view(S, T, B // S, -1).transpose(0, 1)).add_(b.view(1, S, 1, -1))
+        xw, b = xw.view(S, T, B // S, -1).transpose(0, 1), b.view(1, S, 1, -1)
+        if xw.dtype == state_dtype:
+            torch.add(xw, b, out=A)                      # the transpose and the bias in one pass
+        else:
+            A.copy_(xw).add_(b)
         return A.view(T, B, -1)
     xw = torch.mm(x.reshape(T * B, D), w.t())
     if xw.dtype != state_dtype:
