@@ -147,7 +147,7 @@ def run_study(study: str, profile: str = "demo", storage: str | Path = "data/run
               overrides: dict | None = None, custom: list[dict] | None = None, rerun: bool = False,
               workers: int | None = None, gpus_per_worker: float | None = None, seeds: tuple[int, ...] | None = None):
     """Run every trial of ``study`` that has not finished yet; returns (configs, ResultGrid or None).
-    Tune's own tables are off: ``Progress`` prints a line per trial and epoch."""
+    Tune's own tables are off: ``Progress`` prints a line per seed and epoch."""
     prof = PROFILES[profile]
     if corpus:
         overrides = {**(overrides or {}), "corpus": corpus}
