@@ -8,7 +8,6 @@ one seed's learning rate changed between epochs.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
