@@ -13,12 +13,19 @@ acoustic model (splice, L layers, output layer, frame cross-entropy), and prints
   --profile    also the GEMM share of one training step of each cell (torch.profiler: the self
                time of the matmul ops over the step's wall time; the rest is the frame kernels,
                Python and the other ops), the distance to a GEMM-bound step
+  --stack      instead: seeds side by side (cluster/models/stack.py). For lstm and gru, H=128, 2
+               layers, S = 3 and 5 seeds, the training step (forward, frame cross-entropy summed
+               over the seeds, backward) of one SeedStack against the S models stepped one after
+               the other, in the same rounds: carried-state streams (B=16 x T=40 per seed, from a
+               carried state) and whole utterances (B=16 x T=260 per seed); scored frames per
+               second (all seeds' frames) and the ratio stack / solo. 1 thread unless --threads.
 
 These machines are shared and noisy: configurations are interleaved round by round, each
 one's fastest round is reported (timeit's rule: noise only ever adds time), and the load
 average is printed before and after; compare ratios, which come from the same rounds.
 
     .venv/bin/python bench/cells.py [--quick] [--layers 1 4] [--threads N] [--profile]
+    .venv/bin/python bench/cells.py --stack [--quick] [--seeds 3 5]
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cluster.models import ModelConfig, build_model
+from cluster.models import ModelConfig, SeedStack, build_model
 
 CELLS = ("lstm_fused", "lstm", "gru", "lstm_lazy")
 PRECISIONS = ("fp32", "bf16")
@@ -111,6 +118,82 @@ def gemm_share(layers, args):
             print(f"  {cell:10s} {prec}: {gemm / wall:5.1%} of {wall * 1e3:7.1f} ms")
 
 
+STACK_SHAPES = {"streams": (16, 40), "utterances": (16, 260)}   # per seed: B rows x T frames
+
+
+def stack_case(cell, S, mode, seed=0):
+    """(solo step, stacked step, scored frames per step) for S models of ``cell``: the same models,
+    the same inputs (seed s's rows s*B..(s+1)*B-1), stepped alone one after the other or as one stack."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(cell=cell, layers=2, hidden=128, num_targets=120)
+    models = [build_model(cfg, torch.zeros(40), torch.ones(40)) for _ in range(S)]
+    stack = SeedStack(models)
+    B, T = STACK_SHAPES[mode]
+    y = torch.randint(0, 120, (S * B, T))
+    if mode == "streams":   # a window of spliced frames continuing from a carried (detached) state
+        x = torch.randn(T, S * B, cfg.input_dim)
+        n_state = 1 if cell == "gru" else 2
+        state = [tuple(0.1 * torch.randn(S * B, cfg.hidden) for _ in range(n_state)) for _ in range(cfg.layers)]
+        def run(m, rows):
+            return m.forward_spliced(x[:, rows], [tuple(t[rows] for t in layer) for layer in state])[0]
+    else:
+        feats = torch.randn(S * B, T, 40)
+        def run(m, rows):
+            return m(feats[rows])
+
+    def loss(logits, rows):
+        return F.cross_entropy(logits.reshape(-1, 120), y[rows].reshape(-1), reduction="sum")
+
+    def solo():
+        for s, m in enumerate(models):
+            rows = slice(s * B, (s + 1) * B)
+            m.zero_grad(set_to_none=True)
+            loss(run(m, rows), rows).backward()
+
+    def stacked():
+        rows = slice(0, S * B)
+        stack.zero_grad(set_to_none=True)
+        loss(run(stack, rows), rows).backward()
+
+    return solo, stacked, S * B * T
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    return f"{name} ({os.cpu_count()} cores, torch cpu capability {torch.backends.cpu.get_cpu_capability()})"
+
+
+def stack_bench(args):
+    cases = {(c, S, mode): stack_case(c, S, mode) for mode in STACK_SHAPES for c in ("lstm", "gru")
+             for S in args.seeds}
+    times = {(key, kind): [] for key in cases for kind in ("solo", "stacked")}
+    cpu = {k: [] for k in times}
+    for rnd in range(args.warmup + args.reps):
+        for key, (solo, stacked, _) in cases.items():
+            for kind, fn in (("solo", solo), ("stacked", stacked)):
+                c0 = time.thread_time()
+                t = timed(fn)
+                if rnd >= args.warmup:
+                    times[key, kind].append(t)
+                    cpu[key, kind].append(time.thread_time() - c0)
+    print(f"\nseeds side by side: training step, H=128, 2 layers, fp32, scored frames per second of all seeds "
+          f"(fastest of {args.reps} rounds)")
+    print("  wall: frames per wall second; cpu: per second of this thread's CPU time (on a shared, loaded machine\n"
+          "  the time the thread waits for a core counts in wall but not in cpu)")
+    print(f"{'mode':10s} {'B x T / seed':>12s} {'cell':5s} {'S':>2s} {'solo fr/s':>10s} {'stack fr/s':>10s} "
+          f"{'stack/solo':>10s} {'cpu: solo':>10s} {'stack':>8s} {'ratio':>6s}")
+    for (cell, S, mode), (_, _, frames) in cases.items():
+        solo, stacked = (frames / min(times[(cell, S, mode), k]) for k in ("solo", "stacked"))
+        c_solo, c_stacked = (frames / min(cpu[(cell, S, mode), k]) for k in ("solo", "stacked"))
+        B, T = STACK_SHAPES[mode]
+        print(f"{mode:10s} {f'{B} x {T}':>12s} {cell:5s} {S:2d} {solo:10,.0f} {stacked:10,.0f} {stacked / solo:10.2f} "
+              f"{c_solo:10,.0f} {c_stacked:8,.0f} {c_stacked / c_solo:6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed rounds instead of 2 and 7")
@@ -120,12 +203,18 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--profile", action="store_true", help="also the GEMM share of a training step")
+    ap.add_argument("--stack", action="store_true", help="seeds side by side: one SeedStack against S solo models")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3, 5], help="S for --stack")
     args = ap.parse_args()
     args.warmup, args.reps = (1, 2) if args.quick else (2, 7)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.2f}")
+    if args.threads or args.stack:
+        torch.set_num_threads(args.threads or 1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    if args.stack:
+        stack_bench(args)
+        print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+        return
     for layers in args.layers:
         bench(layers, args)
         if args.profile:

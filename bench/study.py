@@ -1,20 +1,30 @@
-"""What a study costs on this machine: minutes per trained model-epoch for each cell and depth, and
-the wall time of the whole study, measured by training it (Ray Tune, as ``gatelens grid`` does).
+"""What a study costs on this machine, measured by training it (Ray Tune, as ``gatelens grid`` does),
+against its compute floor, in one run:
 
-The baseline, measured in the same run: the fused ``nn.LSTM`` model (``lstm_fused``) at the same
-shape and depths, one epoch each; the ratio is our cell's minutes per epoch over the baseline's.
+- solo vs stacked throughput: S seeds' training steps one model after another against one
+  ``SeedStack`` step (cluster/models/stack.py) at the profile's batch shape, for lstm and gru at each
+  depth, interleaved, fastest of several; and the fused ``nn.LSTM`` model's (``lstm_fused``) training
+  rate at each depth: the floor's rate;
+- the study itself: minutes per model-epoch for each cell and depth, epochs trained, and whether
+  each run was stopped by early stopping or by the epoch cap;
+- dev frame accuracy against wall minutes (training + dev scoring) for each run, by training mode;
+- per-trial start-up seconds (the worker process's start to the model being ready, from the first
+  checkpoint's ``startup_*`` metrics);
+- the compute floor: the frames the study trained (epochs x training frames, per run) divided by
+  nn.LSTM's rate at that run's depth, over the cores; and the ratio of the wall time to it.
 
     .venv/bin/python bench/study.py --corpus data/corpus [--profile demo|study] [--seeds 0,1,2]
 
 Runs go to a fresh temporary storage (``--storage`` keeps them). The demo profile takes minutes;
-one seed of the study profile took 48 min on 2 cores (README).
+the study profile hours on 2 cores (README). ``--skip-study`` prints the throughput part alone.
 
 Training modes (``--modes 0,20,40``: chunk_width 0 = whole utterances, n = carried-state streams in
 windows of n frames): every mode trains each ``--cells`` x ``--layers`` point for ``--epochs`` epochs
 (early stopping off) in one Tune grid, modes interleaved so the machine's load falls on all alike;
 it prints dev frame accuracy against wall minutes (training + dev scoring, start-up excluded) per
-mode, training frames per second, and the minutes each mode takes to reach the best dev accuracy of
-whole utterances. The load average and the CPU are printed with the numbers.
+mode, training frames per second, the minutes each mode takes to reach the best dev accuracy of
+whole utterances, and where the early-stopping rule (``--stop patience,min_delta``) would stop each
+curve. The load average and the CPU are printed with the numbers.
 
     .venv/bin/python bench/study.py --corpus data/corpus --modes 0,20,40 --cells lstm,gru --layers 2 --epochs 6
 """
@@ -28,13 +38,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import polars as pl
+import json
 
-from cluster.grid import custom_grid, run_study
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from cluster.grid import run_study, trial_configs
+from cluster.models import ModelConfig, SeedStack, build_model, load_checkpoint
 from cluster.runs import collect_results, iter_runs
 from cluster.runtime import log_ray_to
-from cluster.studies import PROFILES
+from cluster.schedule import stop_epoch
 from cluster.settings import parse_assignment
+from cluster.studies import PROFILES
 from cluster.train import TrainConfig
 
 
@@ -72,9 +88,9 @@ def mode_curves(storage: str, study: str) -> pl.DataFrame:
         for r in dev.iter_rows(named=True):
             wall += r["epoch_seconds"] / 60
             rows.append({"cell": cfg["cell"], "layers": cfg["layers"], "chunk_width": cfg.get("chunk_width", 0),
-                         "epoch": r["epoch"], "dev_acc": r["frame_acc"], "minutes": wall,
+                         "seed": cfg["seed"], "epoch": r["epoch"], "dev_acc": r["frame_acc"], "minutes": wall,
                          "frames_per_s": r["train_frames_per_s"]})
-    return pl.DataFrame(rows).sort("cell", "layers", "chunk_width", "epoch")
+    return pl.DataFrame(rows).sort("cell", "layers", "chunk_width", "seed", "epoch")
 
 
 def compare_modes(args, storage: str) -> None:
@@ -100,8 +116,143 @@ def compare_modes(args, storage: str) -> None:
             hit = m.filter(pl.col("dev_acc") >= target) if target is not None else m.clear()
             reach = (f"target at epoch {hit['epoch'][0]}, {hit['minutes'][0]:.1f} min" if hit.height
                      else "target not reached")
+            patience, min_delta = args.stop.split(",")
+            e = stop_epoch(m["dev_acc"].to_list(), int(patience), float(min_delta))
+            stops = f"patience {patience}, min_delta {min_delta} stops it after epoch {e}" if e else \
+                f"patience {patience}, min_delta {min_delta} would not stop it"
             print(f"  {'whole' if w == 0 else f'cw{w}':<6} {m['frames_per_s'].mean():>8.0f} frames/s  best "
-                  f"{100 * m['dev_acc'].max():.2f} %  {reach}\n         {curve}")
+                  f"{100 * m['dev_acc'].max():.2f} %  {reach}; {stops}\n         {curve}")
+
+
+def _models(cell: str, layers: int, hidden: int, seeds: int) -> list:
+    out = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        out.append(build_model(ModelConfig(cell=cell, layers=layers, hidden=hidden, num_targets=120),
+                               torch.zeros(40), torch.ones(40)))
+    return out
+
+
+def _step_fn(models: list, stacked: bool, batch: int, frames: int):
+    """One training step of every model on its own [frames, batch] window (spliced input, loss
+    per seed over its own frames, backward, clipping and Adam per seed), as one ``SeedStack`` call
+    (``stacked``) or model after model."""
+    S, K = len(models), 120
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
+    x = torch.randn(frames, S * batch, models[0].config.input_dim)
+    y = torch.randint(0, K, (S * batch, frames))
+    stack = SeedStack(models)
+
+    def finish(losses):
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        sum(losses).backward()
+        for m, o in zip(models, opts):
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 5.0)
+            o.step()
+
+    def step():
+        if stacked:
+            logits, _ = stack.forward_spliced(x)
+            losses = [F.cross_entropy(logits[s * batch:(s + 1) * batch].reshape(-1, K),
+                                      y[s * batch:(s + 1) * batch].reshape(-1)) for s in range(S)]
+            finish(losses)
+        else:
+            for s, m in enumerate(models):
+                rows = slice(s * batch, (s + 1) * batch)
+                logits, _ = m.forward_spliced(x[:, rows])
+                finish_one = F.cross_entropy(logits.reshape(-1, K), y[rows].reshape(-1))
+                opts[s].zero_grad(set_to_none=True)
+                finish_one.backward()
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 5.0)
+                opts[s].step()
+
+    return step
+
+
+def throughput(depths, hidden: int, batch: int, frames: int, seeds: int, repeats: int = 5) -> dict:
+    """Training frames per second (one thread): for lstm and gru at each depth, ``seeds`` models
+    solo (one after another) and stacked; for ``lstm_fused`` at each depth, one model (the floor's
+    rate). Configurations interleaved step by step, the fastest step of each kept."""
+    torch.set_num_threads(1)
+    steps = {}
+    for n in depths:
+        steps[("lstm_fused", n, "one")] = (_step_fn(_models("lstm_fused", n, hidden, 1), False, batch, frames), 1)
+        for cell in ("lstm", "gru"):
+            for stacked in (False, True):
+                steps[(cell, n, "stacked" if stacked else "solo")] = (
+                    _step_fn(_models(cell, n, hidden, seeds), stacked, batch, frames), seeds)
+    best = {k: float("inf") for k in steps}
+    for _ in range(repeats + 1):  # the first round warms up
+        for k, (fn, _) in steps.items():
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return {k: steps[k][1] * batch * frames / best[k] for k in steps}
+
+
+def startup_seconds(storage: str, study: str) -> pl.DataFrame:
+    """run, seconds from its worker process's start to its model being ready (first checkpoint's
+    metrics; the Train controller's own start before the process is not in it), and the corpus
+    read + model set-up part of that."""
+    rows = []
+    for run in iter_runs(storage, study):
+        files = run.checkpoint_files()
+        if not files:
+            continue
+        m = load_checkpoint(files[0])[1].metrics
+        if m.get("startup_process_started") is None or m.get("startup_model_ready") is None:
+            continue
+        rows.append({"run": run.name, "startup_s": m["startup_model_ready"] - m["startup_process_started"],
+                     "setup_s": m["startup_model_ready"] - m["startup_loop_entered"]})
+    return pl.DataFrame(rows, schema={"run": pl.String, "startup_s": pl.Float64, "setup_s": pl.Float64})
+
+
+def train_frames(corpus: str, limit: int | None) -> int:
+    """Frames in the training split (the manifest's count; the first ``limit`` utterances' otherwise)."""
+    manifest = json.loads((Path(corpus) / "manifest.json").read_text()) if (Path(corpus) / "manifest.json").is_file() else {}
+    frames = ((manifest.get("splits") or {}).get("train") or {}).get("frames")
+    if frames is None or limit:
+        from cluster.data.kaldi import read_corpus
+        from cluster.train import load_split
+        return load_split(read_corpus(corpus), "train", limit).frames
+    return int(frames)
+
+
+def floor_minutes(storage: str, study: str, corpus: str, rates: dict, cores: int) -> tuple[float, int]:
+    """(the study's compute floor in minutes, frames trained): every run's epochs x training frames,
+    at nn.LSTM's rate at its depth, spread over ``cores``."""
+    seconds, total = 0.0, 0
+    for run in iter_runs(storage, study):
+        cfg = run.stamp.config
+        epochs = run.epochs().filter(pl.col("split") == "dev").height
+        frames = epochs * train_frames(corpus, cfg.get("max_train_utterances"))
+        seconds += frames / rates[("lstm_fused", cfg["layers"], "one")]
+        total += frames
+    return seconds / cores / 60, total
+
+
+def stopped_by(storage: str, study: str) -> pl.DataFrame:
+    """run, epochs trained, the cap, and whether early stopping ended it (fewer epochs than the cap)."""
+    rows = []
+    for run in iter_runs(storage, study):
+        cfg = run.stamp.config
+        n = run.epochs().filter(pl.col("split") == "dev").height
+        rows.append({"run": run.name, "epochs": n, "cap": cfg["epochs"], "early_stopped": n < cfg["epochs"]})
+    return pl.DataFrame(rows).sort("run")
+
+
+def print_curves(curves: pl.DataFrame, stop: tuple[int, float] | None = None) -> None:
+    """Dev frame accuracy % at wall minutes, epoch by epoch, per run (cell, depth, mode, seed)."""
+    for (cell, n, w, seed), m in curves.group_by("cell", "layers", "chunk_width", "seed", maintain_order=True):
+        curve = "  ".join(f"{100 * a:.1f}@{t:.1f}" for a, t in zip(m["dev_acc"], m["minutes"]))
+        where = ""
+        if stop:
+            e = stop_epoch(m["dev_acc"].to_list(), stop[0], stop[1])
+            where = f"; patience {stop[0]}, min_delta {stop[1]} stops it after epoch {e}" if e else \
+                f"; patience {stop[0]}, min_delta {stop[1]} would not stop it"
+        print(f"  {cell} {n} {'whole' if w == 0 else f'cw{w}'} s{seed}: best {100 * m['dev_acc'].max():.2f} % at epoch "
+              f"{m['epoch'][m['dev_acc'].arg_max()]}{where}\n      {curve}")
 
 
 def main() -> None:
@@ -115,7 +266,10 @@ def main() -> None:
     ap.add_argument("--cells", default="lstm,gru", help="with --modes")
     ap.add_argument("--layers", default="2", help="with --modes")
     ap.add_argument("--epochs", type=int, default=6, help="with --modes (early stopping off)")
-    ap.add_argument("--set", action="append", default=[], help="with --modes: a training option, e.g. lr=0.001")
+    ap.add_argument("--set", action="append", default=[], help="a training option over the profile's, e.g. lr=0.001")
+    ap.add_argument("--stop", default="2,0.3", help="with --modes: patience,min_delta of the early-stopping "
+                                                  "rule replayed on each curve (cluster/schedule.py)")
+    ap.add_argument("--skip-study", action="store_true", help="the throughput part only")
     args = ap.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     storage = args.storage or tempfile.mkdtemp(prefix="gatelens-bench-study-")
@@ -125,26 +279,50 @@ def main() -> None:
         if args.modes:
             compare_modes(args, storage)
             return
+        base = {**prof.train, **dict(parse_assignment(TrainConfig, kv) for kv in args.set)}
+        width = base.get("chunk_width", 0)
+        batch, frames = (base.get("batch_size", 16), width) if width else (base.get("batch_size", 16), 260)
+        depths = sorted({c.layers for c in trial_configs(args.study, prof, seeds=seeds)})
+        n_seeds = len(seeds or prof.seeds)
+        print(f"before: {machine()}", flush=True)
+        rates = throughput(depths, base.get("hidden", 128), batch, frames, n_seeds)
+        print(f"training frames/s, 1 thread, {batch} rows x {frames} frames per seed, fastest of 5 interleaved steps "
+              f"({n_seeds} seeds: solo = one model after another, stacked = one SeedStack step)")
+        print(f"{'cell':<6} {'layers':>6} {'solo':>9} {'stacked':>9} {'stacked/solo':>12} {'nn.LSTM':>9}")
+        for n in depths:
+            for cell in ("lstm", "gru"):
+                solo, st = rates[(cell, n, "solo")], rates[(cell, n, "stacked")]
+                print(f"{cell:<6} {n:>6} {solo:>9.0f} {st:>9.0f} {st / solo:>11.2f}x {rates[('lstm_fused', n, 'one')]:>9.0f}")
+        if args.skip_study:
+            return
         t0 = time.perf_counter()
-        configs, _ = run_study(args.study, args.profile, storage, corpus=args.corpus, seeds=seeds)
+        configs, _ = run_study(args.study, args.profile, storage, corpus=args.corpus, seeds=seeds,
+                               overrides=dict(parse_assignment(TrainConfig, kv) for kv in args.set) or None)
         wall = time.perf_counter() - t0
-        depths = sorted({c.layers for c in configs})
-        t1 = time.perf_counter()
-        run_study("baseline", args.profile, storage, corpus=args.corpus, custom=custom_grid(["lstm_fused"], depths, [False]),
-                  overrides={"epochs": 1}, seeds=(0,))
-        base_wall = time.perf_counter() - t1
-        ours, base = per_epoch(storage, args.study), per_epoch(storage, "baseline")
+        print(f"after:  {machine()}")
+        ours = per_epoch(storage, args.study)
         results = collect_results(storage, args.study)
-        print(f"{args.study} at profile {args.profile} ({prof.train}), seeds {sorted(set(results['seed']))}, "
-              f"{os.cpu_count()} cores")
-        print(f"{'cell':<10} {'layers':>6} {'runs':>4} {'epochs':>6} {'min/epoch':>9} {'nn.LSTM min/epoch':>17} {'ratio':>6}")
+        print(f"\n{args.study} at profile {args.profile} ({base}), seeds {sorted(set(results['seed']))}, "
+              f"{os.cpu_count()} cores: {wall / 60:.1f} min wall for {len(configs)} runs")
+        print(f"{'cell':<10} {'layers':>6} {'runs':>4} {'epochs':>6} {'min/epoch':>9}")
         for r in ours.iter_rows(named=True):
-            b = base.filter(pl.col("layers") == r["layers"])["min_per_epoch"]
-            ratio = r["min_per_epoch"] / b[0] if b.len() else float("nan")
-            print(f"{r['cell']:<10} {r['layers']:>6} {r['runs']:>4} {r['epochs']:>6.1f} {r['min_per_epoch']:>9.2f} "
-                  f"{b[0] if b.len() else float('nan'):>17.2f} {ratio:>6.2f}x")
-        print(f"study total: {wall / 60:.1f} min wall for {len(configs)} runs "
-              f"(baseline: {base_wall / 60:.1f} min for {len(depths)} one-epoch nn.LSTM runs)")
+            print(f"{r['cell']:<10} {r['layers']:>6} {r['runs']:>4} {r['epochs']:>6.1f} {r['min_per_epoch']:>9.2f}")
+        stops = stopped_by(storage, args.study)
+        print(f"stopped by early stopping: {stops['early_stopped'].sum()} of {stops.height} runs"
+              + ("" if stops["early_stopped"].all() else
+                 f" (at the cap: {', '.join(stops.filter(~pl.col('early_stopped'))['run'])})"))
+        print(f"best dev frame accuracy: {100 * results['dev_frame_acc'].min():.2f}-{100 * results['dev_frame_acc'].max():.2f} %; "
+              f"test PER {100 * results['test_per'].min():.2f}-{100 * results['test_per'].max():.2f} %")
+        print("dev frame accuracy % @ wall minutes (training + dev scoring), epoch by epoch:")
+        print_curves(mode_curves(storage, args.study))
+        ups = startup_seconds(storage, args.study)
+        if ups.height:
+            print(f"per-trial start-up (worker process start -> model ready), {ups.height} runs: mean "
+                  f"{ups['startup_s'].mean():.1f} s, max {ups['startup_s'].max():.1f} s (of which corpus read + "
+                  f"model set-up {ups['setup_s'].mean():.1f} s)")
+        floor, trained = floor_minutes(storage, args.study, args.corpus, rates, os.cpu_count() or 1)
+        print(f"compute floor: {trained:,} frames trained at nn.LSTM's rate at each depth over {os.cpu_count()} cores = "
+              f"{floor:.1f} min; wall {wall / 60:.1f} min = {wall / 60 / floor:.2f}x the floor")
     finally:
         if not args.storage:
             shutil.rmtree(storage, ignore_errors=True)

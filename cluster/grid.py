@@ -4,8 +4,12 @@ Train V2 pattern (Ray 2.60): ``Tuner(TorchTrainer)`` is gone, so a Tune trial fu
 ``TorchTrainer`` with ``TuneReportCallback`` and fits it. The trial itself holds no CPU (its
 trainer's workers do), so trials run concurrently as the cluster's CPUs/GPUs allow.
 
-Runs live at ``<storage>/<study>/runs/<run name>/`` (checkpoints, ``run.json``, ``epochs.parquet``);
-a finished run (``cluster.runs.RunDir.finished``) is not trained again unless asked.
+One trial per grid point trains that point's unfinished seeds side by side (``stack_seeds``,
+``cluster/train.py``): a study of 6 points x 5 seeds starts 6 trials, not 30. Each seed's run
+lives at ``<storage>/<study>/runs/<run name>/`` (checkpoints, ``run.json``, ``epochs.parquet``)
+exactly as a run trained alone; a finished run (``cluster.runs.RunDir.finished``) is not trained
+again unless asked. The trial's own Ray Train storage (every seed's resume state) is
+``<storage>/<study>/stacks/<trial name>/``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import ray
@@ -27,7 +31,7 @@ from cluster.errors import InputError
 from cluster.runs import RunDir, study_dir
 from cluster.runtime import ensure_ray
 from cluster.studies import PROFILES, STUDIES, Profile
-from cluster.train import TrainConfig, clock, make_trainer, report_line, run_name
+from cluster.train import STACK_FIELDS, TrainConfig, clock, make_trainer, report_line, run_name, seed_reports
 
 
 def trial_configs(study: str, profile: Profile, overrides: dict | None = None,
@@ -48,13 +52,36 @@ def trial_configs(study: str, profile: Profile, overrides: dict | None = None,
     return [TrainConfig.from_dict({**base, **p, "seed": s}) for p in points for s in seeds]
 
 
+STACKS = "stacks"
+GATES = {"lstm": 4, "lstm_lazy": 4, "lstm_fused": 4, "gru": 3}  # gate matmuls per layer and frame
+
+
+def stacks(configs: list[TrainConfig], runs_dir: Path) -> list[TrainConfig]:
+    """The study's runs grouped into one trial per grid point (runs that differ only in their
+    seed), each trial's config holding its seeds (``stack_seeds``) and where their runs go; the
+    longest first (layers x gate matmuls x hidden^2 x seeds: lstm before gru at one depth), so that
+    the last trials to start are short ones and no core idles long at the end of a study."""
+    points: dict[str, list[TrainConfig]] = {}
+    for c in configs:
+        key = str(sorted((k, v) for k, v in asdict(c).items() if k not in ("seed", *STACK_FIELDS)))
+        points.setdefault(key, []).append(c)
+    out = [replace(group[0], stack_seeds=tuple(c.seed for c in group), runs_dir=str(runs_dir))
+           for group in points.values()]
+    return sorted(out, key=lambda c: -c.layers * GATES.get(c.cell, 4) * c.hidden ** 2 * len(c.stack_seeds))
+
+
+def stack_name(config: TrainConfig) -> str:
+    """A trial's name: its grid point's run name with its seeds, e.g. ``gru_L1_H16_s0-1-2``."""
+    return run_name(replace(config, seed=0)).rsplit("_s", 1)[0] + "_s" + "-".join(map(str, config.stack_seeds))
+
+
 def custom_grid(cells: list[str], layers: list[int], residual: list[bool]) -> list[dict]:
     return [{"cell": c, "layers": n, "residual": r} for c, n, r in itertools.product(cells, layers, residual)]
 
 
 class Progress(tune.Callback):
-    """One line per trial and epoch on the console (dev accuracy, epoch time, ETA), one when it
-    finishes (its test scores) and one when it fails (its error and where the trial's log is).
+    """One line per seed and epoch on the console (dev accuracy, epoch time, ETA), one when a seed
+    finishes (its test scores) and one when a trial fails (its error and where the trial's log is).
     The ETA assumes every remaining epoch runs: early stopping can only make it shorter."""
 
     def __init__(self, configs: dict[str, TrainConfig]):
@@ -66,16 +93,16 @@ class Progress(tune.Callback):
         self.last = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        name = trial.config["point"]["name"]
-        cfg = self.configs.get(name)
-        if cfg is None:
-            return
-        if result.get("final"):
-            self.done += 1
-        line = report_line(name, result, cfg.epochs, done=f" ({self.done}/{len(self.configs)})")
-        if line:
-            self.epochs_seen = True
-            self._say(line)
+        for name, m in seed_reports(result):
+            cfg = self.configs.get(name)
+            if cfg is None:
+                continue
+            if m.get("final"):
+                self.done += 1
+            line = report_line(name, m, cfg.epochs, done=f" ({self.done}/{len(self.configs)})")
+            if line:
+                self.epochs_seen = True
+                self._say(line)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"{trial.config['point']['name']:<22} starting: Ray Train starts its workers")
@@ -108,10 +135,10 @@ def concurrency(profile: Profile, workers: int, gpus_per_worker: float, threads:
 
 
 def _trial(space: dict) -> None:
-    """One Tune trial: build and fit the Ray Train run of one grid point."""
+    """One Tune trial: build and fit the Ray Train run of one grid point's seeds."""
     trial = space["point"]
     config = TrainConfig.from_dict(trial["train"])
-    trainer = make_trainer(config, trial["name"], trial["runs_dir"], workers=trial["workers"],
+    trainer = make_trainer(config, trial["name"], trial["stacks_dir"], workers=trial["workers"],
                            gpus_per_worker=trial["gpus_per_worker"], callbacks=[TuneReportCallback()])
     trainer.fit()
 
@@ -120,7 +147,7 @@ def run_study(study: str, profile: str = "demo", storage: str | Path = "data/run
               overrides: dict | None = None, custom: list[dict] | None = None, rerun: bool = False,
               workers: int | None = None, gpus_per_worker: float | None = None, seeds: tuple[int, ...] | None = None):
     """Run every trial of ``study`` that has not finished yet; returns (configs, ResultGrid or None).
-    Tune's own tables are off: ``Progress`` prints a line per trial and epoch."""
+    Tune's own tables are off: ``Progress`` prints a line per seed and epoch."""
     prof = PROFILES[profile]
     if corpus:
         overrides = {**(overrides or {}), "corpus": corpus}
@@ -133,11 +160,14 @@ def run_study(study: str, profile: str = "demo", storage: str | Path = "data/run
     ensure_ray()
     w = workers if workers is not None else prof.workers
     g = gpus_per_worker if gpus_per_worker is not None else prof.gpus_per_worker
+    trials = stacks(todo, runs_dir)
     if rerun:
         for c in todo:
             shutil.rmtree(runs_dir / run_name(c), ignore_errors=True)
-    points = [{"train": {**asdict(c), "corpus": str(Path(c.corpus).resolve())}, "name": run_name(c),
-               "runs_dir": str(runs_dir), "workers": w, "gpus_per_worker": g} for c in todo]
+        for t in trials:
+            shutil.rmtree(sdir / STACKS / stack_name(t), ignore_errors=True)
+    points = [{"train": {**asdict(t), "corpus": str(Path(t.corpus).resolve())}, "name": stack_name(t),
+               "stacks_dir": str(sdir / STACKS), "workers": w, "gpus_per_worker": g} for t in trials]
     at_once = concurrency(prof, w, g, max(c.threads_per_worker for c in todo))
     # the legacy reporter, whose verbose=0 is silent (the new one prints its experiment box regardless)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -150,7 +180,11 @@ def run_study(study: str, profile: str = "demo", storage: str | Path = "data/run
         run_config=tune.RunConfig(name="tune", storage_path=str(sdir), verbose=0,
                                   callbacks=[Progress({run_name(c): c for c in todo})]),
     )
-    print(f"starting {len(todo)} trials, {min(at_once, len(todo))} at once: Ray Train starts each one's workers "
+    sizes = sorted({len(t.stack_seeds) for t in trials})
+    each = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    print(f"starting {len(trials)} trial{'s' if len(trials) != 1 else ''} ({each} seed{'s' if sizes[-1] > 1 else ''} "
+          f"each), "
+          f"{min(at_once, len(trials))} at once: Ray Train starts each one's workers "
           f"(~30 s here before its first epoch)", file=sys.stderr, flush=True)
     grid = tuner.fit()
     return configs, grid

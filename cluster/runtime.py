@@ -60,6 +60,37 @@ def head_address() -> str | None:
         return None
 
 
+# Ray Train V2 settings a trial waits on or starts processes for: (Ray's default, gatelens's value).
+# bench/startup.py times a run under each in one bench run; a value already in the environment wins.
+TRAIN_SETTINGS = {
+    # the controller polls its workers every 2 s: it collects their reports, and sees that training
+    # has ended, only then; a poll is one small actor call per worker
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": ("2.0", "0.2"),
+    # a PreemptionWatcher actor per trial (a Python process of its own, importing Ray) that tells
+    # the workers of a node being drained; without it a drained node's worker fails and the run
+    # restarts from its last checkpoint (FailureConfig), as before the watcher existed
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": ("1", "0"),
+    # the controller's and workers' metrics for Ray's dashboard (Prometheus), which runs read from
+    # their own run.json / epochs.parquet instead
+    "RAY_TRAIN_METRICS_ENABLED": ("1", "0"),
+}
+
+
+def train_settings(force: str | None = None) -> dict[str, str]:
+    """Put ``TRAIN_SETTINGS`` into this process's environment where a variable is not set already
+    (Ray Train hands them to the controller and workers of every trainer fitted from here) and
+    return the values in force. ``force="ray"`` or ``"gatelens"`` sets Ray's defaults or gatelens's
+    values over what is there (the benchmark's two arms)."""
+    if force not in (None, "ray", "gatelens"):
+        raise ValueError(f"force must be None, 'ray' or 'gatelens', not {force!r}")
+    for name, (default, ours) in TRAIN_SETTINGS.items():
+        if force:
+            os.environ[name] = default if force == "ray" else ours
+        else:
+            os.environ.setdefault(name, ours)
+    return {name: os.environ[name] for name in TRAIN_SETTINGS}
+
+
 say = None  # where ensure_ray says which cluster a command runs on (the CLI sets it: one stderr line)
 
 
@@ -157,6 +188,7 @@ def ensure_ray(num_cpus: int | None = None, connect_only: bool = False) -> bool:
     # warns on the console at four times it
     cpus = num_cpus or os.cpu_count() or 1
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, 4 * cpus)))
+    train_settings()  # before the cluster starts: every process of it inherits them
     init(address="local", num_cpus=num_cpus, include_dashboard=False)
     _started_local = True
     _say(f"ray: on a private cluster of this command ({int(ray.cluster_resources().get('CPU', 0))} CPUs; it ends "

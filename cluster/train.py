@@ -1,10 +1,16 @@
-"""Training one acoustic model on Ray Train: the per-worker loop and the trainer around it.
+"""Training acoustic models on Ray Train: the per-worker loop and the trainer around it.
 
-Frame-level cross-entropy on aligned targets (paper Sec. 3.2), DDP across workers (gloo on CPU,
-nccl on GPU), length-bucketed batches of whole utterances or carried-state streams in windows of
-``chunk_width`` frames (``cluster/streams.py``), Adam or SGD with a schedule, gradient clipping, early
-stopping on dev frame accuracy. Every epoch reports dev metrics with a checkpoint; a restarted
-worker resumes from the last one. At the end the best-on-dev weights are scored on test.
+Frame-level cross-entropy on aligned targets (paper Sec. 3.2), length-bucketed batches of whole
+utterances or carried-state streams in windows of ``chunk_width`` frames (``cluster/streams.py``),
+Adam or SGD with a schedule, gradient clipping, early stopping on dev frame accuracy.
+
+One trial trains the S seeds of one grid point side by side (``stack_seeds``; S = 1 for
+``gatelens train``, through the same code): one ``SeedStack`` pass a step over every active
+seed's next batch, each seed with its own initialisation, data order, optimizer, clipping,
+schedule and early stopping; a seed that stops is scored on test with its best-on-dev weights and
+leaves the stack. Each seed writes its own ordinary run (``cluster/runs.py``). Every epoch reports
+each seed's dev metrics with a checkpoint holding every seed's state; a restarted worker resumes
+all of them from the last one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ _IMPORTS_BEGAN = _now()
 
 import copy
 import json
+import re
+import shutil
 import math
 import os
 import queue as queue_mod
@@ -24,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -43,14 +51,17 @@ from cluster.batching import bucket_batches, pad_batch
 from cluster.data.kaldi import read_corpus
 from cluster.decode import estimate_graph, phone_error_rate, reference_phones, utterance_errors, viterbi
 from cluster.errors import GatelensError, InputError
-from cluster.models import CELLS, CheckpointError, ModelConfig, build_model, load_checkpoint, save_checkpoint
+from cluster.models import CELLS, AcousticModel, CheckpointError, ModelConfig, build_model, save_checkpoint
 from cluster.models.checkpoint import MAX_HIDDEN, MAX_LAYERS, MODEL_FILE
+from cluster.models.stack import SeedStack
 from cluster.runs import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, RunStamp
 from cluster.runtime import git_revision
 from cluster.streams import StreamBatches, carry, stream_schedule
 
 IGNORE = -100
-STATE_FILE = "train_state.pt"
+STATE_FILE = "train_state.pt"  # in the trial's Ray Train checkpoints: every seed's resume state
+CHECKPOINT_DIR = re.compile(r"checkpoint_(\d{6})")  # a seed's own checkpoints in its run directory
+STACK_FIELDS = ("stack_seeds", "runs_dir")  # how a trial groups its seeds: no part of any one run's config
 _IMPORTS_ENDED = time.time()
 
 
@@ -105,6 +116,8 @@ class TrainConfig:
     allow_pipes: bool = False  # Kaldi pipes in the corpus's scp files (the manifest must allow them too)
     run_dir: str = ""  # where run.json and epochs.parquet go (set by the launcher)
     pid_dir: str = ""  # each worker writes its pid here (used by the fault tests and `gatelens status`)
+    stack_seeds: tuple[int, ...] = ()  # the seeds one trial trains side by side (grid.py); (): ``seed`` alone
+    runs_dir: str = ""  # with stack_seeds: seed s's run goes to runs_dir/<its run name> (seed_configs)
 
     def __post_init__(self):
         """Checked where the config is made (the command line, before any worker starts), not three
@@ -131,6 +144,10 @@ class TrainConfig:
         for name in ("max_train_utterances", "max_eval_utterances"):
             v = getattr(self, name)
             check(v is None or v >= 1, f"{name}={v}: at least 1 (or none)")
+        self.stack_seeds = tuple(self.stack_seeds)  # a list after JSON or Ray
+        check(all(isinstance(x, int) and x >= 0 for x in self.stack_seeds)
+              and len(set(self.stack_seeds)) == len(self.stack_seeds),
+              f"stack_seeds={self.stack_seeds}: distinct non-negative integers")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -153,7 +170,8 @@ def stamps(config: TrainConfig, corpus_identity: dict) -> dict:
             pkgs[name] = version(name)
         except PackageNotFoundError:
             pkgs[name] = None
-    return RunStamp(config=asdict(config), seed=config.seed,
+    stamped = {k: v for k, v in asdict(config).items() if k not in STACK_FIELDS}
+    return RunStamp(config=stamped, seed=config.seed,
                     corpus={k: corpus_identity[k] for k in ("name", "manifest_sha256", "num_targets")},
                     packages=pkgs, git_revision=git_revision(), python=sys.version.split()[0]).to_dict()
 
@@ -186,55 +204,68 @@ def load_split(corpus, name: str, limit: int | None = None) -> SplitData:
 # ----------------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate(model, data: SplitData, graph, config: TrainConfig, device, rank: int = 0, world: int = 1,
-             per_utterance: bool = False) -> dict:
-    """Frame cross-entropy, frame accuracy and phone error rate (Viterbi decoding) on this rank's
-    share of ``data``, summed across ranks; with ``per_utterance``, also "utterances": every
-    utterance's reference length and substitutions / insertions / deletions (gathered from all ranks)."""
-    model.eval()
-    ce = correct = frames = 0.0
-    refs, hyps, ids = [], [], []
+def evaluate(models: list, data: SplitData, graph, config: TrainConfig, device, rank: int = 0, world: int = 1,
+             per_utterance: bool = False) -> list[dict]:
+    """Each model's frame cross-entropy, frame accuracy and phone error rate (Viterbi decoding) on
+    this rank's share of ``data``, summed across ranks: one dict per model, in order. The models
+    (seeds of one grid point) score each batch in one ``SeedStack`` pass over the batch repeated
+    once per seed. With ``per_utterance``, each dict also holds "utterances": every utterance's
+    reference length and substitutions / insertions / deletions (gathered from all ranks)."""
+    S, stack = len(models), SeedStack(list(models))
+    stack.eval()
+    sums = torch.zeros(S, 5, dtype=torch.float64)  # ce, correct, frames, errors, ref_len
+    refs, hyps, ids = [], [[] for _ in range(S)], []
     idx = np.arange(rank, len(data.feats), world)
     order = idx[np.argsort(data.lengths[idx])]
     for k in range(0, len(order), config.batch_size):
         b = order[k:k + config.batch_size]
         x, lengths, y = pad_batch([data.feats[i] for i in b], [data.targets[i] for i in b], IGNORE)
-        logits = model(x.to(device), lengths.to(device)).float()
-        y = y.to(device)
-        ce += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
-                              reduction="sum").item()
+        logits = stack(x.to(device).repeat(S, 1, 1), lengths.to(device).repeat(S)).float()
+        y = y.to(device).repeat(S, 1)
         mask = y != IGNORE
-        correct += ((logits.argmax(-1) == y) & mask).sum().item()
-        frames += mask.sum().item()
+        sums[:, 0] += _seed_ce(logits, y, S).double().cpu()
+        sums[:, 1] += ((logits.argmax(-1) == y) & mask).reshape(S, -1).sum(1).double().cpu()
+        sums[:, 2] += mask.reshape(S, -1).sum(1).double().cpu()
         logp = torch.log_softmax(logits, -1).cpu().numpy()
-        for j, i in enumerate(b):
-            hyps.append(viterbi(logp[j, : lengths[j]], graph, lm_weight=config.lm_weight,
-                                prior_scale=config.prior_scale))
-            refs.append(reference_phones(data.phones[i], data.targets[i], graph))
-            ids.append(data.utt_ids[i])
-    per = phone_error_rate(refs, hyps, ignore=graph.silence)
-    utts = [{"utt_id": u, **e} for u, e in zip(ids, utterance_errors(refs, hyps, ignore=graph.silence))] \
-        if per_utterance else []
+        for s in range(S):
+            hyps[s].extend(viterbi(logp[s * len(b) + j, : lengths[j]], graph, lm_weight=config.lm_weight,
+                                   prior_scale=config.prior_scale) for j in range(len(b)))
+        refs.extend(reference_phones(data.phones[i], data.targets[i], graph) for i in b)
+        ids.extend(data.utt_ids[i] for i in b)
+    for s in range(S):
+        per = phone_error_rate(refs, hyps[s], ignore=graph.silence)
+        sums[s, 3], sums[s, 4] = per["errors"], per["ref_len"]
+    utts = [[{"utt_id": u, **e} for u, e in zip(ids, utterance_errors(refs, hyps[s], ignore=graph.silence))]
+            if per_utterance else [] for s in range(S)]
     if per_utterance and world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, utts)
-        utts = [u for part in gathered for u in part]
-    sums = torch.tensor([ce, correct, frames, per["errors"], per["ref_len"]], dtype=torch.float64)
+        utts = [[u for part in gathered for u in part[s]] for s in range(S)]
     if world > 1:
         # gloo reduces on CPU tensors; nccl needs them on the device
         t = sums.to(device) if dist.get_backend() == "nccl" else sums
         dist.all_reduce(t)
         sums = t.cpu()
-    ce, correct, frames, errors, ref_len = sums.tolist()
-    model.train()
-    out = {"frame_ce": ce / max(frames, 1), "frame_acc": correct / max(frames, 1),
-           "per": errors / max(ref_len, 1), "frames": int(frames)}
-    if per_utterance:
-        out["utterances"] = sorted(utts, key=lambda u: u["utt_id"])
+    stack.train()
+    out = []
+    for s in range(S):
+        ce, correct, frames, errors, ref_len = sums[s].tolist()
+        m = {"frame_ce": ce / max(frames, 1), "frame_acc": correct / max(frames, 1),
+             "per": errors / max(ref_len, 1), "frames": int(frames)}
+        if per_utterance:
+            m["utterances"] = sorted(utts[s], key=lambda u: u["utt_id"])
+        out.append(m)
     return out
 
 
-# ----------------------------------------------------------------------------------- the loop
+def _seed_ce(logits: torch.Tensor, y: torch.Tensor, seeds: int) -> torch.Tensor:
+    """Summed frame cross-entropy of each seed's rows ([S]): rows s*B .. (s+1)*B-1 are seed s's."""
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE,
+                         reduction="none")
+    return ce.reshape(seeds, -1).sum(1)
+
+
+# ----------------------------------------------------------------------------------- the seeds of a trial
 
 def _optimizer(model, config: TrainConfig):
     if config.optimizer == "adam":
@@ -254,8 +285,97 @@ def _scheduler(opt, config: TrainConfig):
     raise ValueError(f"schedule must be plateau, cosine or none, not {config.schedule!r}")
 
 
+def seed_configs(config: TrainConfig) -> list[TrainConfig]:
+    """The runs one trial trains: with ``stack_seeds``, one per seed, each the config of that seed
+    trained alone (what its ``run.json`` records) in ``runs_dir/<its run name>``; otherwise the
+    config's own seed, in ``run_dir``."""
+    if not config.stack_seeds:
+        return [config]
+    alone = [replace(config, seed=s, stack_seeds=(), runs_dir="", run_dir="") for s in config.stack_seeds]
+    return [replace(c, run_dir=str(Path(config.runs_dir) / run_name(c))) if config.runs_dir else c for c in alone]
+
+
+@dataclass
+class SeedRun:
+    """One seed of a trial: its model, optimizer, schedule and early-stopping state, and the run it
+    writes. A seed that stops has its ``final`` (test) metrics and its best-on-dev weights."""
+
+    config: TrainConfig  # the seed's own (``seed_configs``)
+    model: AcousticModel
+    opt: torch.optim.Optimizer
+    sched: object
+    best_acc: float = -1.0
+    best_state: dict | None = None
+    stale: int = 0
+    history: list = field(default_factory=list)
+    final: dict | None = None
+    reports: int = 0  # checkpoints written to its run directory: the next one's number
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
+
+    @property
+    def name(self) -> str:
+        return Path(self.config.run_dir).name if self.config.run_dir else run_name(self.config)
+
+    def state(self) -> dict:
+        """What a resumed trial needs of this seed: plain data (loaded ``weights_only``)."""
+        live = not self.done
+        return {"seed": self.config.seed, "final": self.final, "reports": self.reports, "best_acc": self.best_acc,
+                "stale": self.stale, "history": self.history,
+                "model": self.model.state_dict() if live else None, "best_state": self.best_state if live else None,
+                "optimizer": self.opt.state_dict() if live else None,
+                "scheduler": self.sched.state_dict() if live and self.sched is not None else None}
+
+    def restore(self, state: dict) -> None:
+        self.final, self.reports, self.best_acc = state["final"], state["reports"], state["best_acc"]
+        self.stale, self.history, self.best_state = state["stale"], state["history"], state["best_state"]
+        if not self.done:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            if self.sched is not None and state.get("scheduler"):
+                self.sched.load_state_dict(state["scheduler"])
+
+
+def make_seed(config: TrainConfig, num_targets: int, cmvn_mean, cmvn_std, device="cpu") -> SeedRun:
+    """A seed's model initialised as if trained alone (``torch.manual_seed(seed)`` right before it
+    is built), with its own optimizer and schedule."""
+    torch.manual_seed(config.seed)
+    model = build_model(config.model_config(num_targets), cmvn_mean, cmvn_std).to(device)
+    opt = _optimizer(model, config)
+    return SeedRun(config, model, opt, _scheduler(opt, config))
+
+
+def end_epoch(run: SeedRun, metrics: dict) -> bool:
+    """A seed's epoch is over: its best weights, early stopping and schedule step on its own dev
+    frame accuracy. True when the seed stops (``patience`` epochs without improvement, or its last)."""
+    if metrics["dev_frame_acc"] > run.best_acc:
+        run.best_acc, run.stale = metrics["dev_frame_acc"], 0
+        run.best_state = copy.deepcopy(run.model.state_dict())
+    else:
+        run.stale += 1
+    if isinstance(run.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.sched.step(metrics["dev_frame_acc"])
+    elif run.sched is not None:
+        run.sched.step()
+    run.history.append(metrics)
+    return run.stale >= run.config.patience or metrics["epoch"] >= run.config.epochs
+
+
+def final_metrics(run: SeedRun, scored: dict) -> dict:
+    """The seed's final report: its best-on-dev weights' test scores, and its best dev epoch."""
+    best = max(run.history, key=lambda h: h["dev_frame_acc"])
+    return {**{f"test_{k}": v for k, v in scored.items() if k != "utterances"}, "epoch": run.history[-1]["epoch"],
+            "final": True, "best_epoch": best["epoch"],
+            **{f"best_{k}": v for k, v in best.items() if k.startswith("dev_")}}
+
+
+# ----------------------------------------------------------------------------------- the loop
+
 def train_loop_per_worker(config_dict: dict) -> None:
-    """Ray Train's per-worker function (one process per worker; DDP set up by Ray)."""
+    """Ray Train's per-worker function (one process per worker; the process group set up by Ray):
+    the seeds of ``seed_configs(config)`` side by side, epoch by epoch, until every one has stopped."""
     startup = {"startup_process_started": process_started(), "startup_imports_began": _IMPORTS_BEGAN,
                "startup_imports_ended": _IMPORTS_ENDED, "startup_loop_entered": time.time()}
     config = TrainConfig.from_dict(config_dict)
@@ -272,140 +392,250 @@ def train_loop_per_worker(config_dict: dict) -> None:
     graph = estimate_graph(zip(train.phones, train.targets), corpus.num_targets, phone_symbols=corpus.phones)
     startup["startup_corpus_loaded"] = time.time()
 
-    torch.manual_seed(config.seed)
-    model = build_model(config.model_config(corpus.num_targets), corpus.cmvn_mean, corpus.cmvn_std)
-    start_epoch, best_acc, best_state, stale, history = 1, -1.0, None, 0, []
-    resumed_from = 0
-    opt = _optimizer(model, config)
-    sched = _scheduler(opt, config)
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:  # a restarted worker (or a resumed run): continue after the last reported epoch
-        with ckpt.as_directory() as d:
-            loaded, _ = load_checkpoint(Path(d) / MODEL_FILE)
-            model.load_state_dict(loaded.state_dict())
-            state = load_train_state(Path(d) / STATE_FILE)
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        start_epoch, best_acc, stale, history = state["epoch"] + 1, state["best_acc"], state["stale"], state["history"]
-        best_state = state["best_state"]
-        resumed_from = state["epoch"]
-    model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    core = model.module if hasattr(model, "module") else model
-    run_stamps = stamps(config, corpus.identity)
+    runs = [make_seed(c, corpus.num_targets, corpus.cmvn_mean, corpus.cmvn_std, device) for c in seed_configs(config)]
+    epoch = resumed_from = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:  # a restarted worker (or a resumed trial): every seed continues after the last reported epoch
+        with ckpt.as_directory() as d:
+            state = load_train_state(Path(d) / STATE_FILE)
+        saved = {s["seed"]: s for s in state["seeds"]}
+        if sorted(saved) != sorted(r.config.seed for r in runs):
+            raise CheckpointError(f"{ckpt.path}: a checkpoint of seeds {sorted(saved)}, not of this trial's "
+                                  f"{sorted(r.config.seed for r in runs)}")
+        for r in runs:
+            r.restore(saved[r.config.seed])
+        epoch = resumed_from = state["epoch"]
+    stamped = {r.name: stamps(r.config, corpus.identity) for r in runs}
     startup["startup_model_ready"] = time.time()
-    if rank == 0 and config.run_dir:
-        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(config.run_dir) / RUN_FILE).write_text(json.dumps(run_stamps, indent=2))
+    if rank == 0:
+        for r in runs:
+            if r.config.run_dir and not r.done:
+                _start_run_dir(Path(r.config.run_dir), stamped[r.name], fresh=not ckpt)
 
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs + 1):
-        if stale >= config.patience:
-            break
+    test = None
+    while not all(r.done for r in runs):
+        epoch += 1
+        active = [r for r in runs if not r.done]
         t0 = time.time()
-        model.train()
-        run_epoch = _stream_epoch if config.chunk_width else _utterance_epoch
-        total, n_frames = run_epoch(model, core, opt, train, config, epoch, rank, world, device)
-        train_seconds = time.time() - t0
-        metrics = {f"dev_{k}": v for k, v in evaluate(core, dev, graph, config, device, rank, world).items()}
-        metrics.update(epoch=epoch, train_frame_ce=total / max(n_frames, 1), lr=opt.param_groups[0]["lr"],
+        news, stopping = epoch_of_seeds(active, train, dev, graph, config, epoch, rank, world, device, resumed_from)
+        finals = {}
+        if rank == 0:
+            for r in active:
+                if r.config.run_dir:
+                    _write_checkpoint(r, news[r.name], corpus.identity, stamped[r.name], graph)
+        if stopping:  # best-on-dev weights, scored on test: the numbers the paper's tables report
+            test = test if test is not None else load_split(corpus, "test", config.max_eval_utterances)
+            for r in stopping:
+                r.model.load_state_dict(r.best_state)
+            for r, m in zip(stopping, evaluate([r.model for r in stopping], test, graph, config, device, rank, world,
+                                               per_utterance=True)):
+                r.final = finals[r.name] = final_metrics(r, m)
+                if rank == 0 and r.config.run_dir:
+                    _finish_run(r, m["utterances"], corpus.identity, stamped[r.name], graph)
+                r.best_state = r.opt = r.sched = None  # what a finished seed no longer needs
+        report = {"epoch": epoch, "epoch_seconds": time.time() - t0,
+                  "train_frames_per_s": sum(m["train_frames_per_s"] for m in news.values()),
+                  "runs": news, "finals": finals, "final": all(r.done for r in runs),
+                  **(startup if epoch == resumed_from + 1 else {})}
+        if report["final"]:
+            report["results"] = {r.name: r.final for r in runs}
+        _report(report, runs, epoch, rank)
+
+
+def epoch_of_seeds(active: list[SeedRun], train: SplitData, dev: SplitData, graph, config: TrainConfig, epoch: int,
+                   rank: int = 0, world: int = 1, device="cpu", resumed_from: int = 0) -> tuple[dict, list[SeedRun]]:
+    """One epoch of the active seeds: trained side by side, scored on dev, each one's early stopping
+    and schedule stepped; returns ({run name: its epoch's metrics}, the seeds that stop now)."""
+    t0 = time.time()
+    sums = train_epoch(active, train, config, epoch, rank, world, device)
+    train_seconds = time.time() - t0
+    scored = evaluate([r.model for r in active], dev, graph, config, device, rank, world)
+    news, stopping = {}, []
+    for r, (total, n_frames), m in zip(active, sums, scored):
+        metrics = {f"dev_{k}": v for k, v in m.items()}
+        metrics.update(epoch=epoch, train_frame_ce=total / max(n_frames, 1), lr=r.opt.param_groups[0]["lr"],
                        train_frames_per_s=n_frames * world / max(train_seconds, 1e-9),
-                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from,
-                       **(startup if epoch == start_epoch else {}))
-        if metrics["dev_frame_acc"] > best_acc:
-            best_acc, stale = metrics["dev_frame_acc"], 0
-            best_state = copy.deepcopy(core.state_dict())
-        else:
-            stale += 1
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(metrics["dev_frame_acc"])
-        elif sched is not None:
-            sched.step()
-        history.append(metrics)
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                 "epoch": epoch, "best_acc": best_acc, "stale": stale, "history": history, "best_state": best_state}
-        _report(metrics, core, corpus.identity, run_stamps, state, rank, graph)
-
-    # best-on-dev weights, scored on test: the numbers the paper's tables report
-    test = load_split(corpus, "test", config.max_eval_utterances)
-    if best_state is not None:
-        core.load_state_dict(best_state)
-    scored = evaluate(core, test, graph, config, device, rank, world, per_utterance=True)
-    utterances = scored.pop("utterances")
-    final = {f"test_{k}": v for k, v in scored.items()}
-    best = max(history, key=lambda h: h["dev_frame_acc"]) if history else {}
-    final.update({"epoch": epoch, "final": True, "best_epoch": best.get("epoch"),
-                  **{f"best_{k}": v for k, v in best.items() if k.startswith("dev_")}})
-    if rank == 0 and config.run_dir:  # the utterances first: a run with epochs.parquet is finished
-        _write_parquet(Path(config.run_dir) / UTTERANCES_FILE, [{"split": "test", **u} for u in utterances])
-        _write_epochs(Path(config.run_dir), history, final)
-    _report(final, core, corpus.identity, run_stamps, None, rank, graph)
+                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from)
+        if end_epoch(r, metrics):
+            stopping.append(r)
+        news[r.name] = metrics
+    return news, stopping
 
 
-def _utterance_epoch(model, core, opt, train: SplitData, config: TrainConfig, epoch: int, rank: int, world: int,
-                     device) -> tuple[float, int]:
-    """One epoch on length-bucketed batches of whole utterances; returns (summed frame CE, frames)."""
-    total, n_frames = 0.0, 0
-    for b in bucket_batches(train.lengths, config.batch_size, config.seed, epoch, rank, world):
-        x, lengths, y = pad_batch([train.feats[i] for i in b], [train.targets[i] for i in b], IGNORE)
+def train_epoch(runs: list[SeedRun], train: SplitData, config: TrainConfig, epoch: int, rank: int = 0,
+                world: int = 1, device="cpu") -> list[tuple[float, int]]:
+    """One epoch of every seed in ``runs``, side by side (one ``SeedStack`` of their models); returns
+    each seed's (summed frame CE, frames scored on this rank). Each seed takes its own batches in its
+    own order (seeded by its seed); a step takes each seed's next one."""
+    stack = SeedStack([r.model for r in runs])
+    stack.train()
+    run_epoch = _stream_epoch if config.chunk_width else _utterance_epoch
+    return run_epoch(stack, runs, train, config, epoch, rank, world, device)
+
+
+def _utterance_epoch(stack, runs, train: SplitData, config: TrainConfig, epoch: int, rank: int, world: int,
+                     device) -> list[tuple[float, int]]:
+    """Length-bucketed batches of whole utterances (``bucket_batches`` seeded by each seed), padded to
+    the step's largest batch and length (padding rows and frames: no loss). Each seed's loss is its
+    mean over its own frames on this rank, as when it trained alone (the ranks' gradients averaged)."""
+    S, dim = len(runs), train.feats[0].shape[1]
+    plans = [bucket_batches(train.lengths, config.batch_size, r.config.seed, epoch, rank, world) for r in runs]
+    sums = [[0.0, 0] for _ in runs]
+    for k in range(max(len(p) for p in plans)):
+        batch = [p[k] if k < len(p) else None for p in plans]
+        B = max(len(b) for b in batch if b is not None)
+        T = max(int(train.lengths[b].max()) for b in batch if b is not None)
+        x, lengths = torch.zeros(S * B, T, dim), torch.ones(S * B, dtype=torch.long)
+        y = torch.full((S * B, T), IGNORE, dtype=torch.long)
+        for s, b in enumerate(batch):
+            for j, i in enumerate(b if b is not None else []):
+                n = int(train.lengths[i])
+                x[s * B + j, :n] = torch.from_numpy(train.feats[i])
+                y[s * B + j, :n] = torch.from_numpy(train.targets[i].astype(np.int64))
+                lengths[s * B + j] = n
         x, lengths, y = x.to(device), lengths.to(device), y.to(device)
-        logits = model(x, lengths)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE)
-        _step(model, opt, loss, config, epoch, [train.utt_ids[i] for i in b])
-        f = int((y != IGNORE).sum())
-        total, n_frames = total + loss.item() * f, n_frames + f
-    return total, n_frames
+        ce = _seed_ce(stack(x, lengths), y, S)
+        frames = (y != IGNORE).reshape(S, -1).sum(1).tolist()
+        scale = [1.0 / max(f, 1) if b is not None else 0.0 for f, b in zip(frames, batch)]
+        _step(runs, ce, scale, epoch, world, [[train.utt_ids[i] for i in b] if b is not None else [] for b in batch])
+        for s, (c, f) in enumerate(zip(ce.tolist(), frames)):
+            sums[s][0] += c
+            sums[s][1] += f
+    return [tuple(x) for x in sums]
 
 
-def _stream_epoch(model, core, opt, train: SplitData, config: TrainConfig, epoch: int, rank: int, world: int,
-                  device) -> tuple[float, int]:
-    """One epoch on carried-state streams (``cluster/streams.py``): every training frame scored once,
-    states zero at every utterance start (and so at the epoch's: a resumed run starts there too).
+def _stream_epoch(stack, runs, train: SplitData, config: TrainConfig, epoch: int, rank: int, world: int,
+                  device) -> list[tuple[float, int]]:
+    """Carried-state streams (``cluster/streams.py``), each seed's own schedule (seeded by its seed):
+    every training frame scored once, states zero at every utterance start (and so at the epoch's: a
+    resumed run starts there too). A seed whose schedule has ended idles (zero-state rows, no loss).
 
-    The loss is this rank's summed CE over the frames the step scores on all ranks, times the world
-    size: DDP averages gradients, so the update is that of the mean over all of them."""
-    total, n_frames, states = 0.0, 0, None
-    batches = StreamBatches(train.feats, train.targets, lambda f: core.splice(torch.from_numpy(f)[None].to(device)))
-    for step in stream_schedule(train.lengths, config.batch_size, config.chunk_width, config.seed, epoch, rank, world):
-        with torch.no_grad():
-            x, lengths, y, fresh = batches(step, config.chunk_width)
-        x, lengths, y = x.to(device), lengths.to(device), y.to(device)
-        states = carry(states, fresh.to(device))
-        logits, states = model(x, lengths, spliced=True, state=states)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE,
-                             reduction="sum")
-        _step(model, opt, ce * (world / max(step.frames_all, 1)), config, epoch,
-              [train.utt_ids[u] for u in step.utt if u >= 0])
-        total, n_frames = total + ce.item(), n_frames + step.frames
-    return total, n_frames
+    A seed's loss is this rank's summed CE over the frames its step scores on all ranks, times the
+    world size: the ranks' gradients averaged, the update is that of the mean over all of them."""
+    S, W, B = len(runs), config.chunk_width, config.batch_size
+    plans = [stream_schedule(train.lengths, B, W, r.config.seed, epoch, rank, world) for r in runs]
+    makers = [StreamBatches(train.feats, train.targets,
+                            lambda f, m=r.model: m.splice(torch.from_numpy(f)[None].to(device))) for r in runs]
+    dim = runs[0].model.config.input_dim
+    sums, states = [[0.0, 0] for _ in runs], None
+    for k in range(max(len(p) for p in plans)):
+        xs, ls, ys, fresh, scale, utts = [], [], [], [], [], []
+        for plan, make in zip(plans, makers):
+            if k < len(plan):
+                with torch.no_grad():
+                    x, lengths, y, f = make(plan[k], W)
+                scale.append(world / max(plan[k].frames_all, 1))
+                utts.append([train.utt_ids[u] for u in plan[k].utt if u >= 0])
+            else:
+                x, lengths = torch.zeros(W, B, dim), torch.ones(B, dtype=torch.long)
+                y, f = torch.full((B, W), IGNORE, dtype=torch.long), torch.ones(B, dtype=torch.bool)
+                scale.append(0.0)
+                utts.append([])
+            xs.append(x.to(device)), ls.append(lengths), ys.append(y), fresh.append(f)
+        y = torch.cat(ys).to(device)
+        states = carry(states, torch.cat(fresh).to(device))
+        logits, states = stack.forward_spliced(torch.cat(xs, 1), states, torch.cat(ls).to(device))
+        ce = _seed_ce(logits, y, S)
+        _step(runs, ce, scale, epoch, world, utts)
+        for s, (c, plan) in enumerate(zip(ce.tolist(), plans)):
+            sums[s][0] += c
+            sums[s][1] += plan[k].frames if k < len(plan) else 0
+    return [tuple(x) for x in sums]
 
 
-def _step(model, opt, loss, config: TrainConfig, epoch: int, utt_ids: list[str]) -> None:
-    if not torch.isfinite(loss):
-        names = ", ".join(utt_ids[:5]) + (" ..." if len(utt_ids) > 5 else "")
-        raise TrainingDiverged(f"{config.run_dir or 'run'}: epoch {epoch}: the loss is {loss.item()} on the "
-                               f"batch of utterances {names}; lower --set lr=... or check the corpus")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-    opt.step()
+def _step(runs: list[SeedRun], ce: torch.Tensor, scale: list[float], epoch: int, world: int,
+          utt_ids: list[list[str]]) -> None:
+    """One optimizer step of each seed whose ``scale`` is non-zero (the others had no batch: Adam
+    with a zero gradient would still move them). Seed s's loss is ``ce[s] * scale[s]``; one backward
+    of their sum gives each seed its own gradient (its parameters reach only its own rows).
+
+    Across workers each seed's gradient is averaged over the ranks by one all_reduce of the stepping
+    seeds' gradients flattened together, before each seed's own clipping: what DDP would do, without
+    wrapping a stack that is rebuilt whenever a seed stops and whose idle seeds must not be averaged
+    into a step (every rank knows the same seeds step: the schedules are computed alike on each)."""
+    values = ce.detach().tolist()
+    for r, v, sc, ids in zip(runs, values, scale, utt_ids):
+        if sc and not math.isfinite(v):
+            names = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
+            raise TrainingDiverged(f"{r.config.run_dir or r.name}: epoch {epoch}: the loss is {v} on the batch of "
+                                   f"utterances {names}; lower --set lr=... or check the corpus")
+    for r in runs:
+        r.opt.zero_grad(set_to_none=True)
+    (ce * torch.tensor(scale, dtype=ce.dtype, device=ce.device)).sum().backward()
+    stepping = [r for r, sc in zip(runs, scale) if sc]
+    if world > 1:
+        grads = [p.grad for r in stepping for p in r.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+    for r in stepping:
+        torch.nn.utils.clip_grad_norm_(r.model.parameters(), r.config.clip)
+        r.opt.step()
 
 
-def _report(metrics: dict, model, corpus_identity: dict, run_stamps: dict, state: dict | None, rank: int,
-            graph) -> None:
-    """Report metrics; rank 0 attaches a checkpoint: the model file (with its run stamps, metrics and
-    the decoding graph, whose state priors turn posteriors into likelihoods) plus, mid-run, the
-    resume state."""
+# ----------------------------------------------------------------------------------- what a trial writes
+
+def _start_run_dir(run_dir: Path, run_stamps: dict, fresh: bool) -> None:
+    """A seed's run directory as it starts: ``run.json``; on a fresh start (no checkpoint to resume)
+    without what an earlier, unfinished attempt left (its checkpoints, scores)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for d in run_dir.iterdir():
+            if d.is_dir() and CHECKPOINT_DIR.fullmatch(d.name):
+                shutil.rmtree(d)
+        for name in (EPOCHS_FILE, UTTERANCES_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+    _write_atomically(run_dir / RUN_FILE, json.dumps(run_stamps, indent=2).encode())
+
+
+def _write_checkpoint(run: SeedRun, metrics: dict, corpus_identity: dict, run_stamps: dict, graph) -> None:
+    """The seed's model as ``<run>/checkpoint_NNNNNN/model.pt`` (with its run stamps, the metrics
+    and the decoding graph, whose state priors turn posteriors into likelihoods): written in a
+    hidden directory, then renamed, so a reader never sees half of one. A resumed trial writes the
+    numbers of the epochs it redoes again."""
+    run_dir = Path(run.config.run_dir)
+    final, tmp = run_dir / f"checkpoint_{run.reports:06d}", run_dir / f".checkpoint_{run.reports:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_checkpoint(tmp / MODEL_FILE, run.model, corpus_identity, extra={"stamps": run_stamps, "metrics": metrics,
+                                                                         "decode_graph": graph.to_dict()})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    run.reports += 1
+
+
+def _finish_run(run: SeedRun, utterances: list[dict], corpus_identity: dict, run_stamps: dict, graph) -> None:
+    """The seed's final checkpoint (best-on-dev weights, test metrics), then its utterances and,
+    last, ``epochs.parquet``: a run with that file is finished, its last checkpoint the final one."""
+    _write_checkpoint(run, run.final, corpus_identity, run_stamps, graph)
+    run_dir = Path(run.config.run_dir)
+    for d in run_dir.iterdir():  # numbers past the final one: left by an attempt killed mid-epoch
+        m = CHECKPOINT_DIR.fullmatch(d.name)
+        if m and int(m.group(1)) >= run.reports:
+            shutil.rmtree(d)
+    _write_parquet(run_dir / UTTERANCES_FILE, [{"split": "test", **u} for u in utterances])
+    _write_epochs(run_dir, run.history, run.final)
+
+
+def _report(metrics: dict, runs: list[SeedRun], epoch: int, rank: int) -> None:
+    """Report the trial's metrics; rank 0 attaches a checkpoint holding every seed's resume state."""
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(Path(d) / MODEL_FILE, model, corpus_identity, extra={"stamps": run_stamps, "metrics": metrics,
-                                                                          "decode_graph": graph.to_dict()})
-        if state is not None:
-            torch.save(state, Path(d) / STATE_FILE)
+        torch.save({"epoch": epoch, "seeds": [r.state() for r in runs]}, Path(d) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def epoch_rows(history: list[dict], final: dict) -> list[dict]:
@@ -434,7 +664,12 @@ def _write_epochs(run_dir: Path, history: list[dict], final: dict) -> None:
 
 def make_trainer(config: TrainConfig, name: str, storage_path: str, workers: int = 1, gpus_per_worker: float = 0,
                  max_failures: int = 2, callbacks: list | None = None):
-    """A ``TorchTrainer`` for one run; ``storage_path`` must be absolute (Ray 2.60)."""
+    """A ``TorchTrainer`` for one run; ``storage_path`` must be absolute (Ray 2.60). Ray Train's
+    settings that cut a trial's idle start-up and shut-down go into this process's environment
+    first (``cluster.runtime.TRAIN_SETTINGS``): in a Tune trial, this is the trial's process."""
+    from cluster.runtime import train_settings
+
+    train_settings()
     storage = Path(storage_path).resolve()
     cfg = asdict(config)
     cfg["corpus"] = str(Path(config.corpus).resolve())
@@ -460,7 +695,7 @@ def clock(seconds: float) -> str:
 
 
 def report_line(name: str, result: dict, epochs: int, done: str = "") -> str | None:
-    """The console line of one report of a run (an epoch, or the final test scores); None for a
+    """The console line of one seed's report (an epoch, or its final test scores); None for a
     report that is neither. ``done``: e.g. " (3/8)" after "done"."""
     if result.get("final"):
         return (f"{name:<22} done{done}: test PER {100 * result['test_per']:.2f} %, frame accuracy "
@@ -470,6 +705,15 @@ def report_line(name: str, result: dict, epochs: int, done: str = "") -> str | N
     epoch, secs = int(result["epoch"]), float(result.get("epoch_seconds") or 0.0)
     return (f"{name:<22} epoch {epoch}/{epochs}  dev accuracy {100 * result['dev_frame_acc']:.2f} %  "
             f"{secs:.0f} s/epoch  ETA {clock(max(epochs - epoch, 0) * secs)}")
+
+
+def seed_reports(result: dict):
+    """(run name, that seed's metrics) of every seed in one trial report: its epoch, then, if it
+    stopped then, its final scores."""
+    for name, m in (result.get("runs") or {}).items():
+        yield name, m
+    for name, m in (result.get("finals") or {}).items():
+        yield name, m
 
 
 class ReportsTo(ray.train.UserCallback):
@@ -485,7 +729,7 @@ class ReportsTo(ray.train.UserCallback):
 
 
 def fit_quietly(trainer_of, name: str, epochs: int, say, quiet_after: float = 10.0):
-    """``trainer_of(callbacks).fit()`` with one line per epoch (``report_line``) said as it is
+    """``trainer_of(callbacks).fit()`` with one line per seed and epoch (``report_line``) said as it is
     reported, and a line whenever nothing was said for ``quiet_after`` seconds before the first
     epoch (Ray Train starting its workers takes ~30 s here), six times that after it; returns the
     fit's Result (or raises its error)."""
@@ -504,13 +748,13 @@ def fit_quietly(trainer_of, name: str, epochs: int, say, quiet_after: float = 10
     said_epoch = False
     while worker.is_alive() or not reports.empty():
         try:
-            line = report_line(name, reports.get(timeout=1.0), epochs)
+            lines = [report_line(n, m, epochs) for n, m in seed_reports(reports.get(timeout=1.0))]
         except queue_mod.Empty:
-            line = None
+            lines = []
             if worker.is_alive() and time.time() - last > (6 * quiet_after if said_epoch else quiet_after):
-                line = (f"{name:<22} {'epoch under way' if said_epoch else 'starting: Ray Train starts its workers'}"
-                        f" ({clock(time.time() - t0)} so far)")
-        if line:
+                lines = [f"{name:<22} {'epoch under way' if said_epoch else 'starting: Ray Train starts its workers'}"
+                         f" ({clock(time.time() - t0)} so far)"]
+        for line in filter(None, lines):
             said_epoch = said_epoch or " epoch " in line
             say(f"[{clock(time.time() - t0):>7}] {line}")
             last = time.time()

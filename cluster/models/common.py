@@ -18,6 +18,10 @@ where this one stopped; zeros when None); values is None, or with capture=True a
 value name ("c", "m", "i", "f", "o", "g") to the [T, B, H] tensor of that value at every
 frame. values are the Function's own buffers (the tensors its backward needs), so capturing
 costs a dtype conversion and nothing else: there is no second implementation of any cell.
+
+The three hand-written cells also have ``operands()`` (the tensors their forward passes to their
+Function) and take ``operands=`` in forward: S models' operands stacked along a leading seed axis,
+with x [T, S*B, D] grouped by seed, run the S models as one (stack.py; "stacked seeds" below).
 """
 
 from __future__ import annotations
@@ -64,18 +68,28 @@ class FrameMatmul:
     frozen linears) removes that; results are bit-identical to torch.mm. Large fp32 weights
     are packed as well (see _PACK_FP32_NUMEL: up to 2x faster than torch.mm there). Other
     dtypes, small fp32 weights and other devices (CUDA) use torch.mm / addmm.
+
+    Stacked seeds (w [S, G, K], see seed_major): a frame's rows [S*B, K] are S blocks of B, and
+    the product is one bmm / baddbmm over the seed axis (not packed).
     """
 
     def __init__(self, w: torch.Tensor, batch: int):
-        self.w_t = w.t()
+        self.w_t = w.transpose(-2, -1)
+        self.seeds = n_seeds(w)
         self.packed = None
-        if _can_pack(w):
+        if not self.seeds and _can_pack(w):
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch)
             except RuntimeError:  # an oneDNN build without the op: plain mm is correct, only slower
                 self.packed = None
 
+    def _s(self, a: torch.Tensor) -> torch.Tensor:
+        """[S*B, K] -> [S, B, K] (a view: rows are grouped by seed)."""
+        return a.view(self.seeds, a.shape[0] // self.seeds, a.shape[1])
+
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        if self.seeds:
+            return torch.bmm(self._s(a), self.w_t).view(a.shape[0], -1)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(a, self.packed, None, "none", [], "")
         return torch.mm(a, self.w_t)
@@ -88,6 +102,9 @@ class FrameMatmul:
         nonlinearities and the cell state never see bf16 rounding beyond the product's.
         """
         if a.dtype == out.dtype and self.packed is None:
+            if self.seeds:
+                self._s(out).baddbmm_(self._s(a), self.w_t)
+                return out
             return out.addmm_(a, self.w_t)
         return out.add_(self(a))
 
@@ -96,14 +113,63 @@ class FrameMatmul:
         if base is None:
             return self(a).to(dtype)
         if a.dtype == base.dtype and self.packed is None:
+            if self.seeds:
+                return torch.baddbmm(self._s(base), self._s(a), self.w_t).view(a.shape[0], -1)
             return torch.addmm(base, a, self.w_t)
         return torch.add(base, self(a))
 
     def into(self, out: torch.Tensor, a: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """out = base + a @ w.T (base None means zero), written into out (all of one dtype)."""
+        if self.seeds:
+            o, a = self._s(out), self._s(a)
+            torch.bmm(a, self.w_t, out=o) if base is None else torch.baddbmm(self._s(base), a, self.w_t, out=o)
+            return out
         if self.packed is not None:
             return out.copy_(self(a)) if base is None else torch.add(base, self(a), out=out)
         return torch.mm(a, self.w_t, out=out) if base is None else torch.addmm(base, a, self.w_t, out=out)
+
+
+# --- stacked seeds (SeedStack, stack.py) ------------------------------------------------------------
+# A cell's Function takes either one model's weights (W [G, D], b [G], V [3, H]) or S models'
+# stacked along a leading seed axis (W [S, G, D], b [S, G], V [S, 3, H]); then the batch rows are
+# S blocks of B, block s belonging to seed s. The helpers below are the only places that differ:
+# per-seed GEMMs are bmm over the seed axis, per-row elementwise weights are repeated per block,
+# per-row gradient sums are summed per block. S = 0 means "not stacked" (the ordinary layer).
+
+def n_seeds(w: torch.Tensor) -> int:
+    """S of stacked weights ([S, G, D]), 0 for one model's ([G, D])."""
+    return w.shape[0] if w.dim() == 3 else 0
+
+
+def seed_major(a: torch.Tensor, S: int) -> torch.Tensor:
+    """[T, S*B, X] -> [S, T*B, X] (a copy), seed s's frames together for its GEMMs; S = 0: [T*B, X], a view."""
+    T, R, X = a.shape
+    if not S:
+        return a.reshape(T * R, X)
+    return a.reshape(T, S, R // S, X).transpose(0, 1).reshape(S, T * (R // S), X)
+
+
+def time_major(a: torch.Tensor, T: int, S: int) -> torch.Tensor:
+    """seed_major's inverse: [S, T*B, X] (S = 0: [T*B, X]) -> [T, S*B, X]."""
+    if not S:
+        return a.view(T, a.shape[0] // T, a.shape[1])
+    B = a.shape[1] // T
+    return a.view(S, T, B, a.shape[2]).transpose(0, 1).reshape(T, S * B, a.shape[2])
+
+
+def per_row(v: torch.Tensor, rows: int) -> torch.Tensor:
+    """Elementwise weights for every row: [k, H] -> [1, k, H] (broadcast); stacked [S, k, H] ->
+    [rows, k, H], seed s's block of rows / S rows all seeing v[s]."""
+    if v.dim() == 2:
+        return v.unsqueeze(0)
+    return v.repeat_interleave(rows // v.shape[0], dim=0)
+
+
+def seed_sum(g: torch.Tensor, S: int) -> torch.Tensor:
+    """Per-row gradients [rows, ...] summed over the rows of each seed: [S, ...] (S = 0: over all rows)."""
+    if not S:
+        return g.sum(0)
+    return g.view(S, g.shape[0] // S, *g.shape[1:]).sum(1)
 
 
 def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, state_dtype: torch.dtype) -> torch.Tensor:
@@ -111,9 +177,20 @@ def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, state_dtype: torc
 
     Taking the input terms out of the time loop leaves the loop with the recurrent GEMM
     only. x and w already carry the matmul dtype; the bias is added in state_dtype (a
-    bf16 result is first widened by copy_: a mixed-dtype add is 3x slower here).
+    bf16 result is first widened by copy_: a mixed-dtype add is 3x slower here). Stacked
+    weights (w [S, G, D], b [S, G]): one bmm over the seeds, written back time-major.
     """
     T, B, D = x.shape
+    S = n_seeds(w)
+    if S:
+        xw = torch.bmm(seed_major(x, S), w.transpose(1, 2))                      # [S, T*B/S, G]
+        A = torch.empty(T, S, B // S, w.shape[1], dtype=state_dtype, device=x.device)
+        xw, b = xw.view(S, T, B // S, -1).transpose(0, 1), b.view(1, S, 1, -1)
+        if xw.dtype == state_dtype:
+            torch.add(xw, b, out=A)                      # the transpose and the bias in one pass
+        else:
+            A.copy_(xw).add_(b)
+        return A.view(T, B, -1)
     xw = torch.mm(x.reshape(T * B, D), w.t())
     if xw.dtype != state_dtype:
         xw = torch.empty(xw.shape, dtype=state_dtype, device=xw.device).copy_(xw)

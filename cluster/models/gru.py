@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import kernels
-from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, uniform_init_
+from .common import (FrameMatmul, GatedLayer, last_valid, n_seeds, project, seed_major, seed_sum, sigmoid_tanh_,
+                     time_major, uniform_init_)
 from .kernels import kernel, round_row, set_units, sigmoid, tanh
 
 
@@ -86,11 +87,13 @@ def gru_frame_grad_cand(t, A, C, dc, dA, da, bf16):
 @kernel
 def gru_frame_grad_gates(t, A, C, dC, dm, dc, dA, da, db, bf16):
     """BPTT frame t, second stretch: with dm = dL/dm_t, da_o into dA[t] (bf16: rounded, with da_i);
-    dc becomes dL/dc_{t-1} less the term [da_o, da_i] W_r (the GEMM that follows), plus dC[t-1]."""
+    dc becomes dL/dc_{t-1} less the term [da_o, da_i] W_r (the GEMM that follows), plus dC[t-1]; db
+    [S, 3H] (S stacked seeds, 1 for one model) accumulates, row b into seed b // (B / S)'s."""
     B, H = C.shape[1], C.shape[2]
     one = A.dtype.type(1)
+    rows = B // db.shape[0]
     for b in range(B):
-        a, c_prev, dc_, dm_ = A[t, b], C[t, b], dc[b], dm[b]
+        a, c_prev, dc_, dm_, db_ = A[t, b], C[t, b], dc[b], dm[b], db[b // rows]
         o, i = a[:H], a[H : 2 * H]
         d = da[b] if bf16 else dA[t, b]
         da_o = d[:H]
@@ -103,7 +106,7 @@ def gru_frame_grad_gates(t, A, C, dC, dm, dc, dA, da, db, bf16):
             for j in range(H):
                 dc_[j] += dC_[j]
         for j in range(3 * H):
-            db[j] += d[j]
+            db_[j] += d[j]
         if bf16:
             round_row(d[: 2 * H], dA[t, b, : 2 * H])
 
@@ -120,12 +123,15 @@ class GRUFunction(torch.autograd.Function):
     the backward's da so one op scales both by dc. Inputs: x [T,B,D], W_x [3H,D] (rows o, i,
     c), b [3H], W_r [2H,H] = (W_oc; W_ic), W_cm [H,H], c0 [B,H], mm_dtype.
     Returns c [T,B,H], m [T,B,H] (not differentiable), A [T,B,3H] (not differentiable).
+
+    Stacked seeds (SeedStack): the weights with a leading seed axis, W_x [S,3H,D], b [S,3H],
+    W_r [S,2H,H], W_cm [S,H,H], and B = S blocks of rows, one per seed (common.py, "stacked seeds").
     """
 
     @staticmethod
     def forward(ctx, x, W_x, b, W_r, W_cm, c0, mm_dtype, iv=None):
         T, B, _ = x.shape
-        H = W_cm.shape[0]
+        H, S = W_cm.shape[-1], n_seeds(W_cm)
         sd = c0.dtype
         mode = kernels.kernel_mode(x.device, sd, mm_dtype)   # None: the torch loop below
         xm, Wxm, Wrm, Wcm = kernels.operands(mode, mm_dtype, x, W_x, W_r, W_cm)
@@ -166,7 +172,7 @@ class GRUFunction(torch.autograd.Function):
                     iv.apply_("c", t, C_[t + 1])
                 if Cm is not C:
                     Cm_[t + 1].copy_(C_[t + 1])
-        ctx.save_for_backward(xm, Wxm, Wrm, Wcm, A, C, Cm, Mm)
+        ctx.save_for_backward(seed_major(xm, S), Wxm, Wrm, Wcm, A, C, Cm, Mm)
         ctx.mark_non_differentiable(M, A)
         ctx.set_materialize_grads(False)
         ctx.x_dtype, ctx.w_dtype, ctx.mode = x.dtype, W_x.dtype, mode
@@ -181,8 +187,9 @@ class GRUFunction(torch.autograd.Function):
             da_o = dm c_{t-1} o(1-o)
             dc_{t-1} = dc (1-i) + dm o + [da_o, da_i] @ [W_oc; W_ic]  (+ the output's gradient at t-1)
         """
-        xm, Wxm, Wrm, Wcm, A, C, Cm, Mm = ctx.saved_tensors
+        xs, Wxm, Wrm, Wcm, A, C, Cm, Mm = ctx.saved_tensors
         T, B, H = Mm.shape
+        S = n_seeds(Wcm)
         sd, md = C.dtype, Wrm.dtype
         if dC is None:
             dC = A.new_zeros(T, B, H)
@@ -190,16 +197,17 @@ class GRUFunction(torch.autograd.Function):
         bf16 = ctx.mode == "bf16"
         dA = torch.empty(T, B, 3 * H, dtype=md, device=A.device)
         da = A.new_empty(B, 3 * H) if md != sd or bf16 else None
-        gates, cand = FrameMatmul(Wrm.t(), B), FrameMatmul(Wcm.t(), B)
+        gates, cand = FrameMatmul(Wrm.transpose(-2, -1), B), FrameMatmul(Wcm.transpose(-2, -1), B)
         dA_, dC_ = dA.unbind(0), dC.unbind(0)
         if ctx.mode:
-            db, dc, dm = A.new_zeros(3 * H), dC_[T - 1].clone(), A.new_empty(B, H)
+            db, dc, dm = A.new_zeros(max(S, 1), 3 * H), dC_[T - 1].clone(), A.new_empty(B, H)
             aA, aC, adC, adm, adc, adA, ada, adb = kernels.arrays(A, C, dC, dm, dc, dA, da if bf16 else dA[0], db)
             for t in range(T - 1, -1, -1):
                 gru_frame_grad_cand(t, aA, aC, adc, adA, ada, bf16)
                 cand.into(dm, dA_[t][:, 2 * H :])                             # dL/dm_t = da_g W_cm
                 gru_frame_grad_gates(t, aA, aC, adC, adm, adc, adA, ada, adb, bf16)
                 gates.acc_(dc, dA_[t][:, : 2 * H])                            # dL/dc_{t-1}
+            db = db if S else db[0]
         else:
             one = A.new_ones(B, H)
             db = A.new_zeros(B, 3 * H)
@@ -222,15 +230,15 @@ class GRUFunction(torch.autograd.Function):
                 if da is not None:
                     dA_[t][:, : 2 * H].copy_(da_t[:, : 2 * H])
                 dc = gates.plus(base, dA_[t][:, : 2 * H], sd)                     # dL/dc_{t-1}
-            db = db.sum(0)
-        TB = T * B
-        dA2 = dA.view(TB, 3 * H)
+            db = seed_sum(db, S)
+        dAs = seed_major(dA, S)                          # [T*B, 3H]; stacked: [S, T*B/S, 3H]
+        dAs_t = dAs.transpose(-2, -1)
         need, wd = ctx.needs_input_grad, ctx.w_dtype
-        dx = (dA2 @ Wxm).view(T, B, -1).to(ctx.x_dtype) if need[0] else None
-        dW_x = (dA2.t() @ xm.reshape(TB, -1)).to(wd) if need[1] else None
+        dx = time_major(dAs @ Wxm, T, S).to(ctx.x_dtype) if need[0] else None
+        dW_x = (dAs_t @ xs).to(wd) if need[1] else None
         db = db.to(wd) if need[2] else None
-        dW_r = (dA2[:, : 2 * H].t() @ Cm[:-1].reshape(TB, H)).to(wd) if need[3] else None
-        dW_cm = (dA2[:, 2 * H :].t() @ Mm.reshape(TB, H)).to(wd) if need[4] else None
+        dW_r = (dAs_t[..., : 2 * H, :] @ seed_major(Cm[:-1], S)).to(wd) if need[3] else None
+        dW_cm = (dAs_t[..., 2 * H :, :] @ seed_major(Mm, S)).to(wd) if need[4] else None
         return dx, dW_x, db, dW_r, dW_cm, dc, None, None
 
 
@@ -256,12 +264,15 @@ class GRU(GatedLayer):
         self.W_cm = nn.Parameter(torch.empty(H, H))
         uniform_init_(self, H)
 
-    def forward(self, x, state=None, lengths=None, capture=False, intervention=None):
+    def operands(self):
+        """(W_x, b, W_r, W_cm) as GRUFunction takes them (SeedStack stacks S layers' of these)."""
+        return (torch.cat((self.W_ox, self.W_ix, self.W_cx)), torch.cat((self.b_o, self.b_i, self.b_c)),
+                torch.cat((self.W_oc, self.W_ic)), self.W_cm)
+
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None, operands=None):
         mm_dtype, (c0,) = self._start(x, state, intervention)
-        W_x = torch.cat((self.W_ox, self.W_ix, self.W_cx))
-        b = torch.cat((self.b_o, self.b_i, self.b_c))
-        W_r = torch.cat((self.W_oc, self.W_ic))
-        c, m, A = GRUFunction.apply(x, W_x, b, W_r, self.W_cm, c0, mm_dtype, intervention)
+        W_x, b, W_r, W_cm = self.operands() if operands is None else operands
+        c, m, A = GRUFunction.apply(x, W_x, b, W_r, W_cm, c0, mm_dtype, intervention)
         state = (last_valid(c, lengths),)
         if not capture:
             return c, state, None

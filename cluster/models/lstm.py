@@ -17,21 +17,24 @@ import torch
 from torch import nn
 
 from . import kernels
-from .common import FrameMatmul, GatedLayer, last_valid, project, sigmoid_tanh_, tanh_into, uniform_init_
+from .common import (FrameMatmul, GatedLayer, last_valid, n_seeds, per_row, project, seed_major, seed_sum,
+                     sigmoid_tanh_, tanh_into, time_major, uniform_init_)
 from .kernels import kernel, output_row, round_row, set_units, sigmoid, tanh
 
 
 # The kernels below are the frame arithmetic of the equations above, one loop per equation over
 # a row's H units: a loop that writes one array vectorises (LLVM checks its few overlaps at run
-# time); one loop writing every gate does not.
+# time); one loop writing every gate does not. V [S, 3, H] (S stacked seeds, 1 for one model): row
+# b belongs to seed b // (B / S).
 @kernel
 def lstm_frame(t, A, C, M, Mm, TC, V, c_units, c_to, m_units, m_to, bf16):
     """Frame t, once A[t] holds W_*x x_t + b_* + W_*m m_{t-1}: the gates into A[t] (in place),
     c_t into C[t+1], tanh(c_t) into TC[t], m_t into M[t+1] (and, bf16-rounded, into Mm[t+1]).
     Interventions set c_units of c_t (before o_t peeks at it) and m_units of m_t."""
     B, H = C.shape[1], C.shape[2]
-    V_ic, V_fc, V_oc = V[0], V[1], V[2]
+    rows = B // V.shape[0]
     for b in range(B):
+        V_ic, V_fc, V_oc = V[b // rows, 0], V[b // rows, 1], V[b // rows, 2]
         a, c_prev, c, m, tc = A[t, b], C[t, b], C[t + 1, b], M[t + 1, b], TC[t, b]
         i, f, g, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
         for j in range(H):
@@ -53,11 +56,13 @@ def lstm_frame_grad(t, A, C, TC, V, dm, dc, dC, dA, da, db, dV, bf16):
     """BPTT frame t (the equations in PeepholeLSTMFunction.backward): from dm = dL/dm_t and dc =
     dL/dc_t through frame t+1 (plus dC[t], the gradient of the output c_t, when dC has T frames)
     to frame t's pre-activation gradients, written to dA[t] (bf16: rounded, from the fp32 row in
-    da); dc becomes dL/dc_{t-1}; db, dV accumulate."""
+    da); dc becomes dL/dc_{t-1}; db [S, 4H], dV [S, 3, H] accumulate, each row into its seed's."""
     B, H = C.shape[1], C.shape[2]
     one = A.dtype.type(1)
-    V_ic, V_fc, V_oc, dV_ic, dV_fc, dV_oc = V[0], V[1], V[2], dV[0], dV[1], dV[2]
+    rows = B // V.shape[0]
     for b in range(B):
+        s = b // rows
+        V_ic, V_fc, V_oc, dV_ic, dV_fc, dV_oc, db_ = V[s, 0], V[s, 1], V[s, 2], dV[s, 0], dV[s, 1], dV[s, 2], db[s]
         a, c_prev, c, tc, dm_, dc_ = A[t, b], C[t, b], C[t + 1, b], TC[t, b], dm[b], dc[b]
         i, f, g, o = a[:H], a[H : 2 * H], a[2 * H : 3 * H], a[3 * H :]
         d = da[b] if bf16 else dA[t, b]
@@ -85,7 +90,7 @@ def lstm_frame_grad(t, A, C, TC, V, dm, dc, dC, dA, da, db, dV, bf16):
         for j in range(H):
             dV_oc[j] += da_o[j] * c[j]
         for j in range(4 * H):
-            db[j] += d[j]
+            db_[j] += d[j]
         if bf16:
             round_row(d, dA[t, b])
 
@@ -104,15 +109,19 @@ class PeepholeLSTMFunction(torch.autograd.Function):
     gate values. Inputs: x [T,B,D], W_x [4H,D], b [4H], W_m [4H,H] (rows in gate order),
     V [3,H] = (V_ic, V_fc, V_oc), m0, c0 [B,H], mm_dtype (GEMM operand dtype).
     Returns m [T,B,H], c [T,B,H], A [T,B,4H] (A is not differentiable).
+
+    Stacked seeds (SeedStack): the weights with a leading seed axis, W_x [S,4H,D], b [S,4H],
+    W_m [S,4H,H], V [S,3,H], and B = S blocks of rows, one per seed (common.py, "stacked seeds").
     """
 
     @staticmethod
     def forward(ctx, x, W_x, b, W_m, V, m0, c0, mm_dtype, iv=None):
         T, B, _ = x.shape
-        H = W_m.shape[1]
+        H = W_m.shape[-1]
         sd = c0.dtype
         mode = kernels.kernel_mode(x.device, sd, mm_dtype)   # None: the torch loop below
         xm, Wxm, Wmm = kernels.operands(mode, mm_dtype, x, W_x, W_m)
+        S = n_seeds(W_x)                                  # 0: one model's weights
         A = project(xm, Wxm, b, sd)                       # W_*x x_t + b_*, all t
         C = A.new_empty(T + 1, B, H)                      # C[t+1] = c_t, C[0] = c0
         M = A.new_empty(T + 1, B, H)                      # M[t+1] = m_t, M[0] = m0
@@ -122,13 +131,14 @@ class PeepholeLSTMFunction(torch.autograd.Function):
         rec = FrameMatmul(Wmm, B)                         # a += m_{t-1} @ W_m^T
         A_, Mm_ = A.unbind(0), Mm.unbind(0)
         if mode:
-            arr = kernels.arrays(A, C, M, Mm, TC, V)
+            arr = kernels.arrays(A, C, M, Mm, TC, V if S else V.unsqueeze(0))
             ivs = kernels.Setter(iv, sd)
             for t in range(T):
                 rec.acc_(A_[t], Mm_[t])                               # + W_*m m_{t-1}
                 lstm_frame(t, *arr, *ivs.at("c", t), *ivs.at("m", t), mode == "bf16")
         else:
-            one, V_if, V_oc = A.new_ones(B, H), V[:2].unsqueeze(0), V[2]
+            Vr = per_row(V, B)
+            one, V_if, V_oc = A.new_ones(B, H), Vr[:, :2], Vr[:, 2]
             A_if, A_ifg = A[..., : 2 * H].unflatten(2, (2, H)).unbind(0), A[..., : 3 * H].unbind(0)
             i_, f_, g_, o_ = (u.unbind(0) for u in A.split(H, 2))
             C_, Cu_, M_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), M.unbind(0), TC.unbind(0)
@@ -147,7 +157,7 @@ class PeepholeLSTMFunction(torch.autograd.Function):
                     iv.apply_("m", t, M_[t + 1])
                 if Mm is not M:
                     Mm_[t + 1].copy_(M_[t + 1])
-        ctx.save_for_backward(xm, Wxm, Wmm, V, A, C, Mm, TC)
+        ctx.save_for_backward(seed_major(xm, S), Wxm, Wmm, V, A, C, Mm, TC)
         ctx.mark_non_differentiable(A)
         ctx.set_materialize_grads(False)
         ctx.x_dtype, ctx.w_dtype, ctx.mode = x.dtype, W_x.dtype, mode
@@ -163,8 +173,9 @@ class PeepholeLSTMFunction(torch.autograd.Function):
             dc_{t-1} = dc f + V_ic da_i + V_fc da_f
             dm_{t-1} = dA_t @ W_m  (+ the output's own gradient at t-1)
         """
-        xm, Wxm, Wmm, V, A, C, Mm, TC = ctx.saved_tensors
+        xs, Wxm, Wmm, V, A, C, Mm, TC = ctx.saved_tensors
         T, B, H = TC.shape
+        S = n_seeds(Wmm)
         sd, md = C.dtype, Wmm.dtype
         dM = dM.contiguous() if dM is not None else None   # sum().backward() gives a stride-0 view
         # dA[t]: gradient of frame t's pre-activations, kept in the GEMM dtype for the weight
@@ -173,23 +184,26 @@ class PeepholeLSTMFunction(torch.autograd.Function):
         bf16 = ctx.mode == "bf16"
         dA = torch.empty(T, B, 4 * H, dtype=md, device=A.device)
         da = A.new_empty(B, 4 * H) if md != sd or bf16 else None
-        rec = FrameMatmul(Wmm.t(), B)                                  # dm_{t-1} = dA_t @ W_m
+        rec = FrameMatmul(Wmm.transpose(-2, -1), B)                    # dm_{t-1} = dA_t @ W_m
         dA_ = dA.unbind(0)
         dM_ = dM.unbind(0) if dM is not None else None
         dC_ = dC.unbind(0) if dC is not None else None
         dm = dM_[T - 1].clone() if dM is not None else A.new_zeros(B, H)
         dc = A.new_zeros(B, H)
         if ctx.mode:
-            db, dV = A.new_zeros(4 * H), A.new_zeros(3, H)
+            db, dV = A.new_zeros(max(S, 1), 4 * H), A.new_zeros(max(S, 1), 3, H)
             dC_arr = dC.contiguous() if dC is not None else A.new_empty(0, B, H)
-            arr = kernels.arrays(A, C, TC, V, dm, dc, dC_arr, dA, da if bf16 else dA[0], db, dV)
+            arr = kernels.arrays(A, C, TC, V if S else V.unsqueeze(0), dm, dc, dC_arr, dA, da if bf16 else dA[0],
+                                 db, dV)
             for t in range(T - 1, -1, -1):
                 lstm_frame_grad(t, *arr, bf16)
                 rec.into(dm, dA_[t], dM_[t - 1] if (dM_ is not None and t > 0) else None)
+            if not S:
+                db, dV = db[0], dV[0]
         else:
             one = A.new_ones(B, H)
             db, dV = A.new_zeros(B, 4 * H), A.new_zeros(B, 3, H)
-            V_ic, V_fc, V_oc = V.unbind(0)
+            V_ic, V_fc, V_oc = per_row(V, B).unbind(1)
             A_if, i_, f_, g_, o_ = A[..., : 2 * H].unbind(0), *(u.unbind(0) for u in A.split(H, 2))
             C_, Cu_, TC_ = C.unbind(0), C.unsqueeze(2).unbind(0), TC.unbind(0)
             for t in range(T - 1, -1, -1):
@@ -213,14 +227,13 @@ class PeepholeLSTMFunction(torch.autograd.Function):
                 if da is not None:
                     dA_[t].copy_(da)
                 dm = rec.plus(dM_[t - 1] if (dM_ is not None and t > 0) else None, dA_[t], sd)
-            db, dV = db.sum(0), dV.sum(0)
-        TB = T * B
-        dA2 = dA.view(TB, 4 * H)
+            db, dV = seed_sum(db, S), seed_sum(dV, S)
+        dAs = seed_major(dA, S)                          # [T*B, 4H]; stacked: [S, T*B/S, 4H]
         need, wd = ctx.needs_input_grad, ctx.w_dtype
-        dx = (dA2 @ Wxm).view(T, B, -1).to(ctx.x_dtype) if need[0] else None
-        dW_x = (dA2.t() @ xm.reshape(TB, -1)).to(wd) if need[1] else None
+        dx = time_major(dAs @ Wxm, T, S).to(ctx.x_dtype) if need[0] else None
+        dW_x = (dAs.transpose(-2, -1) @ xs).to(wd) if need[1] else None
         db = db.to(wd) if need[2] else None
-        dW_m = (dA2.t() @ Mm[:-1].reshape(TB, H)).to(wd) if need[3] else None
+        dW_m = (dAs.transpose(-2, -1) @ seed_major(Mm[:-1], S)).to(wd) if need[3] else None
         dV = dV.to(V.dtype) if need[4] else None
         return dx, dW_x, db, dW_m, dV, dm, dc, None, None
 
@@ -252,12 +265,14 @@ class PeepholeLSTM(GatedLayer):
         super().__init__(input_size, hidden_size, precision)
         add_peephole_parameters(self, input_size, hidden_size)
 
-    def forward(self, x, state=None, lengths=None, capture=False, intervention=None):
+    def operands(self):
+        """(W_x, b, W_m, V) as PeepholeLSTMFunction takes them (SeedStack stacks S layers' of these)."""
+        return (torch.cat((self.W_ix, self.W_fx, self.W_cx, self.W_ox)), torch.cat((self.b_i, self.b_f, self.b_c, self.b_o)),
+                torch.cat((self.W_im, self.W_fm, self.W_cm, self.W_om)), torch.stack((self.V_ic, self.V_fc, self.V_oc)))
+
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None, operands=None):
         mm_dtype, (m0, c0) = self._start(x, state, intervention)
-        W_x = torch.cat((self.W_ix, self.W_fx, self.W_cx, self.W_ox))
-        W_m = torch.cat((self.W_im, self.W_fm, self.W_cm, self.W_om))
-        b = torch.cat((self.b_i, self.b_f, self.b_c, self.b_o))
-        V = torch.stack((self.V_ic, self.V_fc, self.V_oc))
+        W_x, b, W_m, V = self.operands() if operands is None else operands
         m, c, A = PeepholeLSTMFunction.apply(x, W_x, b, W_m, V, m0, c0, mm_dtype, intervention)
         state = (last_valid(m, lengths), last_valid(c, lengths))
         if not capture:

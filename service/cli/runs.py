@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit_quietly(lambda callbacks: make_trainer(config, name, str(storage), workers=args.workers,
                                                         gpus_per_worker=args.gpus_per_worker, callbacks=callbacks),
                          name, config.epochs, lambda line: print(line, file=sys.stderr, flush=True))
-    m = result.metrics or {}
+    m = ((result.metrics or {}).get("results") or {}).get(name) or {}  # the trial's last report: its seeds' finals
     print(f"run {name}: test PER {100 * m.get('test_per', float('nan')):.2f}%  "
           f"frame accuracy {100 * m.get('test_frame_acc', float('nan')):.2f}%  (best epoch {m.get('best_epoch')})")
     print(f"  checkpoints and epochs.parquet under {storage / name}")
@@ -94,7 +94,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if grid is None:
         print(f"all {len(configs)} runs of {args.study} already finished (--rerun trains them again)")
     else:
-        print(f"trained {len(grid)} runs in {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
+        runs = sum(len(r.config["point"]["train"]["stack_seeds"]) for r in grid)
+        print(f"trained {runs} runs in {(time.time() - t0) / 60:.1f} min ({len(grid)} trial{'s' if len(grid) != 1 else ''})",
+              file=sys.stderr)
         for e in grid.errors:
             print(f"trial failed: {e}", file=sys.stderr)
     print(format_table(collect_results(args.storage, args.study), args.study))

@@ -15,9 +15,10 @@ import torch
 import pytest
 
 from cluster.errors import InputError
-from cluster.grid import run_study, trial_configs, PROFILES
+from cluster.grid import PROFILES, run_study, stack_name, stacks, trial_configs
 from cluster.train import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, TrainConfig, make_trainer
-from cluster.runs import collect_results as collect
+from cluster.models import load_checkpoint
+from cluster.runs import RunDir, collect_results as collect, final_checkpoint_ids, studies_results
 from service.results import format_table
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def test_tiny_grid_end_to_end_and_results_equal_what_trials_reported(small_corpu
     custom = [{"cell": "lstm", "layers": 1}, {"cell": "gru", "layers": 1}]
     configs, grid = run_study("mini", "tiny", tmp_path, corpus=str(small_corpus), custom=custom)
     assert grid is not None and not grid.errors, grid.errors
-    reported = {r.config["point"]["name"]: r.metrics for r in grid}
+    reported = {name: m for r in grid for name, m in r.metrics["results"].items()}  # each seed's, by run name
     assert len(grid.get_dataframe()) == 2  # the ResultGrid view users read has both trials
     table = collect(tmp_path, "mini")
     assert table.height == 2 and set(table["cell"]) == {"lstm", "gru"}
@@ -81,29 +82,40 @@ def test_study_grids_mirror_the_paper():
     assert {c.seed for c in trial_configs("table1", PROFILES["demo"], overrides={"seed": 7})} == {7}
     with pytest.raises(InputError, match="distinct"):
         trial_configs("table1", PROFILES["demo"], seeds=(1, 1))
-    demo = trial_configs("table1", PROFILES["demo"])  # make demo: 2 seeds of every point, so claims have intervals
-    assert {(c.cell, c.layers, c.seed) for c in demo} == {(c, n, s) for c in ("lstm", "gru") for n in (1, 2) for s in (0, 1)}
+    demo = trial_configs("table1", PROFILES["demo"])  # make demo: 3 seeds of every point, so claims have intervals
+    assert {(c.cell, c.layers, c.seed) for c in demo} == {(c, n, s) for c in ("lstm", "gru") for n in (1, 2)
+                                                          for s in (0, 1, 2)}
     study = trial_configs("table1", PROFILES["study"])
     assert {(c.cell, c.layers) for c in study} == {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4)}
-    assert {c.seed for c in study} == {0, 1, 2} and all(c.patience == 2 and c.max_train_utterances is None for c in study)
+    assert {c.seed for c in study} == {0, 1, 2, 3, 4}
+    assert all(c.patience == 2 and c.max_train_utterances is None for c in study)
+    # one trial per grid point, its seeds stacked; the longest first (most layers, lstm before gru)
+    trials = stacks(study, Path("/runs"))
+    assert [(t.cell, t.layers) for t in trials] == [("lstm", 4), ("gru", 4), ("lstm", 2), ("gru", 2), ("lstm", 1),
+                                                   ("gru", 1)]
+    assert all(t.stack_seeds == (0, 1, 2, 3, 4) and t.runs_dir == "/runs" for t in trials)
+    assert stack_name(trials[0]) == "lstm_L4_H128_cw40_s0-1-2-3-4"
     with pytest.raises(InputError, match="unknown training option"):
         TrainConfig.from_dict({"layrs": 3})
 
 
-def test_killed_worker_resumes_from_its_last_checkpoint(small_corpus, tmp_path):
-    """On carried-state streams (the tiny grid above trains whole utterances): a resumed epoch starts
-    its streams from zero state, and the run is an ordinary one."""
-    config = TrainConfig(corpus=str(small_corpus), cell="gru", layers=1, hidden=16, epochs=3, batch_size=8,
+def test_killed_worker_resumes_every_seed_from_its_last_checkpoint(small_corpus, tmp_path):
+    """A trial of three stacked seeds on carried-state streams (the tiny grid above trains whole
+    utterances), its worker killed after a checkpoint: every seed resumes from it (its epoch starts
+    its streams from zero state), and each ends as an ordinary run."""
+    runs_dir = tmp_path / "study" / "runs"
+    config = TrainConfig(corpus=str(small_corpus), cell="gru", layers=1, hidden=16, epochs=4, batch_size=8,
                          chunk_width=20, max_train_utterances=48, max_eval_utterances=12, patience=10,
-                         pid_dir=str(tmp_path / "pids"))
-    trainer = make_trainer(config, "killed", str(tmp_path / "runs"))
-    run = tmp_path / "runs" / "killed"
+                         pid_dir=str(tmp_path / "pids"), stack_seeds=(0, 1, 2), runs_dir=str(runs_dir))
+    trainer = make_trainer(config, "killed", str(tmp_path / "study" / "stacks"))
+    stack = tmp_path / "study" / "stacks" / "killed"
     killed = {}
 
     def kill_after_first_checkpoint():
         deadline = time.time() + 300
         while time.time() < deadline:
-            if list(run.glob("checkpoint_*/model.pt")) and (tmp_path / "pids" / "rank0.pid").exists():
+            if list(stack.glob("checkpoint_*/train_state.pt")) and (tmp_path / "pids" / "rank0.pid").exists():
+                time.sleep(1.0)  # Ray has registered it
                 pid = int((tmp_path / "pids" / "rank0.pid").read_text())
                 os.kill(pid, signal.SIGKILL)
                 killed["pid"] = pid
@@ -116,13 +128,26 @@ def test_killed_worker_resumes_from_its_last_checkpoint(small_corpus, tmp_path):
     killer.join(timeout=1)
     assert killed, "the worker was never killed"
     assert int((tmp_path / "pids" / "rank0.pid").read_text()) != killed["pid"]  # a new worker took over
-    epochs = pl.read_parquet(run / EPOCHS_FILE)
-    assert epochs.filter(pl.col("split") == "dev")["epoch"].to_list() == [1, 2, 3]
-    assert json.loads((run / RUN_FILE).read_text())["config"]["chunk_width"] == 20
-    assert pl.read_parquet(run / UTTERANCES_FILE).height == 12  # test scored on whole utterances, as ever
-    assert (epochs["train_frame_ce"].drop_nulls() > 0).all()
-    assert result.metrics["final"] and 0 <= result.metrics["test_frame_acc"] <= 1
-    assert result.error is None
+    assert result.error is None and result.metrics["final"]
+    names = ["gru_L1_H16_cw20_s0", "gru_L1_H16_cw20_s1", "gru_L1_H16_cw20_s2"]
+    assert sorted(result.metrics["results"]) == names
+    finals = []
+    for name in names:
+        run = runs_dir / name
+        epochs = pl.read_parquet(run / EPOCHS_FILE)
+        assert epochs.filter(pl.col("split") == "dev")["epoch"].to_list() == [1, 2, 3, 4]
+        stamp = json.loads((run / RUN_FILE).read_text())
+        assert stamp["config"]["chunk_width"] == 20 and stamp["seed"] == int(name[-1])
+        assert "stack_seeds" not in stamp["config"] and stamp["config"]["run_dir"] == str(run)
+        assert pl.read_parquet(run / UTTERANCES_FILE).height == 12  # test scored on whole utterances, as ever
+        assert (epochs["train_frame_ce"].drop_nulls() > 0).all()
+        rd = RunDir("study", name, run)
+        assert rd.finished and rd.final_checkpoint.meta.is_final and len(rd.checkpoint_files()) == 5
+        assert rd.final_checkpoint.meta.metrics["test_per"] == pytest.approx(result.metrics["results"][name]["test_per"])
+        resumed = [load_checkpoint(f)[1].metrics.get("resumed_from_epoch") for f in rd.checkpoint_files()[:-1]]
+        assert resumed[0] == 0 and resumed[-1] >= 1, resumed  # the last epochs ran in the new worker
+        finals.append(rd.final_checkpoint.checkpoint_id)
+    assert len(set(finals)) == 3  # three runs, three checkpoint ids
 
 
 def test_a_planted_pickle_in_the_training_state_is_refused_and_never_runs(tmp_path):
@@ -150,34 +175,48 @@ def test_a_planted_pickle_in_the_training_state_is_refused_and_never_runs(tmp_pa
     assert load_train_state(good)["epoch"] == 2
 
 
-def test_a_tiny_grid_with_two_seeds_keeps_both_and_results_aggregate_them(small_corpus, tmp_path, capsys):
+def test_a_tiny_grid_of_three_stacked_seeds_writes_three_ordinary_runs(small_corpus, tmp_path, capsys):
+    """One trial trains the three seeds of the grid point side by side; results, the store and the
+    claims' readers see three ordinary runs."""
     from service.cli import main as gatelens
 
     common = ["--storage", tmp_path / "runs", "--store", tmp_path / "s.duckdb"]
     assert gatelens([str(a) for a in ["grid", "--study", "seeded", "--profile", "tiny", "--cells", "gru", "--layers",
-                                      "1", "--seeds", "0,1", "--corpus", small_corpus, *common]]) == 0
+                                      "1", "--seeds", "0,1,2", "--corpus", small_corpus, *common]]) == 0
+    names = ["gru_L1_H16_s0", "gru_L1_H16_s1", "gru_L1_H16_s2"]
     table = collect(tmp_path / "runs", "seeded")
-    assert sorted(table["run"]) == ["gru_L1_H16_s0", "gru_L1_H16_s1"] and sorted(table["seed"]) == [0, 1]
-    assert table["test_per"][0] != table["test_per"][1] or table["test_frame_acc"][0] != table["test_frame_acc"][1]
-    # the console: the log file named first, a line per trial and epoch and per finished trial, no Tune tables
+    assert sorted(table["run"]) == names and sorted(table["seed"]) == [0, 1, 2]
+    assert table["test_per"].n_unique() > 1 or table["test_frame_acc"].n_unique() > 1
+    # the console: the log file named first, a line per seed and epoch and per finished seed, no Tune tables
     err = capsys.readouterr().err
     log = Path(re.search(r"Ray's messages: (\S+)", err).group(1))
     assert log.parent == tmp_path / "runs" / "seeded" / "logs" and log.is_file()
-    for run in ("gru_L1_H16_s0", "gru_L1_H16_s1"):
+    for run in names:
         assert re.search(rf"\] {run} +epoch 1/1  dev accuracy [\d.]+ %", err), err
-        assert re.search(rf"\] {run} +done \([12]/2\): test PER [\d.]+ %", err), err
-    assert "Trial status" not in err and "Configuration for experiment" not in err and "trained 2 runs in" in err
-    assert "starting 2 trials, " in err and re.search(r"\] gru_L1_H16_s0 +starting: Ray Train starts its workers", err)
+        assert re.search(rf"\] {run} +done \([123]/3\): test PER [\d.]+ %", err), err
+    assert "Trial status" not in err and "Configuration for experiment" not in err
+    assert "trained 3 runs in" in err and "(1 trial)" in err
+    assert "starting 1 trial (3 seeds each), " in err
+    assert re.search(r"\] gru_L1_H16_s0-1-2 +starting: Ray Train starts its workers", err)
     assert gatelens([str(a) for a in ["results", "--study", "seeded", *common]]) == 0
     out = capsys.readouterr().out
     assert "Seeds" in out and "[" in out and "mean over seeds" in out
     line = next(l for l in out.splitlines() if l.startswith("GRU"))
-    assert line.split()[3] == "2"
+    assert line.split()[3] == "3"
     assert gatelens([str(a) for a in ["results", "--study", "seeded", "--per-seed", "--format", "csv", *common]]) == 0
-    assert pl.read_csv(__import__("io").StringIO(capsys.readouterr().out)).height == 2
+    assert pl.read_csv(__import__("io").StringIO(capsys.readouterr().out)).height == 3
     from service.store import Store
 
-    assert Store(tmp_path / "s.duckdb").query("SELECT seed FROM runs ORDER BY seed")["seed"].to_list() == [0, 1]
+    store = Store(tmp_path / "s.duckdb")
+    assert store.query("SELECT seed FROM runs ORDER BY seed")["seed"].to_list() == [0, 1, 2]
+    assert store.query("SELECT count(*) AS n FROM utterance_errors")["n"][0] == 3 * 12
+    # what the claims read of a study's runs: one final checkpoint each, the seeds' results
+    ids = final_checkpoint_ids(tmp_path / "runs", ["seeded"])
+    assert len(ids) == 3 and all(i.startswith("gru-1x16-") for i in ids)
+    assert sorted(studies_results(tmp_path / "runs", ["seeded"])["seed"]) == [0, 1, 2]
+    # the trial's own storage is not a run
+    assert (tmp_path / "runs" / "seeded" / "stacks" / "gru_L1_H16_s0-1-2").is_dir()
+    assert not list((tmp_path / "runs" / "seeded" / "stacks").rglob("model.pt"))
 
 
 def test_train_prints_one_line_per_epoch_and_keeps_rays_messages_in_its_log(small_corpus, tmp_path, capsys):

@@ -1,0 +1,56 @@
+"""Early stopping with a minimum gain and Kaldi's newbob: pure functions of the dev curve."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.schedule import gain, newbob, should_stop, stop_epoch
+
+
+def test_plain_patience_is_epochs_without_a_better_dev_accuracy():
+    accs = [0.50, 0.60, 0.59, 0.58]
+    assert not should_stop(accs[:3], patience=2)
+    assert should_stop(accs, patience=2)  # two epochs below the 0.60 of epoch 2
+    assert not should_stop([0.50, 0.60, 0.59, 0.61], patience=2)
+    assert stop_epoch(accs, patience=2) == 4
+
+
+def test_a_gain_under_min_delta_points_stops_where_plain_patience_goes_on():
+    creeping = [0.70, 0.75, 0.770, 0.773, 0.7755, 0.776]  # still improving, by < 0.3 points an epoch
+    assert stop_epoch(creeping, patience=1) is None  # plain patience: never (the cap stops it)
+    assert stop_epoch(creeping, patience=1, min_delta=0.5) == 4  # 77.3 - 77.0 = 0.3 < 0.5
+    # epoch 5: 77.55 - 77.0 = 0.55, not under 0.5; epoch 6: 77.6 - 77.3 = 0.3
+    assert stop_epoch(creeping, patience=2, min_delta=0.5) == 6
+    assert gain(creeping, 2) == pytest.approx(0.3)
+
+
+def test_a_dip_and_its_recovery_gain_nothing_over_the_best_so_far():
+    dip = [0.50, 0.686, 0.672, 0.678, 0.690]  # stream training's non-monotone dev curve
+    assert gain(dip[:4], 2) == pytest.approx(-0.8)
+    assert should_stop(dip[:4], patience=2)  # two epochs below 68.6
+    assert not should_stop(dip[:4], patience=3)  # the rule with more patience waits for epoch 5
+    assert not should_stop(dip, patience=3, min_delta=0.3)  # 69.0 - 68.6 = 0.4 >= 0.3 points
+
+
+def test_min_epochs_and_bad_arguments():
+    assert not should_stop([0.5, 0.4, 0.3], patience=1, min_epochs=4)
+    assert should_stop([0.5, 0.4, 0.3, 0.2], patience=1, min_epochs=4)
+    with pytest.raises(ValueError):
+        should_stop([0.5], patience=0)
+    with pytest.raises(ValueError):
+        should_stop([0.5], patience=1, min_delta=-1)
+    with pytest.raises(ValueError):
+        newbob([0.5], False, start_below=0.1, stop_below=0.5)
+
+
+def test_newbob_halves_from_a_small_gain_on_and_stops_on_a_smaller_one_while_halving():
+    curve = [0.60, 0.70, 0.703, 0.709, 0.7095]
+    halving, stops = False, []
+    for e in range(1, len(curve) + 1):
+        halving, stop = newbob(curve[:e], halving, start_below=0.5, stop_below=0.1)
+        stops.append((halving, stop))
+    # epoch 2 gains 10 points; epoch 3 gains 0.3 (< 0.5): halving starts, no stop yet; epoch 4
+    # gains 0.6 (>= 0.1): go on halved; epoch 5 gains 0.05 (< 0.1) while halving: stop
+    assert stops == [(False, False), (False, False), (True, False), (True, False), (True, True)]
+    # a small gain before halving started never stops at once
+    assert newbob([0.7, 0.7], False) == (True, False)
