@@ -56,6 +56,7 @@ from cluster.models.checkpoint import MAX_HIDDEN, MAX_LAYERS, MODEL_FILE
 from cluster.models.stack import SeedStack
 from cluster.runs import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, RunStamp
 from cluster.runtime import git_revision
+from cluster.schedule import should_stop
 from cluster.streams import StreamBatches, carry, stream_schedule
 
 IGNORE = -100
@@ -107,6 +108,7 @@ class TrainConfig:
     chunk_width: int = 0  # 0: whole utterances; n: carried-state streams in windows of n frames (streams.py)
     clip: float = 5.0
     patience: int = 3  # epochs without dev improvement before stopping
+    min_delta: float = 0.0  # dev accuracy points the last `patience` epochs must gain to go on (schedule.should_stop)
     seed: int = 0
     lm_weight: float = 1.0
     prior_scale: float = 1.0
@@ -133,6 +135,8 @@ class TrainConfig:
         check(self.batch_size >= 1, f"batch_size={self.batch_size}: at least 1")
         check(self.chunk_width >= 0, f"chunk_width={self.chunk_width}: 0 (whole utterances) or a window in frames")
         check(self.patience >= 1, f"patience={self.patience}: at least 1")
+        check(math.isfinite(self.min_delta) and self.min_delta >= 0,
+              f"min_delta={self.min_delta}: dev accuracy points, 0 or more")
         check(self.threads_per_worker >= 1, f"threads_per_worker={self.threads_per_worker}: at least 1")
         check(math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr}: a positive number")
         check(math.isfinite(self.clip) and self.clip > 0, f"clip={self.clip}: a positive number")
@@ -349,7 +353,8 @@ def make_seed(config: TrainConfig, num_targets: int, cmvn_mean, cmvn_std, device
 
 def end_epoch(run: SeedRun, metrics: dict) -> bool:
     """A seed's epoch is over: its best weights, early stopping and schedule step on its own dev
-    frame accuracy. True when the seed stops (``patience`` epochs without improvement, or its last)."""
+    frame accuracy. True when the seed stops (``schedule.should_stop``: its last ``patience`` epochs
+    gained less than ``min_delta`` points, none at all where that is 0; or it was its last epoch)."""
     if metrics["dev_frame_acc"] > run.best_acc:
         run.best_acc, run.stale = metrics["dev_frame_acc"], 0
         run.best_state = copy.deepcopy(run.model.state_dict())
@@ -360,7 +365,8 @@ def end_epoch(run: SeedRun, metrics: dict) -> bool:
     elif run.sched is not None:
         run.sched.step()
     run.history.append(metrics)
-    return run.stale >= run.config.patience or metrics["epoch"] >= run.config.epochs
+    stop = should_stop([h["dev_frame_acc"] for h in run.history], run.config.patience, run.config.min_delta)
+    return stop or metrics["epoch"] >= run.config.epochs
 
 
 def final_metrics(run: SeedRun, scored: dict) -> dict:

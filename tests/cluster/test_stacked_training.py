@@ -166,3 +166,18 @@ def test_two_workers_average_each_seeds_gradients_and_agree(small_corpus, tmp_pa
     mp.spawn(_two_ranks, args=(str(small_corpus), str(tmp_path), port), nprocs=2)
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+@pytest.mark.parametrize("min_delta, stops_after", [(0.0, None), (0.5, 5)])
+def test_end_epoch_stops_a_seed_whose_gain_falls_under_min_delta(min_delta, stops_after):
+    """Patience 2: a seed still gaining 0.2 points an epoch goes on under the plain rule and stops
+    once two epochs gained under ``min_delta`` points (the curve of a stream run near convergence)."""
+    from cluster.train import end_epoch
+
+    config = TrainConfig(cell="gru", layers=1, hidden=4, epochs=12, patience=2, min_delta=min_delta)
+    run = make_seed(config, 5, torch.zeros(40), torch.ones(40))
+    curve = [0.70, 0.76, 0.780, 0.782, 0.784, 0.786]
+    stopped = next((e for e, acc in enumerate(curve, 1) if end_epoch(run, {"epoch": e, "dev_frame_acc": acc})), None)
+    assert stopped == stops_after
+    with pytest.raises(Exception, match="min_delta"):
+        TrainConfig(min_delta=-1.0)
