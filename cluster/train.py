@@ -55,7 +55,7 @@ from cluster.models import CELLS, AcousticModel, CheckpointError, ModelConfig, b
 from cluster.models.checkpoint import MAX_HIDDEN, MAX_LAYERS, MODEL_FILE
 from cluster.models.stack import SeedStack
 from cluster.runs import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, RunStamp
-from cluster.runtime import git_revision
+from cluster.runtime import git_revision, train_settings
 from cluster.schedule import should_stop
 from cluster.streams import StreamBatches, carry, stream_schedule
 
@@ -673,8 +673,6 @@ def make_trainer(config: TrainConfig, name: str, storage_path: str, workers: int
     """A ``TorchTrainer`` for one run; ``storage_path`` must be absolute (Ray 2.60). Ray Train's
     settings that cut a trial's idle start-up and shut-down go into this process's environment
     first (``cluster.runtime.TRAIN_SETTINGS``): in a Tune trial, this is the trial's process."""
-    from cluster.runtime import train_settings
-
     train_settings()
     storage = Path(storage_path).resolve()
     cfg = asdict(config)
