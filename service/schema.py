@@ -65,7 +65,8 @@ ANALYSES_LOG = keyed(
     C("status", "VARCHAR", "running | finished | failed"), C("error", "VARCHAR"),
     C("params", "VARCHAR", "JSON: split, utterances, rules, ..."), C("rows", "BIGINT", "rows the analysis wrote"),
     C("started_at", "TIMESTAMP"), C("finished_at", "TIMESTAMP"), C("figure_paths", "VARCHAR[]"),
-    C("owner", "VARCHAR", "host:pid of the process that wrote the row (a running row whose owner is gone is "
+    C("owner", "VARCHAR", "host:pid.start of the process that wrote the row (start: when it started, so "
+                          "a reused pid is not taken for it; a running row whose owner is gone is "
                           "orphaned: a killed pass; the next pass redoes it)"),
     primary_key=True)
 WATCH_FAILURES = keyed(

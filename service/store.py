@@ -117,26 +117,43 @@ def connect(path: Path, read_only: bool, timeout: float, config: dict | None = N
 
 # -- owners: which process holds a writer's marker or runs an analysis ----------------------------
 
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22), or
+    None where it is gone or /proc is not there. With the pid it names one process: a pid alone
+    may have been reused by the time a later pass asks."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
 def owner() -> str:
-    """This process as ``host:pid`` (what a writer's marker and a running analysis row record)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as ``host:pid.start`` (``start``: ``_started``; ``host:pid`` where /proc is
+    missing), what a writer's marker and a running analysis row record."""
+    start = _started(os.getpid())
+    return f"{socket.gethostname()}:{os.getpid()}" + (f".{start}" if start else "")
 
 
 def owner_alive(who: str | None, stale_after: float | None = None, since: float | None = None) -> bool:
-    """Whether the process ``host:pid`` still runs. On this host it is asked (signal 0); a process
-    on another host is taken as alive unless ``since`` (epoch seconds) is more than ``stale_after``
-    seconds ago."""
+    """Whether the process ``host:pid[.start]`` still runs. On this host it is asked (signal 0),
+    and where the owner recorded its start, a process with that pid that started at another time
+    is a reuse of the pid, so the owner is gone; a process on another host is taken as alive
+    unless ``since`` (epoch seconds) is more than ``stale_after`` seconds ago."""
     if not who:
         return False
-    host, _, pid = who.rpartition(":")
+    host, _, proc = who.rpartition(":")
+    pid, _, start = proc.partition(".")
     if host == socket.gethostname() and pid.isdigit():
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             return False
         except PermissionError:  # another user's live process
-            return True
-        return True
+            pass
+        now = _started(int(pid))
+        return not start or now is None or now == start
     return stale_after is None or since is None or time.time() - since < stale_after
 
 
