@@ -36,6 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cluster.processes import alive, this_process
 from cluster.errors import EXIT_BUSY, BusyError, InputError
 from cluster.tables import ANALYSIS_SUMMARY as SUMMARY, CAPTURE, QUANTITIES, Table
 from service import schema
@@ -117,23 +118,10 @@ def connect(path: Path, read_only: bool, timeout: float, config: dict | None = N
 
 # -- owners: which process holds a writer's marker or runs an analysis ----------------------------
 
-def _started(pid: int) -> str | None:
-    """When process ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22), or
-    None where it is gone or /proc is not there. With the pid it names one process: a pid alone
-    may have been reused by the time a later pass asks."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces
-    return fields[19] if len(fields) > 19 else None
-
-
 def owner() -> str:
-    """This process as ``host:pid.start`` (``start``: ``_started``; ``host:pid`` where /proc is
-    missing), what a writer's marker and a running analysis row record."""
-    start = _started(os.getpid())
-    return f"{socket.gethostname()}:{os.getpid()}" + (f".{start}" if start else "")
+    """This process as ``host:pid.start`` (``cluster.processes``), what a writer's marker and a
+    running analysis row record."""
+    return f"{socket.gethostname()}:{this_process()}"
 
 
 def owner_alive(who: str | None, stale_after: float | None = None, since: float | None = None) -> bool:
@@ -144,16 +132,8 @@ def owner_alive(who: str | None, stale_after: float | None = None, since: float 
     if not who:
         return False
     host, _, proc = who.rpartition(":")
-    pid, _, start = proc.partition(".")
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # another user's live process
-            pass
-        now = _started(int(pid))
-        return not start or now is None or now == start
+    if host == socket.gethostname():
+        return alive(proc)
     return stale_after is None or since is None or time.time() - since < stale_after
 
 

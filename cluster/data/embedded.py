@@ -37,7 +37,8 @@ from cluster.data import features as F
 from cluster.data import phones as P
 from cluster.data.espeak import SAMPLE_RATE as ESPEAK_RATE
 from cluster.data.espeak import Synthesizer, Voice
-from cluster.data.kaldi import CorpusError, MANIFEST, cmvn_stats_matrix, move_into_place, save_shard_arks, write_kaldi_tables
+from cluster.data.kaldi import (CorpusError, MANIFEST, cmvn_stats_matrix, move_into_place, save_shard_arks,
+                                staging_dir, write_kaldi_tables)
 from cluster.errors import InputError
 from cluster.runtime import ensure_ray
 
@@ -230,9 +231,7 @@ def prepare_embedded(out_dir: str | os.PathLike, utterances: int = 3000, seed: i
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CorpusError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     planned = plan(utterances, seed)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out)
     t0 = time.time()
     try:
         ensure_ray()

@@ -21,6 +21,7 @@ Every error names the file and, where there is one, the utterance at fault.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ import kaldiio
 import numpy as np
 
 from cluster.errors import InputError
+from cluster.processes import alive, this_process
 
 MANIFEST = "manifest.json"
 DEFAULT_FRAME_TOLERANCE = 2
@@ -103,10 +105,29 @@ def save_shard_arks(data_dir: Path, shard: int, tables: dict[str, dict[str, np.n
     return scp
 
 
+def staging_dir(out: Path) -> Path:
+    """A fresh sibling folder, named for this process, to write the corpus ``out`` into before
+    ``move_into_place``. What killed writers of ``out`` left is cleared first: their staging
+    folders are removed, and a corpus one had moved aside (killed between the two renames of
+    ``move_into_place``) is put back where no new one took its place."""
+    for left in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, proc = left.name[len(out.name) + 2:].partition("-")
+        if kind not in ("tmp", "old") or alive(proc):
+            continue
+        if kind == "old" and not out.exists():
+            left.rename(out)
+        else:
+            shutil.rmtree(left, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.tmp-{this_process()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def move_into_place(tmp: Path, out: Path) -> None:
     """A complete corpus folder ``tmp`` becomes ``out``, replacing what was there only at the end."""
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = out.parent / f".{out.name}.old-{this_process()}"
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old)

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 
-from service.store import _started, owner, owner_alive
+from cluster.processes import started as _started
+from service.store import owner, owner_alive
 
 
 def test_this_process_is_alive_and_names_its_start():

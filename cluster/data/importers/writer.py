@@ -32,7 +32,7 @@ import soxr
 from cluster.data import features as F
 from cluster.data.importers.source import Audio, SourceUtterance, checked_words, fit_to_audio
 from cluster.data.kaldi import (MANIFEST, CorpusError, check_corpus, cmvn_stats_matrix, move_into_place,
-                                save_shard_arks, write_kaldi_tables)
+                                save_shard_arks, staging_dir, write_kaldi_tables)
 from cluster.data.importers.phonesets import PhoneSet
 from cluster.data.phones import STATES_PER_PHONE
 from cluster.errors import GatelensError
@@ -148,9 +148,7 @@ def write_corpus(plan, out: str | os.PathLike, options: ImportOptions = ImportOp
         raise CorpusError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     checked = list(zip(utts, plan.segments))
     words = {s: words_ctm([u for u in utts if split_of[u.utt_id] == s]) for s in SPLITS}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out)
     refs: list = []
     try:
         ensure_ray()
