@@ -22,6 +22,7 @@ from time import time as _now
 _IMPORTS_BEGAN = _now()
 
 import copy
+import io
 import json
 import re
 import shutil
@@ -606,12 +607,14 @@ def _write_checkpoint(run: SeedRun, metrics: dict, corpus_identity: dict, run_st
     numbers of the epochs it redoes again."""
     run_dir = Path(run.config.run_dir)
     final, tmp = run_dir / f"checkpoint_{run.reports:06d}", run_dir / f".checkpoint_{run.reports:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_checkpoint(tmp / MODEL_FILE, run.model, corpus_identity, extra={"stamps": run_stamps, "metrics": metrics,
-                                                                         "decode_graph": graph.to_dict()})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    extra = {"stamps": run_stamps, "metrics": metrics, "decode_graph": graph.to_dict()}
+    if final.is_dir():  # redone after a resume: the file is replaced in place (atomically), never absent
+        save_checkpoint(final / MODEL_FILE, run.model, corpus_identity, extra=extra)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_checkpoint(tmp / MODEL_FILE, run.model, corpus_identity, extra=extra)
+        os.replace(tmp, final)
     run.reports += 1
 
 
@@ -620,9 +623,9 @@ def _finish_run(run: SeedRun, utterances: list[dict], corpus_identity: dict, run
     last, ``epochs.parquet``: a run with that file is finished, its last checkpoint the final one."""
     _write_checkpoint(run, run.final, corpus_identity, run_stamps, graph)
     run_dir = Path(run.config.run_dir)
-    for d in run_dir.iterdir():  # numbers past the final one: left by an attempt killed mid-epoch
+    for d in run_dir.iterdir():  # numbers past the final one, or half-written ones: left by a killed attempt
         m = CHECKPOINT_DIR.fullmatch(d.name)
-        if m and int(m.group(1)) >= run.reports:
+        if (m and int(m.group(1)) >= run.reports) or (d.name.startswith(".checkpoint_") and d.name.endswith(".tmp")):
             shutil.rmtree(d)
     _write_parquet(run_dir / UTTERANCES_FILE, [{"split": "test", **u} for u in utterances])
     _write_epochs(run_dir, run.history, run.final)
@@ -639,6 +642,7 @@ def _report(metrics: dict, runs: list[SeedRun], epoch: int, rank: int) -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` as ``path``, written beside it, then renamed: a reader sees the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -657,9 +661,9 @@ def epoch_rows(history: list[dict], final: dict) -> list[dict]:
 
 def _write_parquet(path: Path, rows: list[dict]) -> None:
     """A Parquet file the store ingests, written whole, then renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    pl.DataFrame(rows).write_parquet(tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    pl.DataFrame(rows).write_parquet(buf)
+    _write_atomically(path, buf.getvalue())
 
 
 def _write_epochs(run_dir: Path, history: list[dict], final: dict) -> None:
