@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from cluster.models import ModelConfig, SeedStack, build_model
+from cluster.runtime import machine
 
 CELLS = ("lstm_fused", "lstm", "gru", "lstm_lazy")
 PRECISIONS = ("fp32", "bf16")
@@ -159,12 +160,7 @@ def stack_case(cell, S, mode, seed=0):
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = "unknown CPU"
-    return f"{name} ({os.cpu_count()} cores, torch cpu capability {torch.backends.cpu.get_cpu_capability()})"
+    return f"{machine()}, torch cpu capability {torch.backends.cpu.get_cpu_capability()}"
 
 
 def stack_bench(args):

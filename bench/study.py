@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from cluster.grid import run_study, trial_configs
 from cluster.models import ModelConfig, SeedStack, build_model, load_checkpoint
 from cluster.runs import collect_results, iter_runs
-from cluster.runtime import log_ray_to
+from cluster.runtime import log_ray_to, machine as runtime_machine
 from cluster.schedule import stop_epoch
 from cluster.settings import parse_assignment
 from cluster.studies import PROFILES
@@ -70,12 +70,8 @@ def per_epoch(storage: str, study: str) -> pl.DataFrame:
 
 
 def machine() -> str:
-    """The CPU's model name, its cores, and the load average now (other users' work counts)."""
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    isa = "AVX-512 (avx512_bf16)" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
-    return f"{cpu}, {os.cpu_count()} cores, {isa}; load average {' / '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    """The CPU (``cluster.runtime.machine``) and the load average now (other users' work counts)."""
+    return f"{runtime_machine()}; load average {' / '.join(f'{x:.2f}' for x in os.getloadavg())}"
 
 
 def mode_curves(storage: str, study: str) -> pl.DataFrame:
