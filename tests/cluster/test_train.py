@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -24,14 +26,42 @@ from service.results import format_table
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_grid_end_to_end_and_results_equal_what_trials_reported(small_corpus, tmp_path):
-    custom = [{"cell": "lstm", "layers": 1}, {"cell": "gru", "layers": 1}]
-    configs, grid = run_study("mini", "tiny", tmp_path, corpus=str(small_corpus), custom=custom)
+@pytest.fixture(scope="module")
+def tiny_grid(small_corpus, tmp_path_factory):
+    """One ``gatelens grid`` of the tiny profile for this module's two grid tests (one start of Ray
+    Tune instead of two): lstm and gru at one layer, three stacked seeds each, on whole utterances
+    (two trials, six runs). Returns its storage, store, exit status, console, and the ResultGrid its
+    ``run_study`` returned (seen by a wrapper that calls the real one)."""
+    import service.cli.runs as runs_cli
+    from service.cli import main as gatelens
+
+    root = tmp_path_factory.mktemp("tiny_grid")
+    returned = []
+
+    def run_study_seen(*args, **kwargs):
+        returned.append(run_study(*args, **kwargs))
+        return returned[-1]
+
+    common = ["--storage", root / "runs", "--store", root / "s.duckdb"]
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
+        mp.setattr(runs_cli, "run_study", run_study_seen)
+        status = gatelens([str(a) for a in ["grid", "--study", "mini", "--profile", "tiny", "--cells", "lstm,gru",
+                                            "--layers", "1", "--seeds", "0,1,2", "--corpus", small_corpus, *common]])
+    assert len(returned) == 1
+    return {"storage": root / "runs", "store": root / "s.duckdb", "common": common, "status": status,
+            "err": err.getvalue(), "grid": returned[0][1]}
+
+
+def test_tiny_grid_end_to_end_and_results_equal_what_trials_reported(tiny_grid, small_corpus):
+    storage, grid = tiny_grid["storage"], tiny_grid["grid"]
+    assert tiny_grid["status"] == 0, tiny_grid["err"][-3000:]
     assert grid is not None and not grid.errors, grid.errors
     reported = {name: m for r in grid for name, m in r.metrics["results"].items()}  # each seed's, by run name
     assert len(grid.get_dataframe()) == 2  # the ResultGrid view users read has both trials
-    table = collect(tmp_path, "mini")
-    assert table.height == 2 and set(table["cell"]) == {"lstm", "gru"}
+    assert len(reported) == 6
+    table = collect(storage, "mini")
+    assert table.height == 6 and set(table["cell"]) == {"lstm", "gru"}
     for row in table.iter_rows(named=True):
         m = reported[row["run"]]
         assert m["final"]
@@ -39,33 +69,34 @@ def test_tiny_grid_end_to_end_and_results_equal_what_trials_reported(small_corpu
         assert row["test_frame_acc"] == pytest.approx(m["test_frame_acc"])
         assert row["best_epoch"] == m["best_epoch"]
         assert 0.0 <= row["test_frame_acc"] <= 1.0 and row["test_per"] >= 0.0
-    run = tmp_path / "mini" / "runs" / table["run"][0]
+    run = storage / "mini" / "runs" / table["run"][0]
     stamp = (run / RUN_FILE).read_text()
     for key in ('"seed"', '"manifest_sha256"', '"torch"', '"git_revision"', '"config"'):
         assert key in stamp
     text = format_table(table, "mini")
     assert "LSTM" in text and "GRU" in text
-    # into the store, twice: one row per run and per epoch and split, equal to what the trials wrote
+    # into a fresh store, twice: one row per run and per epoch and split, equal to what the trials wrote
     from service.results import ingest_study
     from service.store import Store
 
-    store = Store(tmp_path / "store.duckdb")
-    assert ingest_study(store, tmp_path, "mini") == 2 and ingest_study(store, tmp_path, "mini") == 2
+    store = Store(storage.parent / "again.duckdb")
+    assert ingest_study(store, storage, "mini") == 6 and ingest_study(store, storage, "mini") == 6
     stored = store.query("SELECT run_id, split, epoch, per, frame_acc FROM epoch_metrics ORDER BY ALL")
-    assert stored.height == 4  # 1 dev epoch + the test row, per run
+    assert stored.height == 12  # 1 dev epoch + the test row, per run
     for row in table.iter_rows(named=True):
         test_row = stored.filter((pl.col("run_id") == f"mini:{row['run']}") & (pl.col("split") == "test"))
         assert test_row["per"][0] == pytest.approx(row["test_per"])
     # every scored test utterance's errors are in the store, and they sum to the run's PER
     per_utt = store.query("SELECT run_id, count(*) AS n, sum(sub + ins + del) / sum(ref_len) AS per, "
                           "any_value(checkpoint_id) AS ck FROM utterance_errors WHERE split = 'test' GROUP BY run_id")
-    assert per_utt.height == 2
+    assert per_utt.height == 6
     for row in table.iter_rows(named=True):
         r = per_utt.filter(pl.col("run_id") == f"mini:{row['run']}").row(0, named=True)
         assert r["n"] == 12 and r["per"] == pytest.approx(row["test_per"])
         assert r["ck"].startswith(f"{row['cell']}-1x16-")
-    # a second call finds both runs finished and trains nothing
-    _, again = run_study("mini", "tiny", tmp_path, corpus=str(small_corpus), custom=custom)
+    # a second call finds every run finished and trains nothing
+    _, again = run_study("mini", "tiny", storage, corpus=str(small_corpus), seeds=(0, 1, 2),
+                         custom=[{"cell": "lstm", "layers": 1}, {"cell": "gru", "layers": 1}])
     assert again is None
 
 
@@ -175,48 +206,55 @@ def test_a_planted_pickle_in_the_training_state_is_refused_and_never_runs(tmp_pa
     assert load_train_state(good)["epoch"] == 2
 
 
-def test_a_tiny_grid_of_three_stacked_seeds_writes_three_ordinary_runs(small_corpus, tmp_path, capsys):
-    """One trial trains the three seeds of the grid point side by side; results, the store and the
-    claims' readers see three ordinary runs."""
+def test_a_tiny_grid_of_three_stacked_seeds_writes_three_ordinary_runs(tiny_grid, capsys):
+    """One trial trains the three seeds of a grid point side by side; results, the store and the
+    claims' readers see three ordinary runs per point."""
     from service.cli import main as gatelens
 
-    common = ["--storage", tmp_path / "runs", "--store", tmp_path / "s.duckdb"]
-    assert gatelens([str(a) for a in ["grid", "--study", "seeded", "--profile", "tiny", "--cells", "gru", "--layers",
-                                      "1", "--seeds", "0,1,2", "--corpus", small_corpus, *common]]) == 0
-    names = ["gru_L1_H16_s0", "gru_L1_H16_s1", "gru_L1_H16_s2"]
-    table = collect(tmp_path / "runs", "seeded")
-    assert sorted(table["run"]) == names and sorted(table["seed"]) == [0, 1, 2]
-    assert table["test_per"].n_unique() > 1 or table["test_frame_acc"].n_unique() > 1
+    storage, common = tiny_grid["storage"], tiny_grid["common"]
+    assert tiny_grid["status"] == 0, tiny_grid["err"][-3000:]
+    names = [f"{c}_L1_H16_s{s}" for c in ("gru", "lstm") for s in (0, 1, 2)]
+    table = collect(storage, "mini")
+    assert sorted(table["run"]) == names and sorted(table["seed"]) == [0, 0, 1, 1, 2, 2]
+    for cell in ("gru", "lstm"):
+        seeds = table.filter(pl.col("cell") == cell)
+        assert seeds["test_per"].n_unique() > 1 or seeds["test_frame_acc"].n_unique() > 1
     # the console: the log file named first, a line per seed and epoch and per finished seed, no Tune tables
-    err = capsys.readouterr().err
+    err = tiny_grid["err"]
     log = Path(re.search(r"Ray's messages: (\S+)", err).group(1))
-    assert log.parent == tmp_path / "runs" / "seeded" / "logs" and log.is_file()
+    assert log.parent == storage / "mini" / "logs" and log.is_file()
     for run in names:
         assert re.search(rf"\] {run} +epoch 1/1  dev accuracy [\d.]+ %", err), err
-        assert re.search(rf"\] {run} +done \([123]/3\): test PER [\d.]+ %", err), err
+        assert re.search(rf"\] {run} +done \([1-6]/6\): test PER [\d.]+ %", err), err
+    assert sorted(int(n) for n in re.findall(r" done \((\d)/6\)", err)) == [1, 2, 3, 4, 5, 6]  # counted over the grid
     assert "Trial status" not in err and "Configuration for experiment" not in err
-    assert "trained 3 runs in" in err and "(1 trial)" in err
-    assert "starting 1 trial (3 seeds each), " in err
-    assert re.search(r"\] gru_L1_H16_s0-1-2 +starting: Ray Train starts its workers", err)
-    assert gatelens([str(a) for a in ["results", "--study", "seeded", *common]]) == 0
+    assert "trained 6 runs in" in err and "(2 trials)" in err
+    assert "starting 2 trials (3 seeds each), " in err
+    for cell in ("gru", "lstm"):
+        assert re.search(rf"\] {cell}_L1_H16_s0-1-2 +starting: Ray Train starts its workers", err)
+    capsys.readouterr()
+    assert gatelens([str(a) for a in ["results", "--study", "mini", *common]]) == 0
     out = capsys.readouterr().out
     assert "Seeds" in out and "[" in out and "mean over seeds" in out
-    line = next(l for l in out.splitlines() if l.startswith("GRU"))
-    assert line.split()[3] == "3"
-    assert gatelens([str(a) for a in ["results", "--study", "seeded", "--per-seed", "--format", "csv", *common]]) == 0
-    assert pl.read_csv(__import__("io").StringIO(capsys.readouterr().out)).height == 3
+    for label in ("GRU", "LSTM"):
+        line = next(l for l in out.splitlines() if l.startswith(label))
+        assert line.split()[3] == "3"
+    assert gatelens([str(a) for a in ["results", "--study", "mini", "--per-seed", "--format", "csv", *common]]) == 0
+    assert pl.read_csv(io.StringIO(capsys.readouterr().out)).height == 6
     from service.store import Store
 
-    store = Store(tmp_path / "s.duckdb")
-    assert store.query("SELECT seed FROM runs ORDER BY seed")["seed"].to_list() == [0, 1, 2]
-    assert store.query("SELECT count(*) AS n FROM utterance_errors")["n"][0] == 3 * 12
+    store = Store(tiny_grid["store"])  # what the grid command itself ingested
+    assert store.query("SELECT seed FROM runs ORDER BY seed")["seed"].to_list() == [0, 0, 1, 1, 2, 2]
+    assert store.query("SELECT count(*) AS n FROM utterance_errors")["n"][0] == 6 * 12
     # what the claims read of a study's runs: one final checkpoint each, the seeds' results
-    ids = final_checkpoint_ids(tmp_path / "runs", ["seeded"])
-    assert len(ids) == 3 and all(i.startswith("gru-1x16-") for i in ids)
-    assert sorted(studies_results(tmp_path / "runs", ["seeded"])["seed"]) == [0, 1, 2]
-    # the trial's own storage is not a run
-    assert (tmp_path / "runs" / "seeded" / "stacks" / "gru_L1_H16_s0-1-2").is_dir()
-    assert not list((tmp_path / "runs" / "seeded" / "stacks").rglob("model.pt"))
+    ids = final_checkpoint_ids(storage, ["mini"])
+    assert len(ids) == 6 and sorted(i.split("-")[0] for i in ids) == ["gru"] * 3 + ["lstm"] * 3
+    assert all(i.startswith(("gru-1x16-", "lstm-1x16-")) for i in ids)
+    assert sorted(studies_results(storage, ["mini"])["seed"]) == [0, 0, 1, 1, 2, 2]
+    # the trials' own storage is not a run
+    for cell in ("gru", "lstm"):
+        assert (storage / "mini" / "stacks" / f"{cell}_L1_H16_s0-1-2").is_dir()
+    assert not list((storage / "mini" / "stacks").rglob("model.pt"))
 
 
 def test_train_prints_one_line_per_epoch_and_keeps_rays_messages_in_its_log(small_corpus, tmp_path, capsys):

@@ -17,3 +17,7 @@ class Case:
     changes_store: bool = False  # False: the store's rows must be identical afterwards
     marker: str | None = None  # a file (relative to the folder) that planted code would create
     timeout: float = 180.0
+    # True: run as a real ``python -m service.cli`` process, for a case whose failure would exhaust or
+    # hang the interpreter (memory, a runaway query) or that reaches Ray workers and third-party code;
+    # the rest call ``service.cli.main`` in the test's process, as the console script does
+    own_process: bool = False

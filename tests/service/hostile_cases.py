@@ -77,7 +77,7 @@ STORAGE_CASES: list[Case] = [
     # files in storage that would run code
     Case("pipe-in-feats-scp", lambda d: ["corpus", "check", d / "kaldi" / "corpus.toml"], 2,
          r"feats\.scp:4: utterance u3: .*a Kaldi pipe runs a shell command",
-         setup=lambda d: _with_corpus(d, feats_line="u3 touch {mark} |"), marker=MARK),
+         setup=lambda d: _with_corpus(d, feats_line="u3 touch {mark} |"), marker=MARK, own_process=True),
     Case("pipe-without-the-flag", lambda d: ["corpus", "check", d / "kaldi" / "corpus.toml"], 2,
          r"a Kaldi pipe runs a shell command",
          setup=lambda d: _with_corpus(d, feats_line="u3 touch {mark} |", manifest_extra="allow_pipes = true"),
@@ -98,7 +98,7 @@ STORAGE_CASES: list[Case] = [
     # checkpoints that would exhaust the machine or hold garbage
     Case("checkpoint-with-a-million-layers", lambda d: ["capture", d / "ck.pt"], 2,
          r"config layers=1000000 is outside 1\.\.64; refused before building",
-         setup=lambda d: (_with_corpus(d), checkpoint(d, edit=_huge)), timeout=60),
+         setup=lambda d: (_with_corpus(d), checkpoint(d, edit=_huge)), timeout=60, own_process=True),
     Case("checkpoint-with-nan-weights", lambda d: ["capture", d / "ck.pt"], 2,
          r"weight layers\.0\.W_cx holds NaN or Inf", setup=lambda d: (_with_corpus(d), checkpoint(d, edit=_nan))),
     # a refused capture must not change the store (the fixture holds a finished capture of STORED)
@@ -119,7 +119,7 @@ STORAGE_CASES: list[Case] = [
     Case("watch-every-negative", lambda d: ["watch", "--every=-5m", "--storage", d], 2, r"--every '-5m'"),
     Case("watch-every-nan", lambda d: ["watch", "--every", "nan", "--storage", d], 2, r"--every 'nan'"),
     Case("corpus-a-billion-utterances", lambda d: ["corpus", "--out", d / "c", "--utterances", "1000000000"], 2,
-         r"--utterances 1000000000: at most 1,000,000", marker="c", timeout=60),
+         r"--utterances 1000000000: at most 1,000,000", marker="c", timeout=60, own_process=True),
     Case("corpus-no-utterances", lambda d: ["corpus", "--out", d / "c", "--utterances", "0"], 2,
          r"argument --utterances: '0': must be at least 1", marker="c"),
     Case("train-zero-layers", lambda d: ["train", "--layers", "0", "--storage", d / "runs"], 2,
@@ -153,7 +153,8 @@ STORAGE_CASES: list[Case] = [
     # lhotse reads a '.sph' file through sph2pipe in a shell: the file's name must never reach one
     Case("import-lhotse-with-a-shell-in-an-sph-name", lambda d: ["corpus", "import", "--from", "lhotse", d / "src",
                                                                  "--out", d / "out"], 2,
-         r"utterance u\d", setup=lambda d: _lhotse_source(d, "file", f"{d}/a;touch {d / MARK};.sph"), marker=MARK),
+         r"utterance u\d", setup=lambda d: _lhotse_source(d, "file", f"{d}/a;touch {d / MARK};.sph"), marker=MARK,
+         own_process=True),
     Case("import-lhotse-utterance-id-climbing-out", lambda d: ["corpus", "import", "--from", "lhotse", d / "src",
                                                                "--out", d / "out"], 2,
          r"utterance id '\.\./\.\./x'", setup=lambda d: _lhotse_source(d, "file", f"{d}/a.wav", "../../x")),

@@ -31,11 +31,11 @@ SQL_CASES: list[Case] = [
     # time and memory limits
     Case("sql-runaway-query-timeout", lambda f: ["sql", RUNAWAY, "--timeout", "2"], 1,
          r"^gatelens sql: error: the query ran longer than 2 s and was stopped \(--timeout raises the limit\)$",
-         timeout=30),
+         timeout=30, own_process=True),
     Case("sql-out-of-memory", lambda f: ["sql", "SELECT list(i) FROM range(50000000) t(i)", "--memory-limit", "50MB",
                                          "--format", "csv"], 1,
          r"^gatelens sql: error: the query needed more memory than --memory-limit 50MB and was stopped "
-         r"\(--memory-limit raises the limit; DuckDB: Out of Memory Error: [^\n]*\)$", timeout=60),
+         r"\(--memory-limit raises the limit; DuckDB: Out of Memory Error: [^\n]*\)$", timeout=60, own_process=True),
     Case("sql-timeout-zero", lambda f: ["sql", "SELECT 1", "--timeout", "0"], 2, r"^gatelens sql: error: .*--timeout"),
     Case("sql-timeout-negative", lambda f: ["sql", "SELECT 1", "--timeout=-5"], 2, r"^gatelens sql: error: .*--timeout"),
     Case("sql-timeout-nan", lambda f: ["sql", "SELECT 1", "--timeout", "nan"], 2, r"^gatelens sql: error: .*--timeout"),

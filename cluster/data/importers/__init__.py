@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cluster.data.importers import splits as S
 from cluster.data.importers.phonesets import PhoneSet, read_phone_map
-from cluster.data.importers.source import check_ids, mapped_segments
+from cluster.data.importers.source import check_audio_files, check_ids, mapped_segments
 from cluster.data.importers.writer import ImportOptions, describe, write_corpus
 from cluster.errors import InputError
 
@@ -53,7 +53,8 @@ class ImportPlan:
 
 def plan_import(kind: str, source: str | os.PathLike, out: str | os.PathLike, phone_map: str | None = None,
                 shares: tuple[int, int, int] | None = None, seed: int = 0, **kw) -> ImportPlan:
-    """Everything that needs no audio, so that bad alignments fail before any work starts."""
+    """Everything that needs no audio (beyond that its files exist), so that bad alignments and
+    missing files fail before any work starts."""
     if kind not in READERS:
         raise InputError(f"--from {kind!r}: one of {', '.join(SOURCES)}")
     user_map = read_phone_map(phone_map) if phone_map else {}
@@ -61,6 +62,7 @@ def plan_import(kind: str, source: str | os.PathLike, out: str | os.PathLike, ph
     check_ids(utts)
     split_of, how = S.choose(utts, shares, seed, str(source))
     kept = [u for u in utts if u.utt_id in split_of]
+    check_audio_files(kept)
     phone_set = PhoneSet("timit" if kind == "timit" else "arpabet", user_map)
     info = {
         "kind": kind, "source": str(Path(source).resolve()), "name": Path(out).name, "splits": how,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -73,6 +74,21 @@ def check_ids(utts: list[SourceUtterance]) -> None:
         if u.utt_id in seen:
             raise CorpusError(f"{u.origin}: utterance {u.utt_id} appears twice (also in {seen[u.utt_id]})")
         seen[u.utt_id] = u.origin
+
+
+def check_audio_files(utts: list[SourceUtterance]) -> None:
+    """Every file an utterance's audio comes from is a regular file, checked before any Ray cluster
+    starts for the import: a missing one is bad input (exit 2) found at once, not from a shard after
+    a private cluster was started for it (whose start or teardown under load can fail on its own,
+    with exit 1). ``load_audio`` checks again: a file can go between the plan and its shard."""
+    seen: set[str] = set()
+    for u in utts:
+        a = u.audio
+        if a.recording is not None or a.path in seen:
+            continue
+        if not Path(a.path).is_file():  # a fifo or device would block or never end
+            raise CorpusError(f"{a.path}: utterance {u.utt_id}: audio file not found")
+        seen.add(a.path)
 
 
 def mapped_segments(u: SourceUtterance, phone_set: PhoneSet) -> list[F.Segment]:
