@@ -33,6 +33,7 @@ import polars as pl
 import torch
 from scipy.spatial.distance import pdist
 from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
 from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output, Params,
                              checkpoint_info, corpus_for, figure_path, grid, save, summary_frame)
@@ -76,10 +77,18 @@ def smoothness(x: np.ndarray) -> dict:
 
 
 def embed(x: np.ndarray, perplexity: float, seed: int, max_iter: int) -> np.ndarray:
-    """t-SNE of the rows of x into 2-D (perplexity capped for short utterances)."""
+    """t-SNE of the rows of x into 2-D (perplexity capped for short utterances).
+
+    On one OpenMP thread wherever it runs: a Ray task of one CPU already has OMP_NUM_THREADS=1
+    (Ray sets it), but run in a process of its own (bench/service.py --profile, a notebook, a
+    driver) scikit-learn's Barnes-Hut gradient starts a thread per core, and on a busy machine its
+    threads wait on each other. Measured on the 2-core EPYC at load average 29 (300 frames x 128
+    units, 1000 iterations): 98 s on the default threads, 1.2 s on one; the coordinates are
+    identical (tested)."""
     p = float(min(perplexity, max(2.0, (x.shape[0] - 1) / 3)))
-    return TSNE(n_components=2, perplexity=p, init="pca", learning_rate="auto", random_state=seed,
-                max_iter=max_iter).fit_transform(np.asarray(x, dtype=np.float32))
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return TSNE(n_components=2, perplexity=p, init="pca", learning_rate="auto", random_state=seed,
+                    max_iter=max_iter).fit_transform(np.asarray(x, dtype=np.float32))
 
 
 def load(store, checkpoint_id: str, params: TraceParams) -> dict:

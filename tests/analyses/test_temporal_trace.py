@@ -26,6 +26,19 @@ def test_a_smooth_path_scores_lower_than_a_jagged_one():
 
 
 @pytest.mark.slow
+def test_the_embedding_on_one_thread_is_the_default_threads_embedding():
+    """embed runs t-SNE on one OpenMP thread (the Ray task's CPU); the coordinates are those of
+    scikit-learn's default threads, bit for bit."""
+    from sklearn.manifold import TSNE
+
+    x = np.cumsum(np.random.default_rng(2).normal(size=(80, 16)), 0).astype(np.float32)
+    got = tt.embed(x, perplexity=30.0, seed=0, max_iter=250)
+    want = TSNE(n_components=2, perplexity=float(min(30.0, (80 - 1) / 3)), init="pca", learning_rate="auto",
+                random_state=0, max_iter=250).fit_transform(x)
+    assert got.shape == (80, 2) and np.array_equal(got, want)
+
+
+@pytest.mark.slow
 def test_trace_from_the_raw_sample(captured, tmp_path):
     store, cid = captured["store"], captured["lstm"]
     params = tt.TraceParams(**FAST["temporal_trace"])
