@@ -25,11 +25,8 @@ demo: $(STAMP)
 	$(BIN)/gatelens grid --study table1 --profile demo --corpus $(CORPUS) --storage data/runs
 	$(BIN)/gatelens report --study table1 --storage data/runs --claims
 
-# two pytest workers, each with its own session fixtures (Ray cluster, corpus, captured store), a
-# file at a time: most of a serial run's wall time is spent waiting (Ray start-ups, polls), not
-# computing, so two side by side fill the two cores
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest
 
 # the report test opens the page in Debian's headless Chromium; the explorer's tests drive it
 # through Debian's chromium-driver (Selenium)
