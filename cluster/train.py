@@ -57,7 +57,7 @@ from cluster.models.checkpoint import MAX_HIDDEN, MAX_LAYERS, MODEL_FILE
 from cluster.models.stack import SeedStack
 from cluster.runs import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, RunStamp
 from cluster.runtime import git_revision, train_settings
-from cluster.schedule import should_stop
+from cluster.schedule import newbob, should_stop
 from cluster.streams import StreamBatches, carry, stream_schedule
 
 IGNORE = -100
@@ -103,13 +103,17 @@ class TrainConfig:
     optimizer: str = "adam"  # adam | sgd
     lr: float = 1e-3
     momentum: float = 0.9
-    schedule: str = "plateau"  # plateau (halve lr when dev accuracy stalls) | cosine | none
+    schedule: str = "plateau"  # plateau (halve lr when dev accuracy stalls) | cosine | newbob | none
     epochs: int = 10
     batch_size: int = 16  # utterances per batch; with chunk_width > 0, the streams (batch rows) per worker
     chunk_width: int = 0  # 0: whole utterances; n: carried-state streams in windows of n frames (streams.py)
     clip: float = 5.0
     patience: int = 3  # epochs without dev improvement before stopping
     min_delta: float = 0.0  # dev accuracy points the last `patience` epochs must gain to go on (schedule.should_stop)
+    # schedule="newbob" (schedule.newbob): halve lr every epoch once one gains < newbob_start points,
+    # stop once, halving, one gains < newbob_stop; it replaces patience / min_delta as the early stop
+    newbob_start: float = 0.5
+    newbob_stop: float = 0.1
     seed: int = 0
     lm_weight: float = 1.0
     prior_scale: float = 1.0
@@ -143,7 +147,12 @@ class TrainConfig:
         check(math.isfinite(self.clip) and self.clip > 0, f"clip={self.clip}: a positive number")
         check(0 <= self.momentum < 1, f"momentum={self.momentum}: in [0, 1)")
         check(self.optimizer in ("adam", "sgd"), f"optimizer={self.optimizer!r}: adam or sgd")
-        check(self.schedule in ("plateau", "cosine", "none"), f"schedule={self.schedule!r}: plateau, cosine or none")
+        check(self.schedule in ("plateau", "cosine", "newbob", "none"),
+              f"schedule={self.schedule!r}: plateau, cosine, newbob or none")
+        check(math.isfinite(self.newbob_start) and math.isfinite(self.newbob_stop)
+              and 0 <= self.newbob_stop <= self.newbob_start,
+              f"newbob_stop={self.newbob_stop}, newbob_start={self.newbob_start}: 0 <= newbob_stop <= newbob_start "
+              f"(dev accuracy points)")
         check(self.precision in ("fp32", "bf16"), f"precision={self.precision!r}: fp32 or bf16")
         check(self.lazy_layers in ("last", "all"), f"lazy_layers={self.lazy_layers!r}: last or all")
         for name in ("max_train_utterances", "max_eval_utterances"):
@@ -285,9 +294,9 @@ def _scheduler(opt, config: TrainConfig):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1))
-    if config.schedule == "none":
+    if config.schedule in ("newbob", "none"):  # newbob: end_epoch halves the rate itself
         return None
-    raise ValueError(f"schedule must be plateau, cosine or none, not {config.schedule!r}")
+    raise ValueError(f"schedule must be plateau, cosine, newbob or none, not {config.schedule!r}")
 
 
 def seed_configs(config: TrainConfig) -> list[TrainConfig]:
@@ -312,6 +321,7 @@ class SeedRun:
     best_acc: float = -1.0
     best_state: dict | None = None
     stale: int = 0
+    halving: bool = False  # schedule="newbob": the rate is halved every epoch from now on
     history: list = field(default_factory=list)
     final: dict | None = None
     reports: int = 0  # checkpoints written to its run directory: the next one's number
@@ -328,7 +338,7 @@ class SeedRun:
         """What a resumed trial needs of this seed: plain data (loaded ``weights_only``)."""
         live = not self.done
         return {"seed": self.config.seed, "final": self.final, "reports": self.reports, "best_acc": self.best_acc,
-                "stale": self.stale, "history": self.history,
+                "stale": self.stale, "halving": self.halving, "history": self.history,
                 "model": self.model.state_dict() if live else None, "best_state": self.best_state if live else None,
                 "optimizer": self.opt.state_dict() if live else None,
                 "scheduler": self.sched.state_dict() if live and self.sched is not None else None}
@@ -336,6 +346,7 @@ class SeedRun:
     def restore(self, state: dict) -> None:
         self.final, self.reports, self.best_acc = state["final"], state["reports"], state["best_acc"]
         self.stale, self.history, self.best_state = state["stale"], state["history"], state["best_state"]
+        self.halving = bool(state.get("halving", False))
         if not self.done:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
@@ -355,7 +366,8 @@ def make_seed(config: TrainConfig, num_targets: int, cmvn_mean, cmvn_std, device
 def end_epoch(run: SeedRun, metrics: dict) -> bool:
     """A seed's epoch is over: its best weights, early stopping and schedule step on its own dev
     frame accuracy. True when the seed stops (``schedule.should_stop``: its last ``patience`` epochs
-    gained less than ``min_delta`` points, none at all where that is 0; or it was its last epoch)."""
+    gained less than ``min_delta`` points, none at all where that is 0; under ``schedule="newbob"``,
+    ``schedule.newbob``'s stop instead; or it was its last epoch)."""
     if metrics["dev_frame_acc"] > run.best_acc:
         run.best_acc, run.stale = metrics["dev_frame_acc"], 0
         run.best_state = copy.deepcopy(run.model.state_dict())
@@ -366,7 +378,14 @@ def end_epoch(run: SeedRun, metrics: dict) -> bool:
     elif run.sched is not None:
         run.sched.step()
     run.history.append(metrics)
-    stop = should_stop([h["dev_frame_acc"] for h in run.history], run.config.patience, run.config.min_delta)
+    accs = [h["dev_frame_acc"] for h in run.history]
+    if run.config.schedule == "newbob":
+        run.halving, stop = newbob(accs, run.halving, run.config.newbob_start, run.config.newbob_stop)
+        if run.halving and not stop:  # the next epoch trains at half this one's rate
+            for group in run.opt.param_groups:
+                group["lr"] *= 0.5
+    else:
+        stop = should_stop(accs, run.config.patience, run.config.min_delta)
     return stop or metrics["epoch"] >= run.config.epochs
 
 

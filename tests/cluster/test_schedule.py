@@ -54,3 +54,15 @@ def test_newbob_halves_from_a_small_gain_on_and_stops_on_a_smaller_one_while_hal
     assert stops == [(False, False), (False, False), (True, False), (True, False), (True, True)]
     # a small gain before halving started never stops at once
     assert newbob([0.7, 0.7], False) == (True, False)
+
+
+def test_newbob_on_a_stream_curve_halves_at_its_dip_and_stops_once_gains_fade():
+    """The full-corpus lstm stream curve's shape (dip at epoch 4): the dip starts halving, the
+    recovery does not stop it, and the run stops at the first halved epoch gaining < 0.1 points."""
+    curve = [0.653, 0.699, 0.751, 0.665, 0.795, 0.799, 0.7995]
+    halving, out = False, []
+    for e in range(1, len(curve) + 1):
+        halving, stop = newbob(curve[:e], halving)
+        out.append((halving, stop))
+    assert [h for h, _ in out] == [False, False, False, True, True, True, True]
+    assert [s for _, s in out] == [False] * 6 + [True]  # epoch 6 gains 0.4, epoch 7 0.05

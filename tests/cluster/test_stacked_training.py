@@ -181,3 +181,38 @@ def test_end_epoch_stops_a_seed_whose_gain_falls_under_min_delta(min_delta, stop
     assert stopped == stops_after
     with pytest.raises(Exception, match="min_delta"):
         TrainConfig(min_delta=-1.0)
+
+
+def test_newbob_halves_and_stops_each_seed_on_its_own_curve_and_resumes_halving():
+    """schedule="newbob" per seed: seed 0's epoch 3 gains 0.3 points (< 0.5): its rate halves from
+    epoch 4 on, and epoch 5's 0.05-point gain stops it; seed 1, still gaining 1+ point an epoch,
+    keeps its rate. A seed's halving survives its saved state (a resumed worker halves on)."""
+    from cluster.train import end_epoch
+
+    config = TrainConfig(cell="gru", layers=1, hidden=4, epochs=12, lr=1e-3, schedule="newbob", stack_seeds=(0, 1),
+                         patience=1)  # patience is not newbob's rule: a dip alone does not stop it
+    runs = [make_seed(c, 5, torch.zeros(40), torch.ones(40)) for c in seed_configs(config)]
+    curves = {0: [0.60, 0.70, 0.703, 0.709, 0.7095], 1: [0.60, 0.62, 0.64, 0.66, 0.68]}
+    lrs, stopped = {0: [], 1: []}, {}
+    for e in range(1, 6):
+        for r in runs:
+            if r.config.seed in stopped:
+                continue
+            if end_epoch(r, {"epoch": e, "dev_frame_acc": curves[r.config.seed][e - 1]}):
+                stopped[r.config.seed] = e
+            lrs[r.config.seed].append(r.opt.param_groups[0]["lr"])  # the rate of the next epoch
+    assert stopped == {0: 5}
+    assert lrs[0] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 2.5e-4])  # stopping does not halve again
+    assert lrs[1] == pytest.approx([1e-3] * 5)
+    # a dip while not halving starts halving (the gain over the best before is negative), no stop
+    dip = make_seed(replace(config, stack_seeds=()), 5, torch.zeros(40), torch.ones(40))
+    assert not any(end_epoch(dip, {"epoch": e, "dev_frame_acc": a}) for e, a in enumerate([0.65, 0.75, 0.66], 1))
+    assert dip.halving and dip.opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    again = make_seed(replace(config, stack_seeds=()), 5, torch.zeros(40), torch.ones(40))
+    again.restore(dip.state())
+    assert again.halving and again.opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    assert not end_epoch(again, {"epoch": 4, "dev_frame_acc": 0.79})  # +4 points: on, halved again
+    assert again.opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    assert end_epoch(again, {"epoch": 5, "dev_frame_acc": 0.7905})
+    with pytest.raises(Exception, match="newbob_stop"):
+        TrainConfig(schedule="newbob", newbob_start=0.1, newbob_stop=0.5)
