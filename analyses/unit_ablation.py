@@ -28,7 +28,8 @@ to 0. Frame accuracy and cross-entropy are measured on every studied phone's fra
   more than for the others, beyond what ablating any k units does.
 
 The unablated pass is run once: the input of every layer is kept, and an ablation at layer l runs
-layers l..L only (the layers below it are unchanged by it). The first ``decode_utterances`` of the
+layers l..L only (the layers below it are unchanged by it), layer l from its kept input projection
+(W_*x x_t + b_*: an ablation changes the recurrence, not the layer's input). The first ``decode_utterances`` of the
 measured ones are also decoded as training scores them (the phone loop estimated from the corpus'
 training alignments, ``cluster.decode``): the PER rise is a secondary number, and decoding is the
 costly part. What the claim reads is frame accuracy on all measured utterances (50 by default,
@@ -67,6 +68,8 @@ from cluster.batching import pad_batch
 from cluster.capture import CaptureConfig, load as load_model, open_corpus
 from cluster.decode import estimate_graph, phone_error_rate, reference_phones, viterbi
 from cluster.models import Intervention
+from cluster.models.common import GatedLayer
+from cluster.models.kernels import project_input
 from cluster.summaries import IrregularityRule
 from cluster.tables import C, Table
 
@@ -140,11 +143,15 @@ def _draw(split, n: int, seed: int, what: str, manifest) -> list:
 
 class _Passes:
     """The model on one batch of utterances, its unablated pass kept: each layer's input, so an
-    ablation at layer l runs layers l..L only. Mirrors ``AcousticModel.forward`` (splice, layers
-    with the residual sum from the second layer, output), which offers no entry at a layer."""
+    ablation at layer l runs layers l..L only, and the ablated layer's input projection (W_*x x_t
+    + b_*, which no ablation at that layer changes; one layer's at a time, as the ablations come
+    layer by layer), so layer l's recurrence alone is rerun. Mirrors ``AcousticModel.forward``
+    (splice, layers with the residual sum from the second layer, output), which offers no entry
+    at a layer. ``keep_projection=False``: what it was before (bench/ablation.py compares)."""
 
-    def __init__(self, model, utts):
+    def __init__(self, model, utts, keep_projection: bool = True):
         self.model, self.lengths = model, torch.tensor([len(u.feats) for u in utts])
+        self.keep_projection, self._projected = keep_projection, (None, None)
         x, _ = pad_batch([u.feats if u.feats.flags.writeable else u.feats.copy() for u in utts])
         self.valid = torch.arange(x.shape[1])[None, :] < self.lengths[:, None]  # [B, T]
         h = model.splice(x, self.lengths)
@@ -154,16 +161,25 @@ class _Passes:
             h = self._step(k, h, None)
         self.base = self._out(h)
 
-    def _step(self, k: int, h, iv):
-        y, _, _ = self.model.layers[k - 1](h, capture=False, **({"intervention": iv} if iv is not None else {}))
+    def _step(self, k: int, h, iv, projected=None):
+        kw = ({"intervention": iv} if iv is not None else {}) | ({"projected": projected} if projected is not None else {})
+        y, _, _ = self.model.layers[k - 1](h, capture=False, **kw)
         return y + h if (self.model.config.residual and k > 1) else y
+
+    def _projection(self, layer: int):
+        module = self.model.layers[layer - 1]
+        if not (self.keep_projection and isinstance(module, GatedLayer)):  # nn.LSTM's takes no projection
+            return None
+        if self._projected[0] != layer:
+            self._projected = (layer, project_input(module, self.inputs[layer - 1]))
+        return self._projected[1]
 
     def _out(self, h) -> torch.Tensor:
         with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=self.model._bf16(h)):
             return self.model.output(h).transpose(0, 1).float()  # [B, T, K]
 
     def ablated(self, layer: int, iv) -> torch.Tensor:
-        h = self._step(layer, self.inputs[layer - 1], iv)
+        h = self._step(layer, self.inputs[layer - 1], iv, self._projection(layer))
         for k in range(layer + 1, len(self.model.layers) + 1):
             h = self._step(k, h, None)
         return self._out(h)

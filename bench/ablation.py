@@ -1,7 +1,9 @@
 """What the unit ablation's kept pass saves: one layer's ablation measured on a batch that keeps
 every layer's unablated input (``analyses.unit_ablation._Passes``: layers l..L run), against the
-way v1 ran it, each utterance through the whole model with the intervention. Decoding (the same
-in both) is left out. Prints the seconds of each and their ratio, measured in the same run.
+way v1 ran it, each utterance through the whole model with the intervention; and v3, which keeps
+the ablated layer's input projection too (the layer's recurrence rerun, not its input GEMM).
+Decoding (the same in all) is left out. Prints the seconds of each and their ratios, measured in
+the same run.
 
     .venv/bin/python bench/ablation.py [--cell lstm] [--layers 4] [--hidden 128] [--utterances 50]
     .venv/bin/python bench/ablation.py --design --layers 6 --hidden 512
@@ -56,16 +58,21 @@ def main() -> None:
                 for u in utts:
                     model(torch.from_numpy(u.feats), interventions={layer: iv})
         v1 = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        passes = _Passes(model, utts)
-        for layer in range(1, a.layers + 1):
-            for _ in range(a.ablations):
-                passes.ablated(layer, iv)
-        v2 = time.perf_counter() - t0
+        v2, v3 = (kept_passes(model, utts, a.layers, a.ablations, iv, keep) for keep in (False, True))
     print(f"{a.cell} {a.layers}x{a.hidden}, {a.utterances} utterances, {a.layers} x {a.ablations} ablations; "
           f"{os.cpu_count()} cores, {_cpu()}, 1 torch thread")
     print(f"per utterance, whole model (v1): {v1:.2f} s; batched from the kept layer input (v2): {v2:.2f} s; "
-          f"ratio {v1 / v2:.1f}x")
+          f"ratio {v1 / v2:.1f}x; and the ablated layer's input projection kept too (v3): {v3:.2f} s, "
+          f"{v2 / v3:.2f}x v2")
+
+
+def kept_passes(model, utts, layers: int, ablations: int, iv, keep: bool) -> float:
+    t0 = time.perf_counter()
+    passes = _Passes(model, utts, keep_projection=keep)
+    for layer in range(1, layers + 1):
+        for _ in range(ablations):
+            passes.ablated(layer, iv)
+    return time.perf_counter() - t0
 
 
 def design(a, model, utts, iv) -> None:
@@ -85,11 +92,15 @@ def design(a, model, utts, iv) -> None:
         t0 = time.perf_counter()
         passes = _Passes(model, utts)
         kept = time.perf_counter() - t0
-        layer_s = []
+        layer_s, plain_s = [], []
+        unkept = _Passes(model, utts[:1], keep_projection=False)
+        unkept.inputs, unkept.model = passes.inputs, model  # the same kept inputs, the projection not kept
         for layer in range(1, a.layers + 1):
-            t0 = time.perf_counter()
-            passes.ablated(layer, iv)
-            layer_s.append(time.perf_counter() - t0)
+            passes.ablated(layer, iv)  # the layer's projection made once, as the analysis's first ablation does
+            for runs, which in ((layer_s, passes), (plain_s, unkept)):  # interleaved: the same load on both
+                t0 = time.perf_counter()
+                which.ablated(layer, iv)
+                runs.append(time.perf_counter() - t0)
     total = kept + per_layer * sum(layer_s)
     print(f"{a.cell} {a.layers}x{a.hidden}; {os.cpu_count()} cores, {_cpu()}, 1 torch thread, load average "
           f"{os.getloadavg()[0]:.2f}")
@@ -98,6 +109,9 @@ def design(a, model, utts, iv) -> None:
     print(f"ablation on {len(utts)} utterances: kept pass {kept:.2f} s; one ablation at layer 1..{a.layers}: "
           + ", ".join(f"{t:.2f}" for t in layer_s) + f" s; the default design ({per_layer} ablations per layer): "
           f"{total:.1f} s = {total / forward:.1f}x the forward pass (decoding not counted)")
+    print(f"the same without the kept input projection (v2): one ablation at layer 1..{a.layers}: "
+          + ", ".join(f"{t:.2f}" for t in plain_s) + f" s; the kept projection saves "
+          f"{1 - sum(layer_s) / sum(plain_s):.0%} of the ablations' seconds")
 
 
 if __name__ == "__main__":

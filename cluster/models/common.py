@@ -295,11 +295,19 @@ class GatedLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, precision={self.precision!r}"
 
-    def _start(self, x: torch.Tensor, state, intervention: Intervention | None = None):
+    def _start(self, x: torch.Tensor, state, intervention: Intervention | None = None,
+               projected: torch.Tensor | None = None):
         if x.dim() != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"{type(self).__name__} expects [T, B, {self.input_size}], got {tuple(x.shape)}")
         if intervention is not None:
             intervention.check(self.hidden_size)
+        if projected is not None:
+            if torch.is_grad_enabled():
+                raise RuntimeError("a kept input projection is for inference: run under torch.no_grad() or "
+                                   "inference_mode()")
+            if projected.shape[:2] != x.shape[:2] or projected.dtype != x.dtype:
+                raise ValueError(f"{type(self).__name__}: projection {tuple(projected.shape)} {projected.dtype} "
+                                 f"does not fit input {tuple(x.shape)} {x.dtype}")
         if state is None:
             state = zeros_state(x, self.hidden_size, len(self.state_names))
         return matmul_dtype(self.precision, x.dtype), state

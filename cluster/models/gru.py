@@ -129,13 +129,13 @@ class GRUFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_x, b, W_r, W_cm, c0, mm_dtype, iv=None):
+    def forward(ctx, x, W_x, b, W_r, W_cm, c0, mm_dtype, iv=None, projected=None):
         T, B, _ = x.shape
         H, S = W_cm.shape[-1], n_seeds(W_cm)
         sd = c0.dtype
         mode = kernels.kernel_mode(x.device, sd, mm_dtype)   # None: the torch loop below
         xm, Wxm, Wrm, Wcm = kernels.operands(mode, mm_dtype, x, W_x, W_r, W_cm)
-        A = project(xm, Wxm, b, sd)                       # W_*x x_t + b_*, all t
+        A = project(xm, Wxm, b, sd) if projected is None else projected.clone()  # W_*x x_t + b_*, all t
         C = A.new_empty(T + 1, B, H)                      # C[t+1] = c_t, C[0] = c0
         M = A.new_empty(T, B, H)                          # m_t = o_t c_{t-1}
         own = Wrm.dtype != sd or mode == "bf16"           # the GEMM operands need buffers of their own
@@ -239,7 +239,7 @@ class GRUFunction(torch.autograd.Function):
         db = db.to(wd) if need[2] else None
         dW_r = (dAs_t[..., : 2 * H, :] @ seed_major(Cm[:-1], S)).to(wd) if need[3] else None
         dW_cm = (dAs_t[..., 2 * H :, :] @ seed_major(Mm, S)).to(wd) if need[4] else None
-        return dx, dW_x, db, dW_r, dW_cm, dc, None, None
+        return dx, dW_x, db, dW_r, dW_cm, dc, None, None, None
 
 
 class GRU(GatedLayer):
@@ -269,10 +269,10 @@ class GRU(GatedLayer):
         return (torch.cat((self.W_ox, self.W_ix, self.W_cx)), torch.cat((self.b_o, self.b_i, self.b_c)),
                 torch.cat((self.W_oc, self.W_ic)), self.W_cm)
 
-    def forward(self, x, state=None, lengths=None, capture=False, intervention=None, operands=None):
-        mm_dtype, (c0,) = self._start(x, state, intervention)
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None, operands=None, projected=None):
+        mm_dtype, (c0,) = self._start(x, state, intervention, projected)
         W_x, b, W_r, W_cm = self.operands() if operands is None else operands
-        c, m, A = GRUFunction.apply(x, W_x, b, W_r, W_cm, c0, mm_dtype, intervention)
+        c, m, A = GRUFunction.apply(x, W_x, b, W_r, W_cm, c0, mm_dtype, intervention, projected)
         state = (last_valid(c, lengths),)
         if not capture:
             return c, state, None

@@ -46,6 +46,8 @@ from numba.core.extending import intrinsic, overload, register_jitable
 
 from cluster.jit import compiled
 
+from .common import matmul_dtype, project
+
 ENABLED = True  # False: every cell runs its torch path (tests compare the two; see disabled())
 
 
@@ -202,6 +204,18 @@ def operands(mode: str | None, mm_dtype: torch.dtype, *tensors: torch.Tensor):
     if mode == "bf16":
         return tuple(t.to(torch.bfloat16).to(t.dtype) for t in tensors)
     return tuple(t if mode else t.to(mm_dtype) for t in tensors)
+
+
+def project_input(layer, x: torch.Tensor) -> torch.Tensor:
+    """W_*x x_t + b_* of a cell layer (``common.GatedLayer``) for every frame of x [T, B, D],
+    exactly as its forward computes it first: passed back as ``layer(x, projected=...)`` it
+    spares that GEMM, for inference that runs one layer's input many times with different
+    interventions (the unit ablation)."""
+    mm_dtype = matmul_dtype(layer.precision, x.dtype)
+    W_x, b = layer.operands()[:2]
+    mode = kernel_mode(x.device, x.dtype, mm_dtype)
+    xm, Wxm = operands(mode, mm_dtype, x, W_x)
+    return project(xm, Wxm, b, x.dtype)
 
 
 def kernel(fn):

@@ -115,14 +115,14 @@ class PeepholeLSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_x, b, W_m, V, m0, c0, mm_dtype, iv=None):
+    def forward(ctx, x, W_x, b, W_m, V, m0, c0, mm_dtype, iv=None, projected=None):
         T, B, _ = x.shape
         H = W_m.shape[-1]
         sd = c0.dtype
         mode = kernels.kernel_mode(x.device, sd, mm_dtype)   # None: the torch loop below
         xm, Wxm, Wmm = kernels.operands(mode, mm_dtype, x, W_x, W_m)
         S = n_seeds(W_x)                                  # 0: one model's weights
-        A = project(xm, Wxm, b, sd)                       # W_*x x_t + b_*, all t
+        A = project(xm, Wxm, b, sd) if projected is None else projected.clone()  # W_*x x_t + b_*, all t
         C = A.new_empty(T + 1, B, H)                      # C[t+1] = c_t, C[0] = c0
         M = A.new_empty(T + 1, B, H)                      # M[t+1] = m_t, M[0] = m0
         Mm = M if Wmm.dtype == sd and mode != "bf16" else torch.empty_like(M, dtype=Wmm.dtype)  # m as GEMM operand
@@ -235,7 +235,7 @@ class PeepholeLSTMFunction(torch.autograd.Function):
         db = db.to(wd) if need[2] else None
         dW_m = (dAs.transpose(-2, -1) @ seed_major(Mm[:-1], S)).to(wd) if need[3] else None
         dV = dV.to(V.dtype) if need[4] else None
-        return dx, dW_x, db, dW_m, dV, dm, dc, None, None
+        return dx, dW_x, db, dW_m, dV, dm, dc, None, None, None
 
 
 def add_peephole_parameters(layer: nn.Module, D: int, H: int) -> None:
@@ -270,10 +270,10 @@ class PeepholeLSTM(GatedLayer):
         return (torch.cat((self.W_ix, self.W_fx, self.W_cx, self.W_ox)), torch.cat((self.b_i, self.b_f, self.b_c, self.b_o)),
                 torch.cat((self.W_im, self.W_fm, self.W_cm, self.W_om)), torch.stack((self.V_ic, self.V_fc, self.V_oc)))
 
-    def forward(self, x, state=None, lengths=None, capture=False, intervention=None, operands=None):
-        mm_dtype, (m0, c0) = self._start(x, state, intervention)
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None, operands=None, projected=None):
+        mm_dtype, (m0, c0) = self._start(x, state, intervention, projected)
         W_x, b, W_m, V = self.operands() if operands is None else operands
-        m, c, A = PeepholeLSTMFunction.apply(x, W_x, b, W_m, V, m0, c0, mm_dtype, intervention)
+        m, c, A = PeepholeLSTMFunction.apply(x, W_x, b, W_m, V, m0, c0, mm_dtype, intervention, projected)
         state = (last_valid(m, lengths), last_valid(c, lengths))
         if not capture:
             return m, state, None

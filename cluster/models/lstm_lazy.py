@@ -135,13 +135,13 @@ class LazyLSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_x, b, W_r, W_cm, V, m0, c0, mm_dtype, new_m, iv=None):
+    def forward(ctx, x, W_x, b, W_r, W_cm, V, m0, c0, mm_dtype, new_m, iv=None, projected=None):
         T, B, _ = x.shape
         H, S = W_cm.shape[-1], n_seeds(W_cm)
         sd = c0.dtype
         mode = kernels.kernel_mode(x.device, sd, mm_dtype)   # None: the torch loop below
         xm, Wxm, Wrm, Wcm = kernels.operands(mode, mm_dtype, x, W_x, W_r, W_cm)
-        A = project(xm, Wxm, b, sd)                       # W_*x x_t + b_*, all t
+        A = project(xm, Wxm, b, sd) if projected is None else projected.clone()  # W_*x x_t + b_*, all t
         C = A.new_empty(T + 1, B, H)                      # C[t+1] = c_t, C[0] = c0
         M = A.new_empty(T + 1, B, H)                      # M[t+1] = m_t, M[0] = m0
         Mm = M if Wrm.dtype == sd and mode != "bf16" else torch.empty_like(M, dtype=Wrm.dtype)
@@ -271,7 +271,7 @@ class LazyLSTMFunction(torch.autograd.Function):
         m_cand = seed_major(Mm[1:], S) if new_m else m_prev        # what g_t read
         dW_cm = (dAs_t[..., 3 * H :, :] @ m_cand).to(wd) if need[4] else None
         dV = dV.to(V.dtype) if need[5] else None
-        return dx, dW_x, db, dW_r, dW_cm, dV, dm, dc, None, None, None
+        return dx, dW_x, db, dW_r, dW_cm, dV, dm, dc, None, None, None, None
 
 
 class LazyLSTM(GatedLayer):
@@ -300,11 +300,11 @@ class LazyLSTM(GatedLayer):
         return (torch.cat((self.W_ix, self.W_fx, self.W_ox, self.W_cx)), torch.cat((self.b_i, self.b_f, self.b_o, self.b_c)),
                 torch.cat((self.W_im, self.W_fm, self.W_om)), self.W_cm, torch.stack((self.V_ic, self.V_fc, self.V_oc)))
 
-    def forward(self, x, state=None, lengths=None, capture=False, intervention=None, operands=None):
-        mm_dtype, (m0, c0) = self._start(x, state, intervention)
+    def forward(self, x, state=None, lengths=None, capture=False, intervention=None, operands=None, projected=None):
+        mm_dtype, (m0, c0) = self._start(x, state, intervention, projected)
         W_x, b, W_r, W_cm, V = self.operands() if operands is None else operands
         m, c, A = LazyLSTMFunction.apply(x, W_x, b, W_r, W_cm, V, m0, c0, mm_dtype,
-                                         self.candidate_input == "m_t", intervention)
+                                         self.candidate_input == "m_t", intervention, projected)
         state = (last_valid(m, lengths), last_valid(c, lengths))
         if not capture:
             return m, state, None

@@ -11,6 +11,7 @@ import torch
 
 from analyses import unit_ablation as ua
 from cluster.models import Intervention, ModelConfig, build_model
+from cluster.models.kernels import project_input
 
 
 def _planted_model():
@@ -54,22 +55,44 @@ def test_a_planted_unit_carries_one_phone():
     assert resp[1] == pytest.approx(np.eye(2)) and means[1] == pytest.approx([0.5, 0.5], abs=0.01)
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_an_ablation_from_a_kept_layer_input_is_the_full_pass(residual):
+@pytest.mark.parametrize("cell,residual", [("gru", False), ("gru", True), ("lstm", False), ("lstm_lazy", True)])
+def test_an_ablation_from_a_kept_layer_input_is_the_full_pass(cell, residual):
     torch.manual_seed(1)
-    model = build_model(ModelConfig(cell="gru", layers=3, hidden=8, num_targets=5, residual=residual),
+    model = build_model(ModelConfig(cell=cell, layers=3, hidden=8, num_targets=5, residual=residual),
                         torch.zeros(40), torch.ones(40))
     rng = np.random.default_rng(0)
     utts = [SimpleNamespace(feats=rng.normal(size=(n, 40)).astype(np.float32)) for n in (30, 17)]
-    iv = Intervention("c", [1, 4], 0.0)
+    ivs = {1: Intervention("c", [0, 5], 0.0), 2: Intervention("c", [1, 4], 0.0), 3: Intervention("c", [2], 0.5)}
     with torch.inference_mode():
         passes = ua._Passes(model, utts)
-        for b, u in enumerate(utts):
-            full = model(torch.from_numpy(u.feats))
-            assert torch.allclose(passes.base[b, :len(u.feats)], full, atol=1e-5)
-            cut = model(torch.from_numpy(u.feats), interventions={2: iv})
-            assert torch.allclose(passes.ablated(2, iv)[b, :len(u.feats)], cut, atol=1e-5)
-            assert not torch.allclose(cut, full, atol=1e-3)
+        # every layer twice and out of order: the kept projection is reused, never consumed or stale
+        for layer in (2, 2, 3, 1, 3, 2):
+            got = passes.ablated(layer, ivs[layer])
+            for b, u in enumerate(utts):
+                full = model(torch.from_numpy(u.feats))
+                assert torch.allclose(passes.base[b, :len(u.feats)], full, atol=1e-5)
+                cut = model(torch.from_numpy(u.feats), interventions={layer: ivs[layer]})
+                assert torch.allclose(got[b, :len(u.feats)], cut, atol=1e-5), (layer, b)
+                assert not torch.allclose(cut, full, atol=1e-3)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_lazy"])
+def test_a_kept_input_projection_is_the_layers_own(cell):
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(cell=cell, layers=2, hidden=8, num_targets=5), torch.zeros(40), torch.ones(40))
+    layer = model.layers[-1]
+    x = torch.randn(13, 3, layer.input_size)
+    with torch.inference_mode():
+        kept = project_input(layer, x)
+        before = kept.clone()
+        plain, _, _ = layer(x)
+        again, _, _ = layer(x, projected=kept)
+        assert torch.equal(plain, again)
+        assert torch.equal(kept, before)  # the layer works on its own copy
+        with pytest.raises(ValueError, match="does not fit"):
+            layer(x[:5], projected=kept)
+    with pytest.raises(RuntimeError, match="inference"):
+        layer(x, projected=kept.clone())
 
 
 @pytest.mark.slow
