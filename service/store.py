@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.processes import alive, this_process
+from cluster.processes import owner, owner_alive
 from cluster.errors import EXIT_BUSY, BusyError, InputError
 from cluster.tables import ANALYSIS_SUMMARY as SUMMARY, CAPTURE, QUANTITIES, Table
 from service import schema
@@ -116,25 +115,8 @@ def connect(path: Path, read_only: bool, timeout: float, config: dict | None = N
         delay = min(delay * 2, 0.1)  # a writer waiting for readers to drain should not sleep long past it
 
 
-# -- owners: which process holds a writer's marker or runs an analysis ----------------------------
-
-def owner() -> str:
-    """This process as ``host:pid.start`` (``cluster.processes``), what a writer's marker and a
-    running analysis row record."""
-    return f"{socket.gethostname()}:{this_process()}"
-
-
-def owner_alive(who: str | None, stale_after: float | None = None, since: float | None = None) -> bool:
-    """Whether the process ``host:pid[.start]`` still runs. On this host it is asked (signal 0),
-    and where the owner recorded its start, a process with that pid that started at another time
-    is a reuse of the pid, so the owner is gone; a process on another host is taken as alive
-    unless ``since`` (epoch seconds) is more than ``stale_after`` seconds ago."""
-    if not who:
-        return False
-    host, _, proc = who.rpartition(":")
-    if host == socket.gethostname():
-        return alive(proc)
-    return stale_after is None or since is None or time.time() - since < stale_after
+# -- owners: which process holds a writer's marker or runs an analysis: ``owner`` and ``owner_alive``
+# (cluster.processes, shared with the corpus writers' staging folders)
 
 
 # -- readers: one read-only instance per store file and process -----------------------------------

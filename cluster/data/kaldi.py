@@ -36,7 +36,7 @@ import kaldiio
 import numpy as np
 
 from cluster.errors import InputError
-from cluster.processes import alive, this_process
+from cluster.processes import owner, owner_alive
 
 MANIFEST = "manifest.json"
 DEFAULT_FRAME_TOLERANCE = 2
@@ -105,20 +105,32 @@ def save_shard_arks(data_dir: Path, shard: int, tables: dict[str, dict[str, np.n
     return scp
 
 
+OTHER_HOST_LIFE = 86400.0  # seconds: longer than any corpus write takes
+
+
+def _changed(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def staging_dir(out: Path) -> Path:
-    """A fresh sibling folder, named for this process, to write the corpus ``out`` into before
-    ``move_into_place``. What killed writers of ``out`` left is cleared first: their staging
-    folders are removed, and a corpus one had moved aside (killed between the two renames of
-    ``move_into_place``) is put back where no new one took its place."""
+    """A fresh sibling folder, named for this process (``host:pid.start``), to write the corpus
+    ``out`` into before ``move_into_place``. What killed writers of ``out`` left is cleared first:
+    their staging folders are removed, and a corpus one had moved aside (killed between the two
+    renames of ``move_into_place``) is put back where no new one took its place. A writer on
+    another host sharing the storage cannot be asked whether it runs: its folders are left alone
+    for ``OTHER_HOST_LIFE`` seconds after they last changed."""
     for left in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
         kind, _, proc = left.name[len(out.name) + 2:].partition("-")
-        if kind not in ("tmp", "old") or alive(proc):
+        if kind not in ("tmp", "old") or owner_alive(proc, OTHER_HOST_LIFE, _changed(left)):
             continue
         if kind == "old" and not out.exists():
             left.rename(out)
         else:
             shutil.rmtree(left, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{this_process()}"
+    tmp = out.parent / f".{out.name}.tmp-{owner()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
@@ -127,7 +139,7 @@ def staging_dir(out: Path) -> Path:
 def move_into_place(tmp: Path, out: Path) -> None:
     """A complete corpus folder ``tmp`` becomes ``out``, replacing what was there only at the end."""
     if out.exists():
-        old = out.parent / f".{out.name}.old-{this_process()}"
+        old = out.parent / f".{out.name}.old-{owner()}"
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old)

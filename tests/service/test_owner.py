@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from cluster.processes import started as _started
-from service.store import owner, owner_alive
+from cluster.processes import owner, owner_alive
 
 
 def test_this_process_is_alive_and_names_its_start():
@@ -28,7 +28,7 @@ def test_a_pid_that_started_at_another_time_is_a_reuse_not_the_owner():
 
 
 def test_an_exited_process_is_gone_and_an_old_owner_without_start_is_still_read():
-    child = subprocess.run([sys.executable, "-c", "from service.store import owner; print(owner())"],
+    child = subprocess.run([sys.executable, "-c", "from cluster.processes import owner; print(owner())"],
                            capture_output=True, text=True, check=True, cwd=os.getcwd())
     gone = child.stdout.strip()
     assert gone.rpartition(":")[2].partition(".")[2]  # it recorded a start
