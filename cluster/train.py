@@ -325,10 +325,12 @@ class SeedRun:
     history: list = field(default_factory=list)
     final: dict | None = None
     reports: int = 0  # checkpoints written to its run directory: the next one's number
+    diverged: str | None = None  # why its loss became NaN or infinite (it steps no more)
+    failed: bool = False  # diverged before a first best-on-dev epoch: it has nothing to report
 
     @property
     def done(self) -> bool:
-        return self.final is not None
+        return self.final is not None or self.failed
 
     @property
     def name(self) -> str:
@@ -339,6 +341,7 @@ class SeedRun:
         live = not self.done
         return {"seed": self.config.seed, "final": self.final, "reports": self.reports, "best_acc": self.best_acc,
                 "stale": self.stale, "halving": self.halving, "history": self.history,
+                "diverged": self.diverged, "failed": self.failed,
                 "model": self.model.state_dict() if live else None, "best_state": self.best_state if live else None,
                 "optimizer": self.opt.state_dict() if live else None,
                 "scheduler": self.sched.state_dict() if live and self.sched is not None else None}
@@ -347,6 +350,7 @@ class SeedRun:
         self.final, self.reports, self.best_acc = state["final"], state["reports"], state["best_acc"]
         self.stale, self.history, self.best_state = state["stale"], state["history"], state["best_state"]
         self.halving = bool(state.get("halving", False))
+        self.diverged, self.failed = state.get("diverged"), bool(state.get("failed", False))
         if not self.done:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
@@ -367,7 +371,13 @@ def end_epoch(run: SeedRun, metrics: dict) -> bool:
     """A seed's epoch is over: its best weights, early stopping and schedule step on its own dev
     frame accuracy. True when the seed stops (``schedule.should_stop``: its last ``patience`` epochs
     gained less than ``min_delta`` points, none at all where that is 0; under ``schedule="newbob"``,
-    ``schedule.newbob``'s stop instead; or it was its last epoch)."""
+    ``schedule.newbob``'s stop instead; or it was its last epoch), or when it diverged in this
+    epoch: then its best-on-dev weights are those of an earlier epoch, or, where it has none, it
+    ``failed``."""
+    if run.diverged:
+        run.history.append(metrics)
+        run.failed = run.best_state is None
+        return True
     if metrics["dev_frame_acc"] > run.best_acc:
         run.best_acc, run.stale = metrics["dev_frame_acc"], 0
         run.best_state = copy.deepcopy(run.model.state_dict())
@@ -391,10 +401,12 @@ def end_epoch(run: SeedRun, metrics: dict) -> bool:
 
 def final_metrics(run: SeedRun, scored: dict) -> dict:
     """The seed's final report: its best-on-dev weights' test scores, and its best dev epoch."""
-    best = max(run.history, key=lambda h: h["dev_frame_acc"])
+    history = run.history[:-1] if run.diverged else run.history  # a diverged epoch's weights are no best
+    best = max(history, key=lambda h: h["dev_frame_acc"])
     return {**{f"test_{k}": v for k, v in scored.items() if k != "utterances"}, "epoch": run.history[-1]["epoch"],
             "final": True, "best_epoch": best["epoch"],
-            **{f"best_{k}": v for k, v in best.items() if k.startswith("dev_")}}
+            **{f"best_{k}": v for k, v in best.items() if k.startswith("dev_")},
+            **({"diverged": run.diverged} if run.diverged else {})}
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -448,8 +460,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
         finals = {}
         if rank == 0:
             for r in active:
-                if r.config.run_dir:
+                if r.config.run_dir and not r.diverged:  # a diverged seed's weights end no epoch
                     _write_checkpoint(r, news[r.name], corpus.identity, stamped[r.name], graph)
+        stopping = [r for r in stopping if not r.failed]
         if stopping:  # best-on-dev weights, scored on test: the numbers the paper's tables report
             test = test if test is not None else load_split(corpus, "test", config.max_eval_utterances)
             for r in stopping:
@@ -465,8 +478,11 @@ def train_loop_per_worker(config_dict: dict) -> None:
                   "runs": news, "finals": finals, "final": all(r.done for r in runs),
                   **(startup if epoch == resumed_from + 1 else {})}
         if report["final"]:
-            report["results"] = {r.name: r.final for r in runs}
+            report["results"] = {r.name: r.final for r in runs if r.final is not None}
         _report(report, runs, epoch, rank)
+    failed = [r.diverged for r in runs if r.failed]
+    if failed:  # after the other seeds' runs are written and reported: only these runs are missing
+        raise TrainingDiverged("; ".join(failed) + f" ({len(runs) - len(failed)} other seeds of the trial finished)")
 
 
 def epoch_of_seeds(active: list[SeedRun], train: SplitData, dev: SplitData, graph, config: TrainConfig, epoch: int,
@@ -476,13 +492,17 @@ def epoch_of_seeds(active: list[SeedRun], train: SplitData, dev: SplitData, grap
     t0 = time.time()
     sums = train_epoch(active, train, config, epoch, rank, world, device)
     train_seconds = time.time() - t0
-    scored = evaluate([r.model for r in active], dev, graph, config, device, rank, world)
+    fine = [r for r in active if not r.diverged]  # a diverged seed's weights are not scored (NaN decodes nothing)
+    scored = iter(evaluate([r.model for r in fine], dev, graph, config, device, rank, world) if fine else [])
+    unscored = {"frame_ce": math.nan, "frame_acc": math.nan, "per": math.nan, "frames": 0}
+    scored = [unscored if r.diverged else next(scored) for r in active]
     news, stopping = {}, []
     for r, (total, n_frames), m in zip(active, sums, scored):
         metrics = {f"dev_{k}": v for k, v in m.items()}
         metrics.update(epoch=epoch, train_frame_ce=total / max(n_frames, 1), lr=r.opt.param_groups[0]["lr"],
                        train_frames_per_s=n_frames * world / max(train_seconds, 1e-9),
-                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from)
+                       epoch_seconds=time.time() - t0, resumed_from_epoch=resumed_from,
+                       **({"diverged": r.diverged} if r.diverged else {}))
         if end_epoch(r, metrics):
             stopping.append(r)
         news[r.name] = metrics
@@ -574,22 +594,33 @@ def _step(runs: list[SeedRun], ce: torch.Tensor, scale: list[float], epoch: int,
           utt_ids: list[list[str]]) -> None:
     """One optimizer step of each seed whose ``scale`` is non-zero (the others had no batch: Adam
     with a zero gradient would still move them). Seed s's loss is ``ce[s] * scale[s]``; one backward
-    of their sum gives each seed its own gradient (its parameters reach only its own rows).
+    of their sum gives each seed its own gradient (its parameters reach only its own rows). A seed
+    whose loss is NaN or infinite is ``diverged`` (the message names the run, epoch and batch) and
+    steps no more; the others go on as if it were not there (its rows reach only its parameters).
 
     Across workers each seed's gradient is averaged over the ranks by one all_reduce of the stepping
     seeds' gradients flattened together, before each seed's own clipping: what DDP would do, without
     wrapping a stack that is rebuilt whenever a seed stops and whose idle seeds must not be averaged
     into a step (every rank knows the same seeds step: the schedules are computed alike on each)."""
     values = ce.detach().tolist()
-    for r, v, sc, ids in zip(runs, values, scale, utt_ids):
-        if sc and not math.isfinite(v):
+    bad = [bool(sc) and not math.isfinite(v) for v, sc in zip(values, scale)]
+    if world > 1:  # a seed diverged on any rank stops on all: every rank must step the same seeds
+        flags = torch.tensor(bad, dtype=torch.float32, device=ce.device)
+        dist.all_reduce(flags)
+        bad = (flags > 0).tolist()
+    for r, v, b, ids in zip(runs, values, bad, utt_ids):
+        if b and r.diverged is None:
             names = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
-            raise TrainingDiverged(f"{r.config.run_dir or r.name}: epoch {epoch}: the loss is {v} on the batch of "
-                                   f"utterances {names}; lower --set lr=... or check the corpus")
+            r.diverged = (f"{r.config.run_dir or r.name}: epoch {epoch}: the loss is {v} on the batch of utterances "
+                          f"{names}; lower --set lr=... or check the corpus")
+    scale = [0.0 if r.diverged else sc for r, sc in zip(runs, scale)]  # a diverged seed steps no more
     for r in runs:
         r.opt.zero_grad(set_to_none=True)
-    (ce * torch.tensor(scale, dtype=ce.dtype, device=ce.device)).sum().backward()
     stepping = [r for r, sc in zip(runs, scale) if sc]
+    if not stepping:
+        return
+    w = torch.tensor(scale, dtype=ce.dtype, device=ce.device)
+    (torch.where(w > 0, ce, 0.0) * w).sum().backward()  # where: a diverged seed's NaN reaches no gradient
     if world > 1:
         grads = [p.grad for r in stepping for p in r.model.parameters() if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -726,9 +757,12 @@ def report_line(name: str, result: dict, epochs: int, done: str = "") -> str | N
     report that is neither. ``done``: e.g. " (3/8)" after "done"."""
     if result.get("final"):
         return (f"{name:<22} done{done}: test PER {100 * result['test_per']:.2f} %, frame accuracy "
-                f"{100 * result['test_frame_acc']:.2f} % (best epoch {result.get('best_epoch')})")
+                f"{100 * result['test_frame_acc']:.2f} % (best epoch {result.get('best_epoch')}"
+                + (f"; it diverged in epoch {result['epoch']}" if result.get("diverged") else "") + ")")
     if "dev_frame_acc" not in result:
         return None
+    if result.get("diverged"):
+        return f"{name:<22} epoch {int(result['epoch'])}: diverged ({result['diverged']})"
     epoch, secs = int(result["epoch"]), float(result.get("epoch_seconds") or 0.0)
     return (f"{name:<22} epoch {epoch}/{epochs}  dev accuracy {100 * result['dev_frame_acc']:.2f} %  "
             f"{secs:.0f} s/epoch  ETA {clock(max(epochs - epoch, 0) * secs)}")

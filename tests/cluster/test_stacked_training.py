@@ -120,6 +120,50 @@ def test_a_seed_that_stops_leaves_the_others_trajectories_unchanged(data):
         assert torch.equal(v, stacked[1].best_state[k])  # not moved after it stopped
 
 
+@pytest.mark.parametrize("chunk_width", [0, 7])
+def test_a_seed_that_diverges_stops_alone_and_the_others_train_on_unchanged(data, chunk_width):
+    """Seed 1's loss turns NaN in epoch 2 (a NaN planted in its output bias): it steps no more and
+    stops with its epoch-1 weights as its best, the message naming its run, epoch and batch; seeds
+    0 and 2 end where they end trained alone. A seed that diverges before any best epoch fails."""
+    from cluster.train import final_metrics
+
+    corpus, train, dev, graph = data
+    config = TrainConfig(cell="gru", layers=1, hidden=8, batch_size=4, clip=0.5, lr=3e-3, epochs=3, patience=10,
+                         stack_seeds=SEEDS, chunk_width=chunk_width)
+    stacked = _seeds(corpus, config)
+    alone = [_seeds(corpus, replace(config, stack_seeds=(), seed=s))[0] for s in (0, 2)]
+    stopped_at = {}
+    for epoch in (1, 2, 3):
+        if epoch == 2:
+            with torch.no_grad():
+                stacked[1].model.output.bias[3] = float("nan")
+            planted = {k: v.clone() for k, v in stacked[1].model.state_dict().items()}
+        active = [r for r in stacked if r.config.seed not in stopped_at]
+        news, stopping = epoch_of_seeds(active, train, dev, graph, config, epoch)
+        for r in stopping:
+            stopped_at[r.config.seed] = epoch
+        for r in alone:
+            solo, _ = epoch_of_seeds([r], train, dev, graph, config, epoch)
+            assert solo[r.name]["dev_frame_acc"] == pytest.approx(news[r.name]["dev_frame_acc"], abs=1e-6)
+    assert stopped_at == {1: 2, 0: 3, 2: 3}
+    _assert_same(stacked[0], alone[0], "seed 0 beside a diverged seed")
+    _assert_same(stacked[2], alone[1], "seed 2 beside a diverged seed")
+    bad = stacked[1]
+    assert bad.diverged and "epoch 2: the loss is nan" in bad.diverged and bad.name in bad.diverged
+    assert not bad.failed and bad.done is False and bad.best_state is not None
+    for k, v in bad.model.state_dict().items():
+        assert torch.allclose(v, planted[k], rtol=0, atol=0, equal_nan=True), k  # no step after its loss turned NaN
+    final = final_metrics(bad, {"per": 0.5, "frame_acc": 0.5})
+    assert final["best_epoch"] == 1 and final["epoch"] == 2 and "loss is nan" in final["diverged"]
+
+    early = _seeds(corpus, config)
+    with torch.no_grad():
+        early[0].model.output.bias[0] = float("inf")
+    _, stopping = epoch_of_seeds(early, train, dev, graph, config, 1)
+    assert [r.config.seed for r in stopping] == [0] and early[0].failed and early[0].done
+    assert early[0].state()["failed"]
+
+
 def test_seed_configs_are_each_seeds_own_run(tmp_path):
     config = TrainConfig(cell="gru", layers=1, hidden=16, stack_seeds=(0, 3), runs_dir=str(tmp_path))
     runs = seed_configs(config)
