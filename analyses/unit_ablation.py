@@ -145,9 +145,9 @@ class _Passes:
     """The model on one batch of utterances, its unablated pass kept: each layer's input, so an
     ablation at layer l runs layers l..L only, and the ablated layer's input projection (W_*x x_t
     + b_*, which no ablation at that layer changes; one layer's at a time, as the ablations come
-    layer by layer), so layer l's recurrence alone is rerun. Mirrors ``AcousticModel.forward``
-    (splice, layers with the residual sum from the second layer, output), which offers no entry
-    at a layer. ``keep_projection=False``: what it was before (bench/ablation.py compares)."""
+    layer by layer), so layer l's recurrence alone is rerun. The model's own layer loop
+    (``AcousticModel._layers``, entered at a layer) and output layer run it.
+    ``keep_projection=False``: what it was before (bench/ablation.py compares)."""
 
     def __init__(self, model, utts, keep_projection: bool = True):
         self.model, self.lengths = model, torch.tensor([len(u.feats) for u in utts])
@@ -156,15 +156,10 @@ class _Passes:
         self.valid = torch.arange(x.shape[1])[None, :] < self.lengths[:, None]  # [B, T]
         h = model.splice(x, self.lengths)
         self.inputs = []
-        for k, layer in enumerate(model.layers, 1):
+        for k in range(1, len(model.layers) + 1):
             self.inputs.append(h)
-            h = self._step(k, h, None)
+            h, _ = model._layers(h, None, None, first=k, last=k)
         self.base = self._out(h)
-
-    def _step(self, k: int, h, iv, projected=None):
-        kw = ({"intervention": iv} if iv is not None else {}) | ({"projected": projected} if projected is not None else {})
-        y, _, _ = self.model.layers[k - 1](h, capture=False, **kw)
-        return y + h if (self.model.config.residual and k > 1) else y
 
     def _projection(self, layer: int):
         module = self.model.layers[layer - 1]
@@ -175,13 +170,13 @@ class _Passes:
         return self._projected[1]
 
     def _out(self, h) -> torch.Tensor:
-        with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=self.model._bf16(h)):
-            return self.model.output(h).transpose(0, 1).float()  # [B, T, K]
+        return self.model._output(h, False).float()  # [B, T, K]
 
     def ablated(self, layer: int, iv) -> torch.Tensor:
-        h = self._step(layer, self.inputs[layer - 1], iv, self._projection(layer))
-        for k in range(layer + 1, len(self.model.layers) + 1):
-            h = self._step(k, h, None)
+        projected = self._projection(layer)
+        h, _ = self.model._layers(self.inputs[layer - 1], None, None, interventions={layer: iv}, first=layer,
+                                  extra=lambda k: {"projected": projected} if k == layer and projected is not None
+                                  else {})
         return self._out(h)
 
 

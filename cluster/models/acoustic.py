@@ -198,12 +198,18 @@ class AcousticModel(nn.Module):
         return self._output(x, False), states
 
     def _layers(self, x, state, lengths, capture=False, names=(), interventions=None, captured=None,
-                capture_dtype=torch.float16, single=False):
-        """x through every layer (residual from layer 2 up); returns (top layer's output, states)."""
+                capture_dtype=torch.float16, single=False, first=1, last=None, extra=None):
+        """x through every layer (residual from layer 2 up); returns (top layer's output, states).
+
+        The one layer loop: ``SeedStack`` runs it with the seeds' stacked weights and the unit
+        ablation from a kept layer input. ``first`` / ``last`` (1-based): x is layer ``first``'s
+        input and the loop ends after layer ``last``; ``extra(k)``: more keyword arguments for
+        layer k (``operands``, ``projected``)."""
         interventions, states = interventions or {}, []
-        for k, layer in enumerate(self.layers, 1):
+        for k, layer in enumerate(self.layers[first - 1:last], first):
             y, s, vals = layer(x, state=None if state is None else state[k - 1], lengths=lengths, capture=capture,
-                               **({"intervention": interventions[k]} if k in interventions else {}))
+                               **({"intervention": interventions[k]} if k in interventions else {}),
+                               **(extra(k) if extra is not None else {}))
             states.append(s)
             for name in names:
                 captured[f"L{k}.{name}"] = _batch_major(vals[name], capture_dtype, single)

@@ -87,13 +87,13 @@ class SeedStack(nn.Module):
         return torch.cat(logits), merged
 
     def _stacked(self, x, state, lengths):
-        """All seeds through each layer in one call of the layer's Function (residual from layer 2 up)."""
-        states = []
-        for k, layer in enumerate(self.models[0].layers):
-            ops = tuple(torch.stack(parts) for parts in zip(*(m.layers[k].operands() for m in self.models)))
-            y, s, _ = layer(x, state=None if state is None else state[k], lengths=lengths, operands=ops)
-            states.append(s)
-            x = y + x if (self.config.residual and k > 0) else y
+        """All seeds through each layer in one call of the layer's Function: the first model's layer
+        loop (``AcousticModel._layers``) given the seeds' weights stacked."""
+        def stacked(k: int) -> dict:
+            return {"operands": tuple(torch.stack(parts) for parts in zip(*(m.layers[k - 1].operands()
+                                                                             for m in self.models)))}
+
+        x, states = self.models[0]._layers(x, state, lengths, extra=stacked)
         return self._output(x), states
 
     def _output(self, x: torch.Tensor) -> torch.Tensor:
