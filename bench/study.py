@@ -316,6 +316,9 @@ def main() -> None:
             print(f"per-trial start-up (worker process start -> model ready), {ups.height} runs: mean "
                   f"{ups['startup_s'].mean():.1f} s, max {ups['startup_s'].max():.1f} s (of which corpus read + "
                   f"model set-up {ups['setup_s'].mean():.1f} s)")
+        else:
+            print("per-trial start-up: no run's first checkpoint holds the startup_* metrics (trained before they "
+                  "were written there)")
         floor, trained = floor_minutes(storage, args.study, args.corpus, rates, os.cpu_count() or 1)
         print(f"compute floor: {trained:,} frames trained at nn.LSTM's rate at each depth over {os.cpu_count()} cores = "
               f"{floor:.1f} min; wall {wall / 60:.1f} min = {wall / 60 / floor:.2f}x the floor")

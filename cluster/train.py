@@ -461,7 +461,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if rank == 0:
             for r in active:
                 if r.config.run_dir and not r.diverged:  # a diverged seed's weights end no epoch
-                    _write_checkpoint(r, news[r.name], corpus.identity, stamped[r.name], graph)
+                    first = startup if epoch == resumed_from + 1 else {}  # where the trial's start-up went
+                    _write_checkpoint(r, news[r.name] | first, corpus.identity, stamped[r.name], graph)
         stopping = [r for r in stopping if not r.failed]
         if stopping:  # best-on-dev weights, scored on test: the numbers the paper's tables report
             test = test if test is not None else load_split(corpus, "test", config.max_eval_utterances)

@@ -20,7 +20,7 @@ from cluster.errors import InputError
 from cluster.grid import PROFILES, run_study, stack_name, stacks, trial_configs
 from cluster.train import EPOCHS_FILE, RUN_FILE, UTTERANCES_FILE, TrainConfig, make_trainer
 from cluster.models import load_checkpoint
-from cluster.runs import RunDir, collect_results as collect, final_checkpoint_ids, studies_results
+from cluster.runs import RunDir, collect_results as collect, final_checkpoint_ids, iter_runs, studies_results
 from service.results import format_table
 
 pytestmark = pytest.mark.slow
@@ -251,6 +251,10 @@ def test_a_tiny_grid_of_three_stacked_seeds_writes_three_ordinary_runs(tiny_grid
     assert len(ids) == 6 and sorted(i.split("-")[0] for i in ids) == ["gru"] * 3 + ["lstm"] * 3
     assert all(i.startswith(("gru-1x16-", "lstm-1x16-")) for i in ids)
     assert sorted(studies_results(storage, ["mini"])["seed"]) == [0, 0, 1, 1, 2, 2]
+    # each seed's first checkpoint says where its trial's start-up went (what bench/study.py prints)
+    for run in iter_runs(storage, "mini"):
+        m = load_checkpoint(run.checkpoint_files()[0])[1].metrics
+        assert m["startup_process_started"] <= m["startup_loop_entered"] <= m["startup_model_ready"], m
     # the trials' own storage is not a run
     for cell in ("gru", "lstm"):
         assert (storage / "mini" / "stacks" / f"{cell}_L1_H16_s0-1-2").is_dir()
