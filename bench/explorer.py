@@ -12,7 +12,8 @@ checkpoint (untrained LSTM, 4 x 512, captured over 20 test utterances) so the he
                utterance the store holds no sample of), against the model's own capture call
   clients      ``--clients`` at once on the unit, top-frames, values and overview views: errors,
                and each view's p50 / p95 beside its single-client p95 (targets: no errors, the
-               unit view's p95 at most 2x, the overview's under 100 ms)
+               unit view's p95 at most 2x, the overview's under 100 ms); once with a connection
+               per request (urllib), then with one kept-alive connection per client (a browser's)
   heatmap      512 units x the longest test utterance's frames, fetched and drawn in headless
                Chromium (the page's own timings: fetch, then draw)
 
@@ -47,6 +48,36 @@ def timed_get(url: str) -> tuple[float, bytes]:
     with urllib.request.urlopen(url, timeout=120) as r:
         body = r.read()
     return (time.perf_counter() - t0) * 1000, body
+
+
+class KeptConnection:
+    """One HTTP/1.1 connection reused for every request, as a browser keeps its connection to a
+    site open (``timed_get`` opens one per request, as urllib does)."""
+
+    def __init__(self, url: str):
+        import http.client
+        from urllib.parse import urlsplit
+
+        self._http, parts = http.client, urlsplit(url)
+        self.host, self.port, self.conn = parts.hostname, parts.port, None
+
+    def get(self, path: str) -> tuple[float, int]:
+        """(milliseconds, HTTP status) of GET /path, reconnecting once if the server closed it."""
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = self._http.HTTPConnection(self.host, self.port, timeout=120)
+            t0 = time.perf_counter()
+            try:
+                self.conn.request("GET", "/" + path)
+                r = self.conn.getresponse()
+                r.read()
+                return (time.perf_counter() - t0) * 1000, r.status
+            except (self._http.HTTPException, OSError):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -181,8 +212,17 @@ def main() -> None:
             print(f"JSON      {name:<10} p50 {pct(ms, 50):6.1f} ms  p95 {pct(ms, 95):6.1f} ms  "
                   f"({pct(ms, 95) / base_p95:.1f}x the query's p95){'  < 100 ms' if pct(ms, 95) < 100 else ''}")
         if args.clients > 1:
-            concurrent(url, {k: endpoints[k] for k in ("unit", "top", "values", "overview")}, single,
-                       args.clients, args.requests)
+            views = {k: endpoints[k] for k in ("unit", "top", "values", "overview")}
+            concurrent(url, views, single, args.clients, args.requests)
+            # the same, each client on one kept-alive connection (as a browser's page): single, then all
+            conn, kept = KeptConnection(url), {}
+            for name, path in views.items():
+                conn.get(path(0))
+                kept[name] = [conn.get(path(k))[0] for k in range(args.requests)]
+            print("kept-alive connections (one per client, as a browser keeps its connection):")
+            for name, ms in kept.items():
+                print(f"JSON      {name:<10} p50 {pct(ms, 50):6.1f} ms  p95 {pct(ms, 95):6.1f} ms  (one client)")
+            concurrent(url, views, kept, args.clients, args.requests, keep_alive=True)
 
         # the 512-unit heatmap in a browser
         if args.no_browser:
@@ -212,10 +252,11 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def concurrent(url: str, endpoints: dict, single: dict, clients: int, requests: int) -> None:
+def concurrent(url: str, endpoints: dict, single: dict, clients: int, requests: int, keep_alive: bool = False) -> None:
     """``clients`` threads at once, each ``requests`` requests cycling through ``endpoints``: each
-    endpoint's p50 / p95 beside its single-client p95 (measured just before), and every answer
-    that was not a 200 (a 503 is the store busy; nothing writes it here, so any is an error)."""
+    endpoint's p50 / p95 beside its single-client p95 (measured just before, the same way), and
+    every answer that was not a 200 (a 503 is the store busy; nothing writes it here, so any is an
+    error). ``keep_alive``: each client sends its requests over one kept connection."""
     import threading
     import urllib.error
 
@@ -225,10 +266,18 @@ def concurrent(url: str, endpoints: dict, single: dict, clients: int, requests: 
     lock = threading.Lock()
 
     def client(c: int) -> None:
+        conn = KeptConnection(url) if keep_alive else None
         for k in range(requests):
             name = names[(c + k) % len(names)]
             try:
-                ms, _ = timed_get(url + endpoints[name](c * requests + k))
+                if conn is not None:
+                    ms, status = conn.get(endpoints[name](c * requests + k))
+                    if status != 200:
+                        with lock:
+                            errors.append(f"{name}: {status}")
+                        continue
+                else:
+                    ms, _ = timed_get(url + endpoints[name](c * requests + k))
             except urllib.error.HTTPError as e:
                 with lock:
                     errors.append(f"{name}: {e.code}")
@@ -244,7 +293,8 @@ def concurrent(url: str, endpoints: dict, single: dict, clients: int, requests: 
         t.join()
     wall = time.perf_counter() - t0
     total = clients * requests
-    print(f"clients   {clients} at once, {requests} requests each ({total} in {wall:.1f} s, "
+    print(f"clients   {clients} at once{' (kept-alive)' if keep_alive else ''}, {requests} requests each "
+          f"({total} in {wall:.1f} s, "
           f"{total / wall:.0f} requests/s): {len(errors)} errors{': ' + ', '.join(errors[:8]) if errors else ''}")
     for name in names:
         ms, one = times[name], pct(single[name], 95)
