@@ -107,6 +107,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 16  # utterances per batch; with chunk_width > 0, the streams (batch rows) per worker
     chunk_width: int = 0  # 0: whole utterances; n: carried-state streams in windows of n frames (streams.py)
+    # streams: a step's loss is its summed CE over "frames" (the frames it scores) or over "slots"
+    # (streams x chunk_width x workers: the epoch's last steps, where streams have run out, weigh less)
+    stream_loss: str = "frames"
     clip: float = 5.0
     patience: int = 3  # epochs without dev improvement before stopping
     min_delta: float = 0.0  # dev accuracy points the last `patience` epochs must gain to go on (schedule.should_stop)
@@ -139,6 +142,7 @@ class TrainConfig:
         check(self.epochs >= 1, f"epochs={self.epochs}: at least 1")
         check(self.batch_size >= 1, f"batch_size={self.batch_size}: at least 1")
         check(self.chunk_width >= 0, f"chunk_width={self.chunk_width}: 0 (whole utterances) or a window in frames")
+        check(self.stream_loss in ("frames", "slots"), f"stream_loss={self.stream_loss!r}: frames or slots")
         check(self.patience >= 1, f"patience={self.patience}: at least 1")
         check(math.isfinite(self.min_delta) and self.min_delta >= 0,
               f"min_delta={self.min_delta}: dev accuracy points, 0 or more")
@@ -572,7 +576,7 @@ def _stream_epoch(stack, runs, train: SplitData, config: TrainConfig, epoch: int
             if k < len(plan):
                 with torch.no_grad():
                     x, lengths, y, f = make(plan[k], W)
-                scale.append(world / max(plan[k].frames_all, 1))
+                scale.append(_stream_scale(config, plan[k], world))
                 utts.append([train.utt_ids[u] for u in plan[k].utt if u >= 0])
             else:
                 x, lengths = torch.zeros(W, B, dim), torch.ones(B, dtype=torch.long)
@@ -589,6 +593,19 @@ def _stream_epoch(stack, runs, train: SplitData, config: TrainConfig, epoch: int
             sums[s][0] += c
             sums[s][1] += plan[k].frames if k < len(plan) else 0
     return [tuple(x) for x in sums]
+
+
+def _stream_scale(config: TrainConfig, step, world: int) -> float:
+    """What a seed's summed CE on this rank is multiplied by for one step on streams: ``world`` over
+    the frames the step scores on all ranks ("frames": each step the mean over its own frames), or
+    one over this rank's frame slots ("slots": streams x chunk_width; with the ranks' gradients
+    averaged, the sum over all ranks' frames over all their slots). Under "frames" the epoch's last
+    steps, where most streams have run out, weigh as much as full ones on a few streams' frames:
+    measured, a long such tail (13 steps with under half the streams) dips dev accuracy by 2-7
+    points that the next epoch recovers (README, "Training and the paper's grids")."""
+    if config.stream_loss == "frames":
+        return world / max(step.frames_all, 1)
+    return 1.0 / (config.batch_size * config.chunk_width)
 
 
 def _step(runs: list[SeedRun], ce: torch.Tensor, scale: list[float], epoch: int, world: int,

@@ -49,13 +49,15 @@ def _assert_same(a, b, what: str):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5), f"{what}: {name} differs by {(p - q).abs().max():.2e}"
 
 
-@pytest.mark.parametrize("cell,chunk_width", [("lstm", 0), ("gru", 0), ("lstm_lazy", 0), ("gru", 7)])
-def test_a_seed_in_a_stack_of_three_trains_as_it_trains_alone(data, cell, chunk_width):
+@pytest.mark.parametrize("cell,chunk_width,stream_loss", [("lstm", 0, "frames"), ("gru", 0, "frames"),
+                                                           ("lstm_lazy", 0, "frames"), ("gru", 7, "frames"),
+                                                           ("lstm", 7, "slots")])
+def test_a_seed_in_a_stack_of_three_trains_as_it_trains_alone(data, cell, chunk_width, stream_loss):
     """Two epochs (8 steps of whole utterances; more, of unequal counts per seed, on streams), the
     gradient clipped at every step, seed 1's learning rate cut after the first epoch."""
     corpus, train, _, _ = data
     config = TrainConfig(cell=cell, layers=2, hidden=8, batch_size=3, chunk_width=chunk_width, clip=0.05, lr=3e-3,
-                         stack_seeds=SEEDS, epochs=2)
+                         stack_seeds=SEEDS, epochs=2, stream_loss=stream_loss)
     stacked = _seeds(corpus, config)
     alone = [_seeds(corpus, replace(config, stack_seeds=(), seed=s))[0] for s in SEEDS]
     for s in range(3):
@@ -260,3 +262,28 @@ def test_newbob_halves_and_stops_each_seed_on_its_own_curve_and_resumes_halving(
     assert end_epoch(again, {"epoch": 5, "dev_frame_acc": 0.7905})
     with pytest.raises(Exception, match="newbob_stop"):
         TrainConfig(schedule="newbob", newbob_start=0.1, newbob_stop=0.5)
+
+
+
+def test_stream_loss_slots_weighs_a_step_by_its_scored_share_of_the_batch():
+    """stream_loss="slots": a step's summed CE is divided by its frame slots (streams x chunk_width
+    x workers), so the epoch's last steps, where streams have run out, weigh by what they score;
+    under "frames" by their own frames, so one stream left weighs as much as a full step."""
+    from cluster.streams import stream_schedule
+    from cluster.train import _stream_scale
+
+    import numpy as np
+
+    steps = stream_schedule(np.array([30, 12, 9, 7, 5]), streams=2, chunk_width=4, seed=0, epoch=1, rank=0,
+                            world_size=2)
+    full, tail = steps[0], steps[-1]
+    assert full.frames_all == 16 and (tail.utt >= 0).sum() <= 1 and tail.frames_all < 16
+    for world in (1, 2):
+        frames = TrainConfig(chunk_width=4, batch_size=2)
+        slots = replace(frames, stream_loss="slots")
+        assert _stream_scale(frames, full, world) == pytest.approx(world / 16)
+        assert _stream_scale(frames, tail, world) == pytest.approx(world / tail.frames_all)  # a full step's weight
+        assert _stream_scale(slots, tail, world) == pytest.approx(1 / 8)  # per frame as in a full step
+        assert _stream_scale(slots, full, world) == pytest.approx(1 / 8)
+    with pytest.raises(Exception, match="stream_loss"):
+        TrainConfig(stream_loss="mean")
