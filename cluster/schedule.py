@@ -50,14 +50,17 @@ def stop_epoch(accs, patience: int, min_delta: float = 0.0, min_epochs: int = 1)
     return None
 
 
-def newbob(accs, halving: bool, start_below: float = 0.5, stop_below: float = 0.1) -> tuple[bool, bool]:
+def newbob(accs, halving: bool, start_below: float = 0.5, stop_below: float = 0.1,
+           keep: int = 0) -> tuple[bool, bool]:
     """Kaldi nnet1's newbob after the latest epoch: returns ``(halving, stop)``. ``halving`` says
     whether the rate is halved from this epoch on (it never turns off again): the latest epoch
     gained less than ``start_below`` points over the best before it, or halving had started;
-    ``stop``: halving had already started and the latest epoch gained less than ``stop_below``."""
+    ``stop``: halving had already started and the latest epoch gained less than ``stop_below``.
+    ``keep`` (Kaldi's ``keep_lr_iters``): the first ``keep`` epochs never start halving, since the
+    first epochs of streams are noisy enough to gain little by chance."""
     if not 0 <= stop_below <= start_below:
         raise ValueError(f"need 0 <= stop_below ({stop_below}) <= start_below ({start_below})")
-    if len(accs) < 2:
+    if len(accs) < 2 or len(accs) <= keep:
         return halving, False
     g = gain(accs, 1)
     return halving or g < start_below, halving and g < stop_below

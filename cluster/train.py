@@ -117,6 +117,7 @@ class TrainConfig:
     # stop once, halving, one gains < newbob_stop; it replaces patience / min_delta as the early stop
     newbob_start: float = 0.5
     newbob_stop: float = 0.1
+    newbob_keep: int = 0  # epochs at the initial rate before newbob may start halving (Kaldi's keep_lr_iters)
     seed: int = 0
     lm_weight: float = 1.0
     prior_scale: float = 1.0
@@ -153,6 +154,7 @@ class TrainConfig:
         check(self.optimizer in ("adam", "sgd"), f"optimizer={self.optimizer!r}: adam or sgd")
         check(self.schedule in ("plateau", "cosine", "newbob", "none"),
               f"schedule={self.schedule!r}: plateau, cosine, newbob or none")
+        check(self.newbob_keep >= 0, f"newbob_keep={self.newbob_keep}: 0 or more epochs")
         check(math.isfinite(self.newbob_start) and math.isfinite(self.newbob_stop)
               and 0 <= self.newbob_stop <= self.newbob_start,
               f"newbob_stop={self.newbob_stop}, newbob_start={self.newbob_start}: 0 <= newbob_stop <= newbob_start "
@@ -394,7 +396,8 @@ def end_epoch(run: SeedRun, metrics: dict) -> bool:
     run.history.append(metrics)
     accs = [h["dev_frame_acc"] for h in run.history]
     if run.config.schedule == "newbob":
-        run.halving, stop = newbob(accs, run.halving, run.config.newbob_start, run.config.newbob_stop)
+        run.halving, stop = newbob(accs, run.halving, run.config.newbob_start, run.config.newbob_stop,
+                                   run.config.newbob_keep)
         if run.halving and not stop:  # the next epoch trains at half this one's rate
             for group in run.opt.param_groups:
                 group["lr"] *= 0.5

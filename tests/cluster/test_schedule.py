@@ -56,6 +56,26 @@ def test_newbob_halves_from_a_small_gain_on_and_stops_on_a_smaller_one_while_hal
     assert newbob([0.7, 0.7], False) == (True, False)
 
 
+def test_newbob_keep_holds_the_rate_through_the_first_epochs():
+    """The shape of the gru s0 curve of slot-weighted streams (README): epoch 2 gains 0.11 points by
+    chance and plain newbob halves from there on; with keep=3 the first three epochs never start
+    halving, so halving starts at the first later epoch that gains under 0.5 points."""
+    curve = [0.7046, 0.7057, 0.7727, 0.7790, 0.7931, 0.7939]
+
+    def run(keep):
+        halving, out = False, []
+        for e in range(1, len(curve) + 1):
+            halving, stop = newbob(curve[:e], halving, keep=keep)
+            out.append((halving, stop))
+        return out
+
+    assert run(0)[1] == (True, False) and run(0)[5] == (True, True)  # halved from epoch 2, stopped at 6
+    kept = run(3)
+    assert [h for h, _ in kept[:3]] == [False, False, False]
+    assert kept[3] == (False, False) and kept[4] == (False, False)  # +0.63 and +1.41: still the initial rate
+    assert kept[5] == (True, False)  # +0.08 starts halving; it does not stop on the same epoch
+
+
 def test_newbob_on_a_stream_curve_halves_at_its_dip_and_stops_once_gains_fade():
     """The full-corpus lstm stream curve's shape (dip at epoch 4): the dip starts halving, the
     recovery does not stop it, and the run stops at the first halved epoch gaining < 0.1 points."""
