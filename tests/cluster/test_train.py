@@ -119,7 +119,9 @@ def test_study_grids_mirror_the_paper():
     study = trial_configs("table1", PROFILES["study"])
     assert {(c.cell, c.layers) for c in study} == {(c, n) for c in ("lstm", "gru") for n in (1, 2, 4)}
     assert {c.seed for c in study} == {0, 1, 2, 3, 4}
-    assert all(c.patience == 2 and c.max_train_utterances is None for c in study)
+    # stopped by newbob on slot-weighted streams, not by the cap
+    assert all(c.schedule == "newbob" and c.newbob_keep == 3 and c.stream_loss == "slots" and c.epochs == 12
+               and c.max_train_utterances is None for c in study)
     # one trial per grid point, its seeds stacked; the longest first (most layers, lstm before gru)
     trials = stacks(study, Path("/runs"))
     assert [(t.cell, t.layers) for t in trials] == [("lstm", 4), ("gru", 4), ("lstm", 2), ("gru", 2), ("lstm", 1),
