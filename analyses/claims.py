@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -57,8 +57,8 @@ from scipy import stats as sps
 
 from analyses import memory_robustness, temporal_trace, unit_ablation, unit_memory
 from analyses.common import plt, read_summary, save, slope
-from analyses.stats import (ALPHA, CONFIDENCE, MIN_SEEDS, SeedTest, holm, per_seed_contrast, pooled_seed_test,
-                            seed_test, verdict)
+from analyses.stats import (ALPHA, CONFIDENCE, MIN_SEEDS, SeedTest, bounded_p, holm, per_seed_contrast,
+                            pooled_seed_test, seed_test, verdict)
 from cluster.runs import UTTERANCES_FILE, final_checkpoint_ids, iter_runs, studies_results
 from cluster.summaries import SUMMARY_VERSION
 
@@ -92,8 +92,11 @@ class Evidence:
 
     cells: pl.DataFrame  # + CELL_COLUMNS (Fig. 3's shares, their neighbours, the normal reference, min / max c)
     smoothness: pl.DataFrame  # + smoothness
-    impact: pl.DataFrame  # + impact_frames (the default fraction), impact_frames@<f> for IMPACT_FRACTIONS
-    memory: pl.DataFrame  # + implied_tau_median, measured_frames_median (per-unit memory, medians over units)
+    # + impact_frames (the default fraction), impact_frames@<f> for IMPACT_FRACTIONS, and their
+    # impact_at_least (1: the Kaplan-Meier median is only a lower bound)
+    impact: pl.DataFrame
+    # + implied_tau_median, measured_frames_median (per-unit memory, medians over units), measured_at_least
+    memory: pl.DataFrame
     ablation: pl.DataFrame  # + specificity_excess, acc_drop_excess (layer 0: means over layers and phones)
     results: pl.DataFrame  # RESULTS: one row per finished run
     utterances: pl.DataFrame  # UTTERANCES (test split)
@@ -104,15 +107,18 @@ class Evidence:
         f = pl.Float64
         return cls(pl.DataFrame(schema=_CK | {c: f for c in CELL_COLUMNS}),
                    pl.DataFrame(schema=_CK | {"smoothness": f}),
-                   pl.DataFrame(schema=_CK | {"impact_frames": f} | {_impact(x): f for x in IMPACT_FRACTIONS}),
-                   pl.DataFrame(schema=_CK | {"implied_tau_median": f, "measured_frames_median": f}),
+                   pl.DataFrame(schema=_CK | {"impact_frames": f, "impact_at_least": f}
+                                | {_impact(x): f for x in IMPACT_FRACTIONS}
+                                | {_impact(x, "impact_at_least"): f for x in IMPACT_FRACTIONS}),
+                   pl.DataFrame(schema=_CK | {"implied_tau_median": f, "measured_frames_median": f,
+                                              "measured_at_least": f}),
                    pl.DataFrame(schema=_CK | {"specificity_excess": f, "acc_drop_excess": f}),
                    pl.DataFrame(schema=RESULTS),
                    pl.DataFrame(schema=UTTERANCES))
 
 
-def _impact(fraction: float) -> str:
-    return f"impact_frames@{fraction:g}"
+def _impact(fraction: float, metric: str = "impact_frames") -> str:
+    return f"{metric}@{fraction:g}"
 
 
 @dataclass
@@ -287,8 +293,8 @@ def gather(store, checkpoint_ids: list[str], results: pl.DataFrame | None = None
 
     ev.smoothness = per_layer("temporal_trace", temporal_trace.VERSION, ["smoothness"], ev.smoothness)
     ev.impact = per_layer("memory_robustness", memory_robustness.VERSION,
-                          [c for c in ev.impact.columns if c.startswith("impact_frames")], ev.impact)
-    ev.memory = per_layer("unit_memory", unit_memory.VERSION, ["implied_tau_median", "measured_frames_median"],
+                          [c for c in ev.impact.columns if c not in _CK], ev.impact)
+    ev.memory = per_layer("unit_memory", unit_memory.VERSION, [c for c in ev.memory.columns if c not in _CK],
                           ev.memory)
     abl = read_summary(store, "unit_ablation", ids, version=unit_ablation.VERSION).filter(
         (pl.col("layer") == 0) & (pl.col("label") == "")
@@ -337,19 +343,37 @@ def _seed_values(per_seed: dict[int, list[float]]) -> list[float]:
 
 
 def _over_seeds(c: Claim, per_seed: dict[int, list[float]], alternatives: dict[str, dict[int, list[float]]] | None = None,
-                unstamped: int = 0) -> Claim:
-    """Effect = the mean over seeds of each seed's mean over its items; Student's t over seeds."""
+                unstamped: int = 0, bounds: dict[str, dict[int, list[bool]]] | None = None) -> Claim:
+    """Effect = the mean over seeds of each seed's mean over its items; Student's t over seeds.
+    ``bounds`` (per test, "v" or an alternative's label: per seed, whether its true value may lie
+    above / below the one measured): a verdict such a seed could undo is not reached
+    (``analyses.stats.bounded_p``: its p-value is 1)."""
     values = _seed_values(per_seed)
     if unstamped:
         c.note = f"{unstamped} checkpoint(s) without a seed stamp left out"
     if not values:
         c.n_seeds = 0
         return finish(c)
-    c.apply(seed_test(values, c.direction, c.margin),
-            f"Student's t over {len(values)} seeds (each seed's mean over the grid points measured)")
+    t = _bounded(seed_test(values, c.direction, c.margin), c.direction, per_seed, (bounds or {}).get("v"))
+    c.apply(t, f"Student's t over {len(values)} seeds (each seed's mean over the grid points measured)")
     for label, alt in (alternatives or {}).items():
-        c.alternatives[label] = seed_test(_seed_values(alt), c.direction, c.margin)
+        c.alternatives[label] = _bounded(seed_test(_seed_values(alt), c.direction, c.margin), c.direction, alt,
+                                         (bounds or {}).get(label))
     return finish(c)
+
+
+def _bounded(t: SeedTest, direction: int, per_seed: dict[int, list[float]], bounds: dict[int, list[bool]] | None):
+    """``t`` with the p-values ``bounded_p`` leaves where some seeds' values are only bounds."""
+    counted = [s for s, v in per_seed.items() if any(x is not None and math.isfinite(x) for x in v)]
+    up = sorted(s for s in counted if bounds and bounds.get(s, [False, False])[0])
+    down = sorted(s for s in counted if bounds and bounds.get(s, [False, False])[1])
+    if not (up or down):
+        return t
+    p, against, equiv = bounded_p(t.p_value, t.p_against, t.p_equiv, direction, bool(up), bool(down))
+    said = "; ".join(f"seed(s) {', '.join(map(str, seeds))} may lie {where} the value measured" for seeds, where in
+                     ((up, "above"), (down, "below")) if seeds)
+    note = (f"censored medians ('at least'): {said}; a verdict they could undo is not reached (its p-value is 1)")
+    return replace(t, p_value=p, p_against=against, p_equiv=equiv, note="; ".join(x for x in (t.note, note) if x))
 
 
 @dataclass
@@ -559,14 +583,30 @@ NAMES = {"lstm": "LSTM", "gru": "GRU", "lstm_lazy": "lazy LSTM"}
 
 
 def _pairs(c: Claim, df: pl.DataFrame, column: str, sign: float, fmt: str, a: str = "lstm", b: str = "gru",
-           alternatives: dict[str, str] | None = None) -> Claim:
+           alternatives: dict[str, str] | None = None, at_least: dict[str, str] | None = None) -> Claim:
     """Per seed, the mean over matched grid points (depth, width, residual) of sign * (a - b) of
-    the mean over layers."""
+    the mean over layers. ``at_least`` maps a value column to its flag column (1: that layer's
+    value is only a lower bound, a censored Kaplan-Meier median): a seed resting on one is tested
+    as a bound (``_over_seeds``)."""
+    at_least = at_least or {}
     cols = {"v": column} | {f"alt{i}": col for i, col in enumerate((alternatives or {}).values())}
-    means = df.filter(pl.col("seed").is_not_null()).group_by("arch", "depth", "hidden", "residual", "seed").agg(
-        [pl.col(col).fill_nan(None).mean().alias(k) for k, col in cols.items()])
+    aggs = [pl.col(col).fill_nan(None).mean().alias(k) for k, col in cols.items()]
+    aggs += [(pl.col(at_least[col]).fill_nan(None).max().fill_null(0) > 0).alias(f"{k}_lb")
+             if col in at_least and at_least[col] in df.columns else pl.lit(False).alias(f"{k}_lb")
+             for k, col in cols.items()]
+    means = df.filter(pl.col("seed").is_not_null()).group_by("arch", "depth", "hidden", "residual", "seed").agg(aggs)
     per_seed: dict[int, list[float]] = {}
     alts: dict[str, dict[int, list[float]]] = {k: {} for k in (alternatives or {})}
+    # per test ("v" or an alternative's label), per seed: [may lie above, may lie below] the value measured
+    bounds: dict[str, dict[int, list[bool]]] = {k: {} for k in ("v", *alts)}
+
+    def bound(key: str, seed: int, ga, gb, k: str) -> None:
+        # a lower bound on a enters sign * (a - b) as a lower bound when sign > 0; one on b the other way
+        lb_a, lb_b = bool(ga[f"{k}_lb"][0]), bool(gb[f"{k}_lb"][0])
+        up, down = (lb_a, lb_b) if sign > 0 else (lb_b, lb_a)
+        seen = bounds[key].setdefault(seed, [False, False])
+        seen[0], seen[1] = seen[0] or up, seen[1] or down
+
     keys = ["depth", "hidden", "residual", "seed"]
     for (depth, hidden, res, seed), g in means.sort(keys).group_by(keys, maintain_order=True):
         ga, gb = g.filter(pl.col("arch") == a), g.filter(pl.col("arch") == b)
@@ -575,12 +615,15 @@ def _pairs(c: Claim, df: pl.DataFrame, column: str, sign: float, fmt: str, a: st
             if x is None or y is None:
                 continue
             per_seed.setdefault(seed, []).append(sign * (x - y))
+            bound("v", seed, ga, gb, "v")
             for i, label in enumerate(alts):
                 xa, ya = ga[f"alt{i}"][0], gb[f"alt{i}"][0]
                 alts[label].setdefault(seed, []).append(math.nan if xa is None or ya is None else sign * (xa - ya))
+                bound(label, seed, ga, gb, f"alt{i}")
+            lb = lambda g: " (at least)" if g["v_lb"][0] else ""  # noqa: E731
             c.numbers.append(f"{depth} layers x {hidden}{' residual' if res else ''}, seed {seed}: {NAMES[a]} "
-                             f"{x:{fmt}} vs {NAMES[b]} {y:{fmt}}")
-    return _over_seeds(c, per_seed, alts, _unstamped(df, (a, b)))
+                             f"{x:{fmt}}{lb(ga)} vs {NAMES[b]} {y:{fmt}}{lb(gb)}")
+    return _over_seeds(c, per_seed, alts, _unstamped(df, (a, b)), bounds if at_least else None)
 
 
 def lstm_smoother_than_gru(ev: Evidence) -> Claim:
@@ -598,7 +641,9 @@ def gru_impact_shorter(ev: Evidence) -> Claim:
               f"types and insertion points, censored ones counted as at least)", "frames", -1, *FRAMES_MARGIN,
               paper_quote=Q_IMPACT)
     alts = {f"fraction {f:g}": _impact(f) for f in IMPACT_FRACTIONS if f != default}
-    return _pairs(c, ev.impact, "impact_frames", -1.0, ".1f", alternatives=alts)
+    return _pairs(c, ev.impact, "impact_frames", -1.0, ".1f", alternatives=alts,
+                  at_least={"impact_frames": "impact_at_least"}
+                  | {_impact(f): _impact(f, "impact_at_least") for f in IMPACT_FRACTIONS})
 
 
 def gru_memory_shorter(ev: Evidence) -> Claim:
@@ -608,7 +653,8 @@ def gru_memory_shorter(ev: Evidence) -> Claim:
               "frames", -1, *FRAMES_MARGIN,
               ours="the paper infers 'GRU remembers less than LSTM' from traces and Fig. 8's mean over units; a "
                    "per-unit timescale measured after noise is our test of it")
-    return _pairs(c, ev.memory, "measured_frames_median", -1.0, ".1f")
+    return _pairs(c, ev.memory, "measured_frames_median", -1.0, ".1f",
+                  at_least={"measured_frames_median": "measured_at_least"})
 
 
 def lazy_memory_shorter(ev: Evidence) -> Claim:
@@ -617,7 +663,8 @@ def lazy_memory_shorter(ev: Evidence) -> Claim:
               "seed-matched", "frames", -1, *FRAMES_MARGIN,
               ours="the paper says the lazy LSTM 'behaves more like a GRU: the trace is less smooth' (Sec. 5.1); "
                    "that its units remember shorter is our reading, measured per unit")
-    return _pairs(c, ev.memory, "measured_frames_median", -1.0, ".1f", a="lstm", b="lstm_lazy")
+    return _pairs(c, ev.memory, "measured_frames_median", -1.0, ".1f", a="lstm", b="lstm_lazy",
+                  at_least={"measured_frames_median": "measured_at_least"})
 
 
 def responsible_units_needed(ev: Evidence) -> Claim:

@@ -272,6 +272,35 @@ def test_sensitivity_reports_a_flip():
     assert "flips at a neighbouring threshold" in cl.format_claims([c])
 
 
+def _censor(df: pl.DataFrame, arch: str, flag: str, layer: int = 2) -> pl.DataFrame:
+    """``arch``'s value at ``layer`` flagged a censored median (only a lower bound)."""
+    return df.with_columns(pl.when((pl.col("arch") == arch) & (pl.col("layer") == layer)).then(1.0)
+                           .otherwise(pl.col(flag).fill_null(0.0)).alias(flag))
+
+
+def test_a_censored_median_blocks_only_the_verdicts_it_could_undo():
+    """GRU's impact is measured shorter in every seed; where GRU's medians are censored ("at
+    least") its true impact may be longer still, so "holds" (GRU shorter) cannot rest on them and
+    the claim is undecided, naming the seeds; where LSTM's are censored, LSTM's true impact can
+    only be longer and "holds" stands. A sensitivity fraction without censoring keeps its own verdict."""
+    ev = planted("holds")
+    assert cl.gru_impact_shorter(ev).verdict == cl.HOLDS
+    ev.impact = _censor(ev.impact, "gru", "impact_at_least")
+    c = cl.gru_impact_shorter(ev)
+    assert c.verdict == cl.UNDECIDED and c.p_value == 1.0 and c.p_holm_equiv is not None and c.p_equiv == 1.0
+    assert "seed(s) 0, 1, 2 may lie above" in c.note and "(at least)" in "\n".join(c.numbers)
+    assert c.sensitivity["fraction 0.2"]["verdict"] == cl.HOLDS and c.flips  # its own median is not censored
+    ev = planted("holds")
+    ev.impact = _censor(ev.impact, "lstm", "impact_at_least")
+    c = cl.gru_impact_shorter(ev)
+    assert c.verdict == cl.HOLDS and "may lie below" in c.note and c.p_against == 1.0
+    # no effect needs both bounds: any censored median blocks it
+    ev = planted("no effect")
+    assert cl.gru_memory_shorter(ev).verdict == cl.NO_EFFECT
+    ev.memory = _censor(ev.memory, "lstm", "measured_at_least", layer=1)
+    assert cl.gru_memory_shorter(ev).verdict == cl.UNDECIDED
+
+
 def test_a_per_checkpoint_claim_is_calibrated_through_its_own_code():
     """lstm_smoother_than_gru as the claims run it, under a planted null: LSTM and GRU smoothness
     equal in expectation, a per-checkpoint seed offset (sd 0.03) and per-layer noise (sd 0.01), two

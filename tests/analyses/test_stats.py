@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from analyses.stats import (ALPHA, MIN_SEEDS, calibrate, holm, km_median, mean_interval, over_seeds, per_seed_contrast,
+from analyses.stats import (ALPHA, MIN_SEEDS, bounded_p, calibrate, calibrate_censored, holm, km_median, mean_interval, over_seeds, per_seed_contrast,
                             pooled_seed_test, seed_contrast, seed_test, simulate_errors, t_moments)
 
 TRIALS = 2000
@@ -102,6 +102,32 @@ def test_per_checkpoint_claims_are_calibrated():
         assert np.mean((low <= 0) & (0 <= high)) >= 1 - ALPHA - _bound(ALPHA)
     one = seed_test(values[0], direction=+1)
     assert (one.ci_low, one.ci_high) == pytest.approx((low[0], high[0]))  # the claims' code, same numbers
+
+
+def test_bounds_block_the_verdicts_they_could_undo():
+    p = (0.01, 0.99, 0.5)
+    assert bounded_p(*p, direction=-1, lower=False, upper=False) == p
+    assert bounded_p(*p, direction=-1, lower=True, upper=False) == (1.0, 0.99, 1.0)  # may be larger: not "below 0"
+    assert bounded_p(*p, direction=-1, lower=False, upper=True) == (0.01, 1.0, 1.0)
+    assert bounded_p(*p, direction=+1, lower=False, upper=True) == (1.0, 0.99, 1.0)
+    assert bounded_p(0.01, 0.99, math.nan, direction=+1, lower=True, upper=True)[2] != 1.0  # no margin: no TOST
+
+
+def test_censored_duration_verdicts_are_calibrated():
+    """Durations censored at each condition's horizon, Kaplan-Meier medians per layer, as the
+    memory claims read them: with the bounds heeded no scenario decides falsely above 5 % (3
+    binomial SE of 150 trials); taken as exact, two systems both beyond the horizon come out
+    "no effect" or the wrong way in a large share. The power where one side is censored is kept."""
+    trials = 150
+    rows = calibrate_censored(trials=trials, seed=5, n_seeds=(3,))
+    assert {r["scenario"] for r in rows} == {"null, some censored", "b longer, b censored", "a longer, a censored",
+                                             "both beyond the horizon"}
+    for r in rows:
+        assert r["false"] <= ALPHA + _bound(ALPHA, trials), r
+        if r["scenario"] in ("b longer, b censored", "a longer, a censored"):
+            assert r["censored_share"] > 0.2 and r["right"] > 0.8, r
+    beyond = next(r for r in rows if r["scenario"] == "both beyond the horizon")
+    assert beyond["censored_share"] > 0.8 and beyond["naive_false"] > 0.15, beyond
 
 
 def test_holm_keeps_the_family_wise_error_of_twelve_null_claims():
