@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import tomllib
@@ -204,6 +205,24 @@ def read_scp(path: Path, root: Path, allow_pipes: bool = False) -> dict[str, str
         out[key] = _resolve_entry(value.strip(), root)
     if not out:
         raise CorpusError(f"{path}: empty scp (no utterances)")
+    return out
+
+
+def read_words_ctm(path: Path) -> dict[str, list[tuple[float, float, str]]]:
+    """utt -> [(start, end, word)] in seconds from a word CTM (``utt channel start duration word``,
+    times from the utterance's start), as corpus import writes ``words.ctm``."""
+    out: dict[str, list[tuple[float, float, str]]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        f = line.split()
+        if not f:
+            continue
+        try:
+            start, dur = (float(f[2]), float(f[3])) if len(f) == 5 else (math.nan,) * 2
+        except ValueError:
+            start = dur = math.nan
+        if not (math.isfinite(start) and math.isfinite(dur)):
+            raise CorpusError(f"{path}:{n}: expected 'UTT CHANNEL START DURATION WORD', got {line[:80]!r}")
+        out.setdefault(f[0], []).append((start, start + dur, f[4]))
     return out
 
 

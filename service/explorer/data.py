@@ -38,7 +38,7 @@ from analyses.claims import SOURCES, evaluate, gather, study_utterances
 from analyses.common import StudyRef
 from cluster.batching import pad_batch
 from cluster.capture import CaptureConfig, choose_utterances, load, open_corpus
-from cluster.data.kaldi import read_scp
+from cluster.data.kaldi import read_scp, read_words_ctm
 from cluster.errors import InputError
 from cluster.runs import final_checkpoint_ids, studies_results
 from cluster.summaries import QUANTITIES, SUMMARY_VERSION
@@ -109,22 +109,10 @@ class Loaded:
         ``utt chan start dur word`` in seconds), where the corpus has one (imported corpora)."""
         rel = self.split.spec.get("words")
         path = self.corpus.path(rel) if rel else None
-        out: dict[str, list[dict]] = {}
         if not path or not path.is_file():
-            return out
-        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            f = line.split()
-            if not f:
-                continue
-            try:
-                start, dur = (float(f[2]), float(f[3])) if len(f) == 5 else (float("nan"),) * 2
-            except ValueError:
-                start = dur = float("nan")
-            if not (np.isfinite(start) and np.isfinite(dur)):
-                raise InputError(f"{path}:{n}: expected 'UTT CHANNEL START DURATION WORD', got {line[:80]!r}")
-            out.setdefault(f[0], []).append({"start": round(start / FRAME_SHIFT_S, 2),
-                                             "end": round((start + dur) / FRAME_SHIFT_S, 2), "word": f[4]})
-        return out
+            return {}
+        return {utt: [{"start": round(a / FRAME_SHIFT_S, 2), "end": round(b / FRAME_SHIFT_S, 2), "word": w}
+                      for a, b, w in tier] for utt, tier in read_words_ctm(path).items()}
 
     def capture(self, utt_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """{utt: {name: [T, H] float16}} for the utterances, capturing those not yet held (padded
