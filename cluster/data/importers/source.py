@@ -86,9 +86,14 @@ def check_audio_files(utts: list[SourceUtterance]) -> None:
         a = u.audio
         if a.recording is not None or a.path in seen:
             continue
-        if not Path(a.path).is_file():  # a fifo or device would block or never end
-            raise CorpusError(f"{a.path}: utterance {u.utt_id}: audio file not found")
+        require_audio_file(a.path, u.utt_id)
         seen.add(a.path)
+
+
+def require_audio_file(path: str, utt_id: str) -> None:
+    """A regular file, or bad input naming it and the utterance: a fifo or device would block or never end."""
+    if not Path(path).is_file():
+        raise CorpusError(f"{path}: utterance {utt_id}: audio file not found")
 
 
 def mapped_segments(u: SourceUtterance, phone_set: PhoneSet) -> list[F.Segment]:

@@ -30,7 +30,7 @@ import soundfile as sf
 import soxr
 
 from cluster.data import features as F
-from cluster.data.importers.source import Audio, SourceUtterance, checked_words, fit_to_audio
+from cluster.data.importers.source import Audio, SourceUtterance, checked_words, fit_to_audio, require_audio_file
 from cluster.data.kaldi import (MANIFEST, CorpusError, check_corpus, cmvn_stats_matrix, move_into_place,
                                 save_shard_arks, staging_dir, write_kaldi_tables)
 from cluster.data.importers.phonesets import PhoneSet
@@ -60,8 +60,7 @@ def load_audio(u: SourceUtterance) -> tuple[np.ndarray, int]:
             rec = Recording.from_dict(dict(a.recording))  # from_dict pops its keys
             x = np.asarray(rec.load_audio(offset=a.offset, duration=a.duration, channels=a.channel), dtype=np.float64)
             return x.reshape(-1) * 32768.0, int(rec.sampling_rate)
-        if not Path(a.path).is_file():  # a fifo or device would block or never end
-            raise CorpusError(f"{where}: audio file not found")
+        require_audio_file(a.path, u.utt_id)
         with sf.SoundFile(a.path) as f:
             rate, total = f.samplerate, f.frames
             start = int(round(a.offset * rate))
