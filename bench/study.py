@@ -48,7 +48,7 @@ from cluster.grid import run_study, trial_configs
 from cluster.models import ModelConfig, SeedStack, build_model, load_checkpoint
 from cluster.runs import collect_results, iter_runs
 from cluster.runtime import log_ray_to, machine as runtime_machine
-from cluster.schedule import stop_epoch
+from cluster.schedule import newbob, should_stop, stop_epoch
 from cluster.settings import parse_assignment
 from cluster.studies import PROFILES
 from cluster.train import TrainConfig
@@ -229,12 +229,20 @@ def floor_minutes(storage: str, study: str, corpus: str, rates: dict, cores: int
 
 
 def stopped_by(storage: str, study: str) -> pl.DataFrame:
-    """run, epochs trained, the cap, and whether early stopping ended it (fewer epochs than the cap)."""
+    """run, epochs trained, the cap, and whether its early-stopping rule ended it: the run's own
+    rule (``schedule.newbob`` or ``should_stop``, with its config) replayed on its dev curve fires
+    at its last epoch, so a rule that fires at the cap counts as the rule's."""
     rows = []
     for run in iter_runs(storage, study):
-        cfg = run.stamp.config
-        n = run.epochs().filter(pl.col("split") == "dev").height
-        rows.append({"run": run.name, "epochs": n, "cap": cfg["epochs"], "early_stopped": n < cfg["epochs"]})
+        cfg = TrainConfig.from_dict(run.stamp.config)
+        accs = run.epochs().filter(pl.col("split") == "dev").sort("epoch")["frame_acc"].to_list()
+        if cfg.schedule == "newbob":
+            halving, rule = False, False
+            for e in range(1, len(accs) + 1):
+                halving, rule = newbob(accs[:e], halving, cfg.newbob_start, cfg.newbob_stop, cfg.newbob_keep)
+        else:
+            rule = should_stop(accs, cfg.patience, cfg.min_delta)
+        rows.append({"run": run.name, "epochs": len(accs), "cap": cfg.epochs, "early_stopped": bool(rule)})
     return pl.DataFrame(rows).sort("run")
 
 
