@@ -48,7 +48,7 @@ from cluster.grid import run_study, trial_configs
 from cluster.models import ModelConfig, SeedStack, build_model, load_checkpoint
 from cluster.runs import collect_results, iter_runs
 from cluster.runtime import log_ray_to, machine as runtime_machine
-from cluster.schedule import newbob, should_stop, stop_epoch
+from cluster.schedule import newbob_stop_epoch, stop_epoch
 from cluster.settings import parse_assignment
 from cluster.studies import PROFILES
 from cluster.train import TrainConfig
@@ -236,13 +236,9 @@ def stopped_by(storage: str, study: str) -> pl.DataFrame:
     for run in iter_runs(storage, study):
         cfg = TrainConfig.from_dict(run.stamp.config)
         accs = run.epochs().filter(pl.col("split") == "dev").sort("epoch")["frame_acc"].to_list()
-        if cfg.schedule == "newbob":
-            halving, rule = False, False
-            for e in range(1, len(accs) + 1):
-                halving, rule = newbob(accs[:e], halving, cfg.newbob_start, cfg.newbob_stop, cfg.newbob_keep)
-        else:
-            rule = should_stop(accs, cfg.patience, cfg.min_delta)
-        rows.append({"run": run.name, "epochs": len(accs), "cap": cfg.epochs, "early_stopped": bool(rule)})
+        at = (newbob_stop_epoch(accs, cfg.newbob_start, cfg.newbob_stop, cfg.newbob_keep) if cfg.schedule == "newbob"
+              else stop_epoch(accs, cfg.patience, cfg.min_delta))
+        rows.append({"run": run.name, "epochs": len(accs), "cap": cfg.epochs, "early_stopped": at == len(accs)})
     return pl.DataFrame(rows).sort("run")
 
 

@@ -64,3 +64,14 @@ def newbob(accs, halving: bool, start_below: float = 0.5, stop_below: float = 0.
         return halving, False
     g = gain(accs, 1)
     return halving or g < start_below, halving and g < stop_below
+
+
+def newbob_stop_epoch(accs, start_below: float = 0.5, stop_below: float = 0.1, keep: int = 0) -> int | None:
+    """The epoch (1-based) after which ``newbob`` first stops a run with this dev curve (its
+    halving state replayed epoch by epoch, as the training loop steps it), or None."""
+    halving = False
+    for e in range(1, len(accs) + 1):
+        halving, stop = newbob(accs[:e], halving, start_below, stop_below, keep)
+        if stop:
+            return e
+    return None

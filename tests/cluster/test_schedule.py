@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.schedule import gain, newbob, should_stop, stop_epoch
+from cluster.schedule import gain, newbob, newbob_stop_epoch, should_stop, stop_epoch
 
 
 def test_plain_patience_is_epochs_without_a_better_dev_accuracy():
@@ -86,3 +86,12 @@ def test_newbob_on_a_stream_curve_halves_at_its_dip_and_stops_once_gains_fade():
         out.append((halving, stop))
     assert [h for h, _ in out] == [False, False, False, True, True, True, True]
     assert [s for _, s in out] == [False] * 6 + [True]  # epoch 6 gains 0.4, epoch 7 0.05
+
+
+def test_newbob_stop_epoch_replays_the_halving():
+    # +10, +10, +0.3 (halving starts), +0.05 while halving: stops after epoch 4
+    assert newbob_stop_epoch([0.60, 0.70, 0.703, 0.7035]) == 4
+    assert newbob_stop_epoch([0.60, 0.70, 0.80]) is None
+    # kept 3 epochs: the small gain at epoch 2 starts no halving, so epoch 3's small gain does not stop it
+    assert newbob_stop_epoch([0.60, 0.6005, 0.601], keep=3) is None
+    assert newbob_stop_epoch([0.60, 0.6005, 0.601]) == 3
