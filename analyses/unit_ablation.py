@@ -10,7 +10,7 @@ threshold is that layer's percentile of |c| on these frames) and each unit's mea
 of the ranking utterances that occur in the measured ones are studied.
 
 Measuring: ``utterances`` utterances of ``split`` (test; a seeded draw, the same for every
-ablation of the checkpoint), batched. Per layer and studied phone A: its ``k`` top units (at most a
+ablation of the checkpoint), batched in groups of similar length (``length_groups``). Per layer and studied phone A: its ``k`` top units (at most a
 quarter of the layer, so the random control has units to draw from) are ablated, and, as the
 control, ``k`` units drawn at random (``repeats`` seeded draws, excluding the top units). Since
 version 3 the control's draws are one set per layer, shared by every studied phone: each draw
@@ -54,6 +54,7 @@ draw have ``phone_id`` -1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,15 +142,45 @@ def _draw(split, n: int, seed: int, what: str, manifest) -> list:
     return [split.load(ids[i]) for i in sorted(pick)]
 
 
-class _Passes:
-    """The model on one batch of utterances, its unablated pass kept: each layer's input, so an
-    ablation at layer l runs layers l..L only, and the ablated layer's input projection (W_*x x_t
-    + b_*, which no ablation at that layer changes; one layer's at a time, as the ablations come
-    layer by layer), so layer l's recurrence alone is rerun. The model's own layer loop
-    (``AcousticModel._layers``, entered at a layer) and output layer run it.
-    ``keep_projection=False``: what it was before (bench/ablation.py compares)."""
+# A frame's fixed cost in rows for ``length_groups``, measured by bench/ablation.py --groups (2-core
+# Xeon, AVX-512, one thread; one layer's ablated recurrence at 1 and 64 rows fitted to a + b x rows):
+# 3.3-3.7 rows at H = 128, 9.7 at H = 512 (a lone row's GEMV reads every weight). The cut's cost is
+# flat near its optimum: on the test draw's lengths, one ablation at layer 1 took 0.106-0.115 s at
+# 2 x 128 and 3.98-4.24 s at 6 x 512 for 2, 4, 8 or 16 rows (0.184 / 5.83 s as one batch), 8 the least.
+OVERHEAD_ROWS = 8.0
 
-    def __init__(self, model, utts, keep_projection: bool = True):
+
+def length_groups(lengths: list[int], overhead_rows: float = OVERHEAD_ROWS) -> list[list[int]]:
+    """Utterance indices (of ``lengths``) in groups of similar length, each group one padded batch.
+
+    One padded batch of all the measured utterances runs every row for the longest one's frames:
+    on the embedded test split's seeded draw of 50 (lengths 163-422 frames from the 10th to the 90th
+    percentile, longest 592) that is 2.1x the frames there are. Groups cut it, and each group costs
+    its longest length times (``overhead_rows`` + its rows): a frame's fixed cost (kernel calls,
+    Python), in rows' worth of work, against each row's GEMM and arithmetic. The cheapest cut of the
+    length-sorted utterances into contiguous groups by that cost is found exactly (a dynamic
+    program: n^2 steps for n utterances). Hand-written: the cost is this model's, which no library
+    states. A row's numbers are those of one batch up to float rounding (a row never sees another)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    sorted_len = [lengths[i] for i in order]
+    n = len(order)
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for i in range(1, n + 1):  # best[i]: the cheapest cut of the i shortest; a group ends at the i-th
+        for j in range(i):
+            v = best[j] + sorted_len[i - 1] * (overhead_rows + i - j)
+            if v < best[i]:
+                best[i], cut[i] = v, j
+    groups, i = [], n
+    while i > 0:
+        groups.append(order[cut[i]:i])
+        i = cut[i]
+    return groups[::-1]
+
+
+class _Batch:
+    """One padded batch of utterances with its unablated pass kept (see ``_Passes``)."""
+
+    def __init__(self, model, utts, keep_projection: bool):
         self.model, self.lengths = model, torch.tensor([len(u.feats) for u in utts])
         self.keep_projection, self._projected = keep_projection, (None, None)
         x, _ = pad_batch([u.feats if u.feats.flags.writeable else u.feats.copy() for u in utts])
@@ -170,7 +201,7 @@ class _Passes:
         return self._projected[1]
 
     def _out(self, h) -> torch.Tensor:
-        return self.model._output(h, False).float()  # [B, T, K]
+        return self.model._output(h, False).float()[self.valid]  # [frames, K], utterance by utterance
 
     def ablated(self, layer: int, iv) -> torch.Tensor:
         projected = self._projection(layer)
@@ -178,6 +209,46 @@ class _Passes:
                                   extra=lambda k: {"projected": projected} if k == layer and projected is not None
                                   else {})
         return self._out(h)
+
+
+class _Passes:
+    """The model on the measured utterances, its unablated pass kept: each layer's input, so an
+    ablation at layer l runs layers l..L only, and the ablated layer's input projection (W_*x x_t
+    + b_*, which no ablation at that layer changes; one layer's at a time, as the ablations come
+    layer by layer), so layer l's recurrence alone is rerun. The model's own layer loop
+    (``AcousticModel._layers``, entered at a layer) and output layer run it, on groups of
+    utterances of similar length (``length_groups``), so that padding costs little.
+    ``keep_projection=False``: what it was before (bench/ablation.py compares); ``groups``: the
+    utterance indices of each batch (default ``length_groups``; ``[range(n)]``: one batch).
+
+    ``base`` and ``ablated(...)`` are the output logits of every valid frame [frames, K], in the
+    order of ``utts`` (``frames_of`` one utterance's)."""
+
+    def __init__(self, model, utts, keep_projection: bool = True, groups=None):
+        lengths = [len(u.feats) for u in utts]
+        if groups is None:
+            groups = length_groups(lengths)
+        self.groups = [list(g) for g in groups]
+        self.batches = [_Batch(model, [utts[i] for i in g], keep_projection) for g in self.groups]
+        start = np.concatenate([[0], np.cumsum(lengths)])
+        self.offsets = start  # utterance b's frames: rows start[b]:start[b + 1] of base / ablated
+        # row r of the groups' concatenation is row order[r] of the utterances' order
+        at, order = 0, np.empty(int(start[-1]), dtype=np.int64)
+        for g in self.groups:
+            for b in g:
+                order[start[b]:start[b + 1]] = np.arange(at, at + lengths[b])
+                at += lengths[b]
+        self._order = torch.from_numpy(order)
+        self.base = self._join([b.base for b in self.batches])
+
+    def _join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts).index_select(0, self._order)
+
+    def frames_of(self, logits: torch.Tensor, b: int) -> torch.Tensor:
+        return logits[int(self.offsets[b]):int(self.offsets[b + 1])]
+
+    def ablated(self, layer: int, iv) -> torch.Tensor:
+        return self._join([b.ablated(layer, iv) for b in self.batches])
 
 
 def rank_units(model, utts, rule, phones: list[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
@@ -241,13 +312,13 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
 
         def measure(logits: torch.Tensor, decode: bool = True):
             """({phone: (frames, correct, ce)}, PER, correct frames [utterances, phones])."""
-            scored = logits[passes.valid][torch.from_numpy(studied)]
+            scored = logits[torch.from_numpy(studied)]
             res = per_phone(scored, targets[studied], measured_phones[studied])
             ok = np.zeros_like(frames_up)
             np.add.at(ok, (frame_utt, frame_col), (scored.argmax(-1).numpy() == targets[studied]).astype(np.float64))
             if not decode:
                 return res, float("nan"), ok
-            hyps = [viterbi(torch.log_softmax(logits[b, :len(u.feats)], -1).numpy(), graph,
+            hyps = [viterbi(torch.log_softmax(passes.frames_of(logits, b), -1).numpy(), graph,
                             lm_weight=params.lm_weight, prior_scale=params.prior_scale) for b, u in enumerate(decoded)]
             return res, float(phone_error_rate(refs, hyps, ignore=graph.silence)["per"]), ok
 

@@ -12,6 +12,8 @@ against its compute floor, in one run:
   checkpoint's ``startup_*`` metrics);
 - the compute floor: the frames the study trained (epochs x training frames, per run) divided by
   nn.LSTM's rate at that run's depth, over the cores; and the ratio of the wall time to it.
+- where the core-minutes went (``wall_split``): training steps (and their ratio to the floor), dev
+  scoring, trial start-up, the rest of each trial's span, and cores no trial held.
 
     .venv/bin/python bench/study.py --corpus data/corpus [--profile demo|study] [--seeds 0,1,2]
 
@@ -228,6 +230,60 @@ def floor_minutes(storage: str, study: str, corpus: str, rates: dict, cores: int
     return seconds / cores / 60, total
 
 
+def wall_split(storage: str, study: str, corpus: str, wall: float, cores: int, floor_s: float) -> dict:
+    """Where the study's core-seconds (wall x cores) went, from what each run wrote: per trial (the
+    runs that differ only in seed, trained stacked) and epoch, the training seconds (a seed's
+    training frames over its ``train_frames_per_s``: the stack's training time, the same for every
+    seed of it) and the rest of ``epoch_seconds`` (dev scoring of the stack); the start-up (worker
+    process start -> model ready); the rest of each trial's span (its start to its last file
+    written: checkpoints, test scoring, reports); and the cores no trial held (``idle``).
+    ``floor_s``: the floor in core-seconds, so that ``training / floor`` is the cells' own speed in
+    the study's conditions (two trials side by side) against nn.LSTM's fused kernel alone."""
+    trials: dict[tuple, dict] = {}
+    for run in iter_runs(storage, study):
+        cfg = run.stamp.config
+        key = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in cfg.items()
+                           if k not in ("seed", "run_dir", "name", "run_id")))
+        t = trials.setdefault(key, {"train": {}, "epoch": {}, "start": None, "end": 0.0, "startup": 0.0})
+        frames = train_frames(corpus, cfg.get("max_train_utterances"))
+        for r in run.epochs().filter(pl.col("split") == "dev").iter_rows(named=True):
+            if r["train_frames_per_s"]:
+                t["train"][r["epoch"]] = max(t["train"].get(r["epoch"], 0.0), frames / r["train_frames_per_s"])
+            t["epoch"][r["epoch"]] = max(t["epoch"].get(r["epoch"], 0.0), r["epoch_seconds"] or 0.0)
+        files = run.checkpoint_files()
+        if files:
+            m = load_checkpoint(files[0])[1].metrics
+            if m.get("startup_process_started") is not None:
+                started = float(m["startup_process_started"])
+                t["start"] = started if t["start"] is None else min(t["start"], started)
+                t["startup"] = max(t["startup"], m["startup_model_ready"] - started)
+        t["end"] = max([t["end"]] + [f.stat().st_mtime for f in run.path.rglob("*") if f.is_file()])
+    out = dict.fromkeys(("training", "dev_scoring", "startup", "trial_rest"), 0.0)
+    for t in trials.values():
+        train, epochs = sum(t["train"].values()), sum(t["epoch"].values())
+        out["training"] += train
+        out["dev_scoring"] += epochs - train
+        out["startup"] += t["startup"]
+        if t["start"] is not None:
+            out["trial_rest"] += max(0.0, t["end"] - t["start"] - t["startup"] - epochs)
+    out["idle"] = max(0.0, wall * cores - sum(out.values()))
+    out["trials"], out["floor"] = len(trials), floor_s
+    return out
+
+
+def print_split(split: dict, wall: float, cores: int) -> None:
+    total = wall * cores
+    print(f"where the {total / 60:.1f} core-minutes ({cores} cores x {wall / 60:.1f} min) went, over "
+          f"{split['trials']} trials:")
+    for what, label in (("training", "training steps (stacked seeds)"), ("dev_scoring", "dev scoring after each epoch"),
+                        ("startup", "trial start-up (process start -> model ready)"),
+                        ("trial_rest", "the rest of the trials' spans (checkpoints, test scoring, reports)"),
+                        ("idle", "cores no trial held (Ray Tune, Train controllers, stragglers)")):
+        print(f"  {label:<70} {split[what] / 60:7.1f} min  {split[what] / total:6.1%}")
+    print(f"  the training steps alone are {split['training'] / split['floor']:.2f}x the floor "
+          f"({split['floor'] / 60:.1f} core-minutes at nn.LSTM's fused rate)")
+
+
 def stopped_by(storage: str, study: str) -> pl.DataFrame:
     """run, epochs trained, the cap, and whether its early-stopping rule ended it: the run's own
     rule (``schedule.newbob`` or ``should_stop``, with its config) replayed on its dev curve fires
@@ -326,6 +382,8 @@ def main() -> None:
         floor, trained = floor_minutes(storage, args.study, args.corpus, rates, os.cpu_count() or 1)
         print(f"compute floor: {trained:,} frames trained at nn.LSTM's rate at each depth over {os.cpu_count()} cores = "
               f"{floor:.1f} min; wall {wall / 60:.1f} min = {wall / 60 / floor:.2f}x the floor")
+        cores = os.cpu_count() or 1
+        print_split(wall_split(storage, args.study, args.corpus, wall, cores, floor * 60 * cores), wall, cores)
     finally:
         if not args.storage:
             shutil.rmtree(storage, ignore_errors=True)

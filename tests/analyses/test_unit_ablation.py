@@ -61,19 +61,44 @@ def test_an_ablation_from_a_kept_layer_input_is_the_full_pass(cell, residual):
     model = build_model(ModelConfig(cell=cell, layers=3, hidden=8, num_targets=5, residual=residual),
                         torch.zeros(40), torch.ones(40))
     rng = np.random.default_rng(0)
-    utts = [SimpleNamespace(feats=rng.normal(size=(n, 40)).astype(np.float32)) for n in (30, 17)]
+    utts = [SimpleNamespace(feats=rng.normal(size=(n, 40)).astype(np.float32)) for n in (30, 17, 5, 29)]
     ivs = {1: Intervention("c", [0, 5], 0.0), 2: Intervention("c", [1, 4], 0.0), 3: Intervention("c", [2], 0.5)}
     with torch.inference_mode():
-        passes = ua._Passes(model, utts)
-        # every layer twice and out of order: the kept projection is reused, never consumed or stale
-        for layer in (2, 2, 3, 1, 3, 2):
-            got = passes.ablated(layer, ivs[layer])
-            for b, u in enumerate(utts):
-                full = model(torch.from_numpy(u.feats))
-                assert torch.allclose(passes.base[b, :len(u.feats)], full, atol=1e-5)
-                cut = model(torch.from_numpy(u.feats), interventions={layer: ivs[layer]})
-                assert torch.allclose(got[b, :len(u.feats)], cut, atol=1e-5), (layer, b)
-                assert not torch.allclose(cut, full, atol=1e-3)
+        # the default length groups, one batch, and groups out of the utterances' order
+        for groups in (None, [range(4)], [[2, 0], [3], [1]]):
+            passes = ua._Passes(model, utts, groups=groups)
+            assert sorted(i for g in passes.groups for i in g) == [0, 1, 2, 3]
+            # every layer twice and out of order: the kept projection is reused, never consumed or stale
+            for layer in (2, 2, 3, 1, 3, 2):
+                got = passes.ablated(layer, ivs[layer])
+                assert got.shape == (sum(len(u.feats) for u in utts), 5)
+                for b, u in enumerate(utts):
+                    full = model(torch.from_numpy(u.feats))
+                    assert torch.allclose(passes.frames_of(passes.base, b), full, atol=1e-5)
+                    cut = model(torch.from_numpy(u.feats), interventions={layer: ivs[layer]})
+                    assert torch.allclose(passes.frames_of(got, b), cut, atol=1e-5), (groups, layer, b)
+                    assert not torch.allclose(cut, full, atol=1e-3)
+
+
+def test_length_groups_are_the_cheapest_cut():
+    """Against every cut of the sorted utterances into contiguous groups; and the two limits: no
+    fixed cost per frame puts each length in its own group, a large one gives one batch."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        lengths = rng.integers(1, 60, size=int(rng.integers(1, 8))).tolist()
+        over = float(rng.choice([0.0, 0.5, 3.0, 40.0]))
+        cost = lambda groups: sum(max(lengths[i] for i in g) * (over + len(g)) for g in groups)  # noqa: E731
+        got = ua.length_groups(lengths, over)
+        assert sorted(i for g in got for i in g) == list(range(len(lengths)))
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        n = len(order)
+        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, n))])
+                   for r in range(n) for cuts in itertools.combinations(range(1, n), r))
+        assert cost(got) == pytest.approx(best)
+    assert len(ua.length_groups([5, 5, 9, 9, 30], 0.0)) == 3
+    assert ua.length_groups([5, 5, 9, 9, 30], 1e6) == [[0, 1, 2, 3, 4]]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_lazy"])
