@@ -8,6 +8,8 @@ against its compute floor, in one run:
 - the study itself: minutes per model-epoch for each cell and depth, epochs trained, and whether
   each run was stopped by early stopping or by the epoch cap;
 - dev frame accuracy against wall minutes (training + dev scoring) for each run, by training mode;
+- a stacked step alone (fastest and median) and beside a second process running the same step,
+  as two trials share the 2 cores (``side_by_side``);
 - per-trial start-up seconds (the worker process's start to the model being ready, from the first
   checkpoint's ``startup_*`` metrics);
 - the compute floor: the frames the study trained (epochs x training frames, per run) divided by
@@ -189,6 +191,57 @@ def throughput(depths, hidden: int, batch: int, frames: int, seeds: int, repeats
     return {k: steps[k][1] * batch * frames / best[k] for k in steps}
 
 
+def _step_times(cell: str, layers: int, hidden: int, batch: int, frames: int, seeds: int, n: int) -> list[float]:
+    """Seconds of each of ``n`` stacked training steps (one thread), after one to warm up."""
+    torch.set_num_threads(1)
+    fn = _step_fn(_models(cell, layers, hidden, seeds), True, batch, frames)
+    fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _partner(args: tuple, ready, stop) -> None:
+    """The other trial: the same stacked step in a loop in its own process until told to stop."""
+    torch.set_num_threads(1)
+    fn = _step_fn(_models(*args[:2], args[2], args[5]), True, args[3], args[4])
+    fn()
+    ready.set()
+    while not stop.is_set():
+        fn()
+
+
+def side_by_side(depths, hidden: int, batch: int, frames: int, seeds: int, n: int = 10) -> list[dict]:
+    """A stacked step alone and with a second process running the same step beside it (two trials
+    at once, as a study runs them on 2 cores): per cell and depth the fastest and the median step
+    alone and the median beside the other, in frames per second. What separates the throughput
+    table's fastest step from a step inside the study: the spread of steps, and the two trials
+    sharing the machine."""
+    import multiprocessing as mp
+    import statistics
+
+    ctx = mp.get_context("spawn")
+    rows = []
+    for layers in depths:
+        for cell in ("lstm", "gru"):
+            args = (cell, layers, hidden, batch, frames, seeds)
+            alone = _step_times(*args, n)
+            ready, stop = ctx.Event(), ctx.Event()
+            p = ctx.Process(target=_partner, args=(args, ready, stop), daemon=True)
+            p.start()
+            ready.wait(300)
+            beside = _step_times(*args, n)
+            stop.set()
+            p.join(60)
+            fr = seeds * batch * frames
+            rows.append({"cell": cell, "layers": layers, "fastest": fr / min(alone),
+                         "median": fr / statistics.median(alone), "beside": fr / statistics.median(beside)})
+    return rows
+
+
 def startup_seconds(storage: str, study: str) -> pl.DataFrame:
     """run, seconds from its worker process's start to its model being ready (first checkpoint's
     metrics; the Train controller's own start before the process is not in it), and the corpus
@@ -349,6 +402,12 @@ def main() -> None:
             for cell in ("lstm", "gru"):
                 solo, st = rates[(cell, n, "solo")], rates[(cell, n, "stacked")]
                 print(f"{cell:<6} {n:>6} {solo:>9.0f} {st:>9.0f} {st / solo:>11.2f}x {rates[('lstm_fused', n, 'one')]:>9.0f}")
+        print(f"a stacked step alone and beside a second process running the same step (two trials at once), "
+              f"median of 10 steps, frames/s:")
+        print(f"{'cell':<6} {'layers':>6} {'fastest':>9} {'median':>9} {'beside':>9} {'beside/fastest':>14}")
+        for r in side_by_side(depths, base.get("hidden", 128), batch, frames, n_seeds):
+            print(f"{r['cell']:<6} {r['layers']:>6} {r['fastest']:>9.0f} {r['median']:>9.0f} {r['beside']:>9.0f} "
+                  f"{r['beside'] / r['fastest']:>13.2f}x")
         if args.skip_study:
             return
         t0 = time.perf_counter()
