@@ -55,7 +55,7 @@ from cluster.runtime import log_ray_to, machine as runtime_machine
 from cluster.schedule import newbob_stop_epoch, stop_epoch
 from cluster.settings import parse_assignment
 from cluster.studies import PROFILES
-from cluster.train import TrainConfig
+from cluster.train import TrainConfig, _optimizer
 
 
 def per_epoch(storage: str, study: str) -> pl.DataFrame:
@@ -138,7 +138,7 @@ def _step_fn(models: list, stacked: bool, batch: int, frames: int):
     per seed over its own frames, backward, clipping and Adam per seed), as one ``SeedStack`` call
     (``stacked``) or model after model."""
     S, K = len(models), 120
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
+    opts = [_optimizer(m, TrainConfig(lr=1e-3)) for m in models]  # the optimizer training builds
     x = torch.randn(frames, S * batch, models[0].config.input_dim)
     y = torch.randint(0, K, (S * batch, frames))
     stack = SeedStack(models)

@@ -288,8 +288,14 @@ def _seed_ce(logits: torch.Tensor, y: torch.Tensor, seeds: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- the seeds of a trial
 
 def _optimizer(model, config: TrainConfig):
+    """A seed's own optimizer. Adam is torch's fused kernel where the parameters' device has one
+    (CPU and CUDA): on the 2-core Xeon with AVX-512 an Adam step (with clipping) over a 4 x 128
+    lstm's parameters took 1.09 ms fused against 2.48 ms in the single-tensor loop torch picks on
+    CPU by default, and a 5-seed stacked lstm step (16 x 40 frames a seed, interleaved, fastest of
+    12) 43.9 against 46.3 ms at 1 layer and 143.1 against 154.8 ms at 4. The same update."""
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr)
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
+        return torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused or None)
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     raise ValueError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
