@@ -292,7 +292,8 @@ def _optimizer(model, config: TrainConfig):
     (CPU and CUDA): on the 2-core Xeon with AVX-512 an Adam step (with clipping) over a 4 x 128
     lstm's parameters took 1.09 ms fused against 2.48 ms in the single-tensor loop torch picks on
     CPU by default, and a 5-seed stacked lstm step (16 x 40 frames a seed, interleaved, fastest of
-    12) 43.9 against 46.3 ms at 1 layer and 143.1 against 154.8 ms at 4. The same update."""
+    12) 43.9 against 46.3 ms at 1 layer and 143.1 against 154.8 ms at 4. The same update, up to float
+    rounding (its trajectories differ from the loop's in the last bits)."""
     if config.optimizer == "adam":
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
         return torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused or None)
