@@ -95,6 +95,13 @@ class Analysis:
     # analyses of one checkpoint with the same ``shares`` run in one task, so that what they
     # compute alike (through ``shared``) is computed once: the noisy passes of Fig. 8 and unit memory
     shares: str = ""
+    # CPUs its task claims (at most the cluster's): a number, or a function of the inputs ``load``
+    # read; ``task_cpus()`` tells the analysis, which may run that many threads (the unit
+    # ablation's layers at large shapes, the costliest work of a checkpoint)
+    cpus: int | Callable[[dict], int] = 1
+
+    def cpus_for(self, inputs: dict) -> int:
+        return max(1, int(self.cpus(inputs) if callable(self.cpus) else self.cpus))
 
     def __post_init__(self):
         if self.scope not in (CHECKPOINT, STUDY):
@@ -109,6 +116,22 @@ class AnalysisError(InputError):
 # Work shared by the analyses of one task
 
 _SHARED: ContextVar[dict | None] = ContextVar("gatelens_shared", default=None)
+_CPUS: ContextVar[int] = ContextVar("gatelens_task_cpus", default=1)
+
+
+@contextmanager
+def task_cpus_set(n: int):
+    """Inside it, ``task_cpus()`` is n: the CPUs the running task holds."""
+    token = _CPUS.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        _CPUS.reset(token)
+
+
+def task_cpus() -> int:
+    """The CPUs the running analysis's task holds (1 outside a task that says otherwise)."""
+    return _CPUS.get()
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 
 import analyses
-from analyses.common import CHECKPOINT, STUDY, Analysis, AnalysisError, Output, sharing
+from analyses.common import CHECKPOINT, STUDY, Analysis, AnalysisError, Output, sharing, task_cpus_set
 
 
 @lru_cache(maxsize=1)
@@ -58,11 +58,14 @@ def owned_tables():
     return [(t, a.name) for a in _discover().values() for t in a.tables]
 
 
-def run_analysis(name: str, inputs: dict, params: dict, fig_dir: str) -> Output:
-    """What a Ray task runs: one analysis of one checkpoint (or one study), figures and numbers."""
+def run_analysis(name: str, inputs: dict, params: dict, fig_dir: str, cpus: int = 1) -> Output:
+    """What a Ray task runs: one analysis of one checkpoint (or one study), figures and numbers.
+    ``cpus``: what the task holds (``Analysis.cpus``, at most the cluster's): one torch thread,
+    and the analysis may run that many threads of its own (``common.task_cpus``)."""
     torch.set_num_threads(1)
     a = get(name)
-    return a.run(inputs, a.params.from_dict(params), fig_dir)
+    with task_cpus_set(cpus):
+        return a.run(inputs, a.params.from_dict(params), fig_dir)
 
 
 def run_analyses(jobs: list[tuple[str, dict, dict]], fig_dir: str) -> list[Output | Exception]:

@@ -55,6 +55,8 @@ draw have ``phone_id`` -1.
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from analyses.common import (CHECKPOINT, DEFAULT_CAPTURE_VERSION, Analysis, AnalysisError, FigureSpec, Output, Params,
-                             checkpoint_info, corpus_for, figure_path, grid, save, summary_frame)
+                             checkpoint_info, corpus_for, figure_path, grid, save, summary_frame, task_cpus)
 from analyses.responsibility import choose_rule
 from cluster.batching import pad_batch
 from cluster.capture import CaptureConfig, load as load_model, open_corpus
@@ -182,7 +184,7 @@ class _Batch:
 
     def __init__(self, model, utts, keep_projection: bool):
         self.model, self.lengths = model, torch.tensor([len(u.feats) for u in utts])
-        self.keep_projection, self._projected = keep_projection, (None, None)
+        self.keep_projection, self._local = keep_projection, threading.local()  # a projection per thread
         x, _ = pad_batch([u.feats if u.feats.flags.writeable else u.feats.copy() for u in utts])
         self.valid = torch.arange(x.shape[1])[None, :] < self.lengths[:, None]  # [B, T]
         h = model.splice(x, self.lengths)
@@ -196,9 +198,10 @@ class _Batch:
         module = self.model.layers[layer - 1]
         if not (self.keep_projection and isinstance(module, GatedLayer)):  # nn.LSTM's takes no projection
             return None
-        if self._projected[0] != layer:
-            self._projected = (layer, project_input(module, self.inputs[layer - 1]))
-        return self._projected[1]
+        kept = getattr(self._local, "projected", (None, None))
+        if kept[0] != layer:  # one layer's at a time: each thread ablates one layer after another
+            kept = self._local.projected = (layer, project_input(module, self.inputs[layer - 1]))
+        return kept[1]
 
     def _out(self, h) -> torch.Tensor:
         return self.model._output(h, False).float()[self.valid]  # [frames, K], utterance by utterance
@@ -332,14 +335,21 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
         base, base_per, ok_base = measured_base = measure(passes.base)
         acc0 = {p: base[p][1] / base[p][0] for p in chosen}
         table = rows_of(0, -1, "none", 0, [], measured_base)
-        rng = np.random.default_rng(params.seed)
-        summary, excess, specific = [], [], []
         neighbours = sorted({min(n, max(1, H // 4)) for n in params.neighbour_ks} - {k})
-        specific_at: dict[int, list[float]] = {n: [] for n in neighbours}
-        boot = []  # per layer: ({phone: correct [U, P] with its top units}, {phone: [the same, each draw]})
         spec = lambda d, phone: d[phone] - float(np.mean([d[q] for q in chosen if q != phone]))  # noqa: E731
-        for layer in range(1, L + 1):
-            ranked = {phone: np.lexsort((np.arange(H), -resp[layer][:, j])) for j, phone in enumerate(chosen)}
+        ranked_at = {layer: {phone: np.lexsort((np.arange(H), -resp[layer][:, j])) for j, phone in enumerate(chosen)}
+                     for layer in range(1, L + 1)}
+        # the control's draws of k units come from one seeded stream in layer order; planned here,
+        # before the layers run (side by side on the task's cores), so that how many run at once
+        # changes no number
+        rng = np.random.default_rng(params.seed)
+        planned = {layer: _plan_controls(ranked_at[layer], chosen, k, params.repeats, H, rng) for layer in ranked_at}
+
+        def one_layer(layer: int) -> dict:
+            """The layer's ablations: table and summary rows, its excesses, its bootstrap entry."""
+            ranked, table, summary = ranked_at[layer], [], []
+            out = {"table": table, "summary": summary, "excess": [], "specific": [],
+                   "specific_at": {n: [] for n in neighbours}}
 
             def ablate(units, decode=True):
                 to = unit_means[layer][units] if params.mode == "mean" else 0.0
@@ -347,62 +357,73 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
                 drops = {q: acc0[q] - res[q][1] / res[q][0] for q in chosen}
                 return m, drops, per
 
-            def controls(n: int, draw_rng, decode: bool, record: bool) -> dict[int, list]:
-                """{phone: [(drops, per) of each random draw of n units that are not its top n]}.
-                One set of draws for all phones (each draw measured on every phone's frames) when
-                the units outside every studied phone's top n leave room for it; else per phone."""
-                pool = np.setdiff1d(np.arange(H), np.concatenate([ranked[p][:n] for p in chosen]))
-                if pool.size >= n:
-                    draws = []
-                    for draw in range(params.repeats):
-                        units = sorted(draw_rng.choice(pool, n, replace=False).tolist())
-                        m, d, per = ablate(units, decode)
-                        if record:
-                            table.extend(rows_of(layer, -1, "random", draw, units, m))
-                        draws.append((d, per, m[2]))
-                    return {p: draws for p in chosen}
-                out = {}
-                for phone in chosen:
-                    rest, out[phone] = np.setdiff1d(np.arange(H), ranked[phone][:n]), []
-                    for draw in range(params.repeats):
-                        units = sorted(draw_rng.choice(rest, n, replace=False).tolist())
-                        m, d, per = ablate(units, decode)
-                        if record:
-                            table.extend(rows_of(layer, phone, "random", draw, units, m))
-                        out[phone].append((d, per, m[2]))
-                return out
+            def controls(plan, decode: bool, record: bool) -> dict[int, list]:
+                """{phone: [(drops, per, correct) of each random draw in ``plan``]}: a shared draw
+                (phone -1) counts for every studied phone."""
+                got = {p: [] for p in chosen}
+                for phone, draw, units in plan:
+                    m, d, per = ablate(units, decode)
+                    if record:
+                        table.extend(rows_of(layer, phone, "random", draw, units, m))
+                    for p in (chosen if phone == -1 else [phone]):
+                        got[p].append((d, per, m[2]))
+                return got
 
             tops = {}
             for phone in chosen:
                 top = sorted(ranked[phone][:k].tolist())
                 m_top, d_top, per_top = ablate(top)
-                table += rows_of(layer, phone, "top", 0, top, m_top)
+                table.extend(rows_of(layer, phone, "top", 0, top, m_top))
                 tops[phone] = (d_top, per_top, m_top[2])
-            rand = controls(k, rng, True, True)
+            rand = controls(planned[layer], True, True)
             alt = {}
             for n in neighbours:  # the sensitivity to k: frame accuracy only, its own seeded draws
                 alt_top = {p: ablate(sorted(ranked[p][:n].tolist()), decode=False)[1] for p in chosen}
-                alt[n] = (alt_top, controls(n, np.random.default_rng([params.seed, n, layer]), False, False))
-            boot.append(({p: tops[p][2] for p in chosen}, {p: [ok for *_, ok in rand[p]] for p in chosen}))
+                alt_plan = _plan_controls(ranked, chosen, n, params.repeats, H,
+                                          np.random.default_rng([params.seed, n, layer]))
+                alt[n] = (alt_top, controls(alt_plan, False, False))
+            out["boot"] = ({p: tops[p][2] for p in chosen}, {p: [ok for *_, ok in rand[p]] for p in chosen})
             for phone in chosen:
                 (d_top, per_top, _), d_rand = tops[phone], [d for d, *_ in rand[phone]]
                 multi = len(chosen) > 1
                 s_top = spec(d_top, phone) if multi else float("nan")
                 s_rand = float(np.mean([spec(d, phone) for d in d_rand])) if multi else float("nan")
                 for n, (alt_top, alt_rand) in alt.items():
-                    specific_at[n].append(spec(alt_top[phone], phone)
-                                          - float(np.mean([spec(d, phone) for d, *_ in alt_rand[phone]]))
-                                          if multi else float("nan"))
+                    out["specific_at"][n].append(spec(alt_top[phone], phone)
+                                                 - float(np.mean([spec(d, phone) for d, *_ in alt_rand[phone]]))
+                                                 if multi else float("nan"))
                 a_rand = float(np.mean([d[phone] for d in d_rand]))
-                excess.append(d_top[phone] - a_rand)
-                specific.append(s_top - s_rand)
+                out["excess"].append(d_top[phone] - a_rand)
+                out["specific"].append(s_top - s_rand)
                 summary += [{"layer": layer, "phone_id": phone, "label": _sym(corpus, phone), "metric": m, "value": v}
                             for m, v in (("acc_drop_top", d_top[phone]), ("acc_drop_random", a_rand),
-                                         ("acc_drop_excess", excess[-1]), ("specificity_top", s_top),
-                                         ("specificity_random", s_rand), ("specificity_excess", specific[-1]),
+                                         ("acc_drop_excess", out["excess"][-1]), ("specificity_top", s_top),
+                                         ("specificity_random", s_rand), ("specificity_excess", out["specific"][-1]),
                                          ("per_rise_top", per_top - base_per),
                                          ("per_rise_random", float(np.mean([per for _, per, _ in rand[phone]]))
                                           - base_per))]
+            return out
+
+        workers = max(1, min(task_cpus(), L))
+        if workers == 1:
+            layers = [one_layer(layer) for layer in range(1, L + 1)]
+        else:  # the frame kernels and torch's ops release the GIL: the layers share the task's cores
+            def in_thread(layer: int) -> dict:
+                with torch.inference_mode():  # a thread-local mode: each worker thread enters its own
+                    return one_layer(layer)
+
+            with ThreadPoolExecutor(workers) as pool:
+                layers = list(pool.map(in_thread, range(1, L + 1)))
+        summary, excess, specific, boot = [], [], [], []
+        specific_at: dict[int, list[float]] = {n: [] for n in neighbours}
+        for out in layers:  # in layer order, as one thread would have written them
+            table += out["table"]
+            summary += out["summary"]
+            excess += out["excess"]
+            specific += out["specific"]
+            boot.append(out["boot"])
+            for n, v in out["specific_at"].items():
+                specific_at[n] += v
     se_spec, se_need = bootstrap_se(frames_up, ok_base, boot, sorted(chosen), params.seed)
     summary += [{"metric": "acc_drop_excess", "value": float(np.mean(excess))},
                 {"metric": "specificity_excess", "value": float(np.mean(specific))},
@@ -420,6 +441,20 @@ def run(inputs: dict, params: AblationParams, fig_dir) -> Output:
                                       "measured_utterances": [u.utt_id for u in utts],
                                       "ranking_utterances": [u.utt_id for u in ranking]},
                   tables={UNIT_ABLATION.name: frame})
+
+
+def _plan_controls(ranked: dict, chosen: list[int], n: int, repeats: int, H: int, draw_rng) -> list[tuple]:
+    """The control's random draws of n units at one layer: [(phone, draw, units)]. One set of draws
+    for all studied phones (phone -1: each measured on every phone's frames) when the units outside
+    every studied phone's top n leave room for it; else each phone's own draws outside its top n."""
+    pool = np.setdiff1d(np.arange(H), np.concatenate([ranked[p][:n] for p in chosen]))
+    if pool.size >= n:
+        return [(-1, draw, sorted(draw_rng.choice(pool, n, replace=False).tolist())) for draw in range(repeats)]
+    plan = []
+    for phone in chosen:
+        rest = np.setdiff1d(np.arange(H), ranked[phone][:n])
+        plan += [(phone, draw, sorted(draw_rng.choice(rest, n, replace=False).tolist())) for draw in range(repeats)]
+    return plan
 
 
 def bootstrap_se(frames: np.ndarray, ok_base: np.ndarray, layers: list, phones: list[int], seed: int,
@@ -477,5 +512,16 @@ def _draw_figure(frame: pl.DataFrame, chosen: list[int], corpus, cid: str, param
     return save(fig, figure_path(fig_dir, cid, FIGURE.file), FIGURE.paper)
 
 
+def cpus(inputs: dict) -> int:
+    """The CPUs the ablation's task claims: its layers run side by side (``task_cpus``) where that
+    pays. Measured by bench/service.py on a 2-core Xeon with AVX-512 (a watcher pass over one
+    checkpoint): at lstm 6 x 512 two threads took the pass from 230 s to 155 s, the ablation's own
+    task from 224 to 148 s after submission; at 2 x 128 the two threads' task took 4.27 s against
+    4.10 s in one (the frames' Python holds the GIL there) and waiting for both cores delayed the
+    pass from 8.5 to 11.1 s. So two CPUs from 512 units and 2 layers, one below."""
+    ck = inputs["checkpoint"]
+    return 2 if (ck.get("hidden") or 0) >= 512 and (ck.get("layers") or 0) >= 2 else 1
+
+
 ANALYSIS = Analysis(NAME, VERSION, CHECKPOINT, order=35, params=AblationParams, load=load, run=run, figures=(FIGURE,),
-                    tables=(UNIT_ABLATION,))
+                    tables=(UNIT_ABLATION,), cpus=cpus)

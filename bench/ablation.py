@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import threading
 import os
 import time
 from types import SimpleNamespace
@@ -108,7 +109,7 @@ def design(a, model, utts, iv) -> None:
         unkept = copy.copy(passes)  # the same kept inputs, the projection not kept
         unkept.batches = [copy.copy(b) for b in passes.batches]
         for b in unkept.batches:
-            b.keep_projection, b._projected = False, (None, None)
+            b.keep_projection, b._local = False, threading.local()
         for layer in range(1, a.layers + 1):
             passes.ablated(layer, iv)  # the layer's projection made once, as the analysis's first ablation does
             for runs, which in ((layer_s, passes), (plain_s, unkept)):  # interleaved: the same load on both

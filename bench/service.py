@@ -187,7 +187,8 @@ def split_steps(tmp: Path, target: Path, args, cid_of):
         inputs = a.load(store, cid, p)
         t_read = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = ray.get(task.remote(name, inputs, p.to_dict(), str(tmp / "figs2")))
+        cpus = max(1, min(a.cpus_for(inputs), int(ray.cluster_resources().get("CPU", 1))))  # as the pass submits it
+        out = ray.get(task.options(num_cpus=cpus).remote(name, inputs, p.to_dict(), str(tmp / "figs2"), cpus))
         t_fig = time.perf_counter() - t0
         t0 = time.perf_counter()
         store.ingest_output(out)

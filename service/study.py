@@ -158,7 +158,9 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
         if a.shares and a.scope == CHECKPOINT:
             groups.setdefault((subject_id, a.shares), []).append((job, a.version, a.name, inputs, p))
         else:
-            pending[task.remote(a.name, inputs, p, fig_dir)] = [(job, a.version, time.perf_counter())]
+            cpus = max(1, min(a.cpus_for(inputs), int(ray.cluster_resources().get("CPU", 1))))  # never more than there are
+            pending[task.options(num_cpus=cpus).remote(a.name, inputs, p, fig_dir, cpus)] = \
+                [(job, a.version, time.perf_counter())]
 
     for name in names:
         a = reg[name]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from analyses import unit_ablation as ua
+from analyses.common import task_cpus_set
 from cluster.models import Intervention, ModelConfig, build_model
 from cluster.models.kernels import project_input
 
@@ -149,6 +150,10 @@ def test_ablation_of_a_real_capture(captured, tmp_path):
     assert not set(out.params["measured_utterances"]) & set(out.params["ranking_utterances"])
     with pytest.raises(ua.AnalysisError, match="double-dip"):
         ua.load(captured["store"], captured["lstm"], ua.AblationParams(rank_split="test"))
+    # a task of 2 CPUs runs the two layers side by side (the draws planned first): the same numbers
+    with task_cpus_set(2):
+        again = ua.run(ua.load(captured["store"], captured["lstm"], params), params, tmp_path / "two")
+    assert again.tables["unit_ablation"].equals(t) and again.summary.equals(s)
 
 
 def test_the_bootstrap_over_utterances_shrinks_as_one_over_root_n():
@@ -174,3 +179,9 @@ def test_the_bootstrap_over_utterances_shrinks_as_one_over_root_n():
                                                           {p: [np.floor(same * 0.85)] for p in range(P)})],
                            list(range(P)), seed=0)
     assert flat == pytest.approx((0.0, 0.0), abs=1e-12)
+
+
+def test_the_ablation_claims_two_cpus_only_where_its_threads_pay():
+    claim = lambda hidden, layers: ua.ANALYSIS.cpus_for({"checkpoint": {"hidden": hidden, "layers": layers}})  # noqa: E731
+    assert claim(512, 6) == claim(1024, 2) == 2
+    assert claim(128, 6) == claim(512, 1) == claim(16, 2) == 1
