@@ -134,6 +134,7 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
     ensure_ray()
     task = ray.remote(num_cpus=1, max_retries=0)(registry.run_analysis)
     group_task = ray.remote(num_cpus=1, max_retries=0)(registry.run_analyses)
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))  # a task claiming more would never start
     pending, jobs = {}, []  # task -> [(job, version, submitted)]: a shared task settles several jobs
     groups: dict[tuple[str, str], list] = {}  # (checkpoint, Analysis.shares) -> [(job, version, name, inputs, p)]
 
@@ -158,7 +159,7 @@ def analyse(store: Store, checkpoint_ids: list[str], fig_dir, analyses: list[str
         if a.shares and a.scope == CHECKPOINT:
             groups.setdefault((subject_id, a.shares), []).append((job, a.version, a.name, inputs, p))
         else:
-            cpus = max(1, min(a.cpus_for(inputs), int(ray.cluster_resources().get("CPU", 1))))  # never more than there are
+            cpus = max(1, min(a.cpus_for(inputs), cluster_cpus))  # never more than there are
             pending[task.options(num_cpus=cpus).remote(a.name, inputs, p, fig_dir, cpus)] = \
                 [(job, a.version, time.perf_counter())]
 
